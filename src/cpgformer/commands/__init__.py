@@ -1,0 +1,1 @@
+"""One module per CLI subcommand (discovered by :mod:`cpgformer.cli`)."""

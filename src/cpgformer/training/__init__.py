@@ -1,0 +1,1 @@
+"""cpgformer.training"""
