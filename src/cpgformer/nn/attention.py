@@ -1,0 +1,327 @@
+"""Attention math, written once, in two implementations of the same function.
+
+All functions take per-token projections ``q, k, v`` of shape ``[B, L, C, H, d]`` (B batch, L sites,
+C cells, H heads, d head dim) with ``q`` already multiplied by ``d**-0.5`` and return ``z`` of the same
+shape. Three kinds of attention exist (which axis is a matter of the wrapper, see ``MODES`` in config):
+
+* ``sites``: within each cell, every site attends to the ``W = 2w+1`` sites around it (rows, not bp);
+  score(i, o) = (q_i + u)·k_{i+o} + (q_i + v)·R_{i,o}, R = projected sinusoid of pos[i+o] - pos[i];
+  slots outside the segment are excluded.
+* ``cells``: at each site, every cell attends to all cells; score = q·k.
+* ``sites_cells`` (2D): keys = W sites x all C cells; score = (q + u)·k + (q + v)·R_{i,o} (the position
+  term depends on the site offset only); one softmax over all W·C keys.
+
+``*_reference``: dense score matrices with a band mask, obviously correct, O(L²) — for tests.
+``*_fast``: blocked band attention along sites (query blocks of ``BLOCK`` sites with a ``w``-site halo
+of keys), the position term computed once per site as a matmul with cells as the M dimension
+(never repeated per cell), and SDPA or matmul-softmax across cells chosen by size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from cpgformer.nn.posenc import RelativePositions
+
+BLOCK = 16
+"""Query sites per block in the fast band attention."""
+SDPA_MIN_CELLS = 40
+"""Cell attention uses ``scaled_dot_product_attention`` from this many cells, matmul-softmax below."""
+CELL_CHUNK_ELEMENTS = 1 << 24
+"""With attention dropout in training, cell attention is recomputed in backward (activation
+checkpointing) in chunks of at most this many score entries, so stored activations stay linear in C."""
+
+
+def _dropout(probs: Tensor, p: float, training: bool) -> Tensor:
+    return F.dropout(probs, p, training=True) if training and p > 0 else probs
+
+
+def _band(length: int, half_window: int, device: torch.device) -> Tensor:
+    index = torch.arange(length, device=device)
+    return (index.unsqueeze(0) - index.unsqueeze(1)).abs() <= half_window  # [Lq, Lk]
+
+
+# ----------------------------------------------------------------------------------------------
+# reference implementations
+
+
+def site_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    content_bias: Tensor,
+    position_bias: Tensor,
+    half_window: int,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Window attention along sites; ``rel`` ``[B, Lq, Lk, H, d]`` = projected dense encodings."""
+    content = torch.einsum("bicnd,bjcnd->bcnij", q + content_bias, k)
+    position = torch.einsum("bicnd,bijnd->bcnij", q + position_bias, rel)
+    band = _band(q.shape[1], half_window, q.device)
+    scores = (content + position).masked_fill(~band, float("-inf"))
+    probs = _dropout(scores.softmax(-1), dropout, training)
+    return torch.einsum("bcnij,bjcnd->bicnd", probs, v)
+
+
+def cell_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0, training: bool = False
+) -> Tensor:
+    """Full attention across cells at each site."""
+    scores = torch.einsum("bicnd,bisnd->bincs", q, k)
+    probs = _dropout(scores.softmax(-1), dropout, training)
+    return torch.einsum("bincs,bisnd->bicnd", probs, v)
+
+
+def site_cell_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    content_bias: Tensor,
+    position_bias: Tensor,
+    half_window: int,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """2D window attention: keys are (site within the window) x (every cell)."""
+    content = torch.einsum("bicnd,bjsnd->bncijs", q + content_bias, k)
+    position = torch.einsum("bicnd,bijnd->bncij", q + position_bias, rel).unsqueeze(-1)
+    band = _band(q.shape[1], half_window, q.device).unsqueeze(-1)  # [Lq, Lk, 1]
+    scores = (content + position).masked_fill(~band, float("-inf"))
+    shape = scores.shape
+    probs = scores.flatten(-2).softmax(-1).view(shape)
+    probs = _dropout(probs, dropout, training)
+    return torch.einsum("bncijs,bjsnd->bicnd", probs, v)
+
+
+# ----------------------------------------------------------------------------------------------
+# fast implementations
+
+
+def _n_blocks(length: int) -> int:
+    return max(1, math.ceil(length / BLOCK))
+
+
+def _query_blocks(t: Tensor, n_blocks: int) -> Tensor:
+    """``[N, L, f]`` -> ``[N, nblk, BLOCK, f]`` (zero padded at the end)."""
+    n, length, f = t.shape
+    t = F.pad(t, (0, 0, 0, n_blocks * BLOCK - length))
+    return t.view(n, n_blocks, BLOCK, f)
+
+
+def _halo_blocks(t: Tensor, n_blocks: int, halo: int) -> Tensor:
+    """``[N, L, f]`` -> ``[N, nblk, BLOCK + 2*halo, f]``: each block's keys with ``halo`` each side."""
+    length = t.shape[1]
+    t = F.pad(t, (0, 0, halo, n_blocks * BLOCK - length + halo))
+    return t.unfold(1, BLOCK + 2 * halo, BLOCK).transpose(-1, -2)
+
+
+def _skew(window_scores: Tensor) -> Tensor:
+    """``[..., BLOCK, W]`` (query j, slot o) -> ``[..., BLOCK, BLOCK + W - 1]`` with entry (j, j + o).
+
+    Entries outside each query's band are zero. Pure padding and reshaping (no gather).
+    """
+    *lead, block, width = window_scores.shape
+    span = block + width - 1
+    padded = F.pad(window_scores, (0, block))  # row length span + 1
+    flat = padded.reshape(*lead, block * (span + 1))[..., : block * span]
+    return flat.view(*lead, block, span)
+
+
+_valid_cache: dict[tuple[int, int, str], Tensor] = {}
+
+
+def _block_valid(length: int, half_window: int, device: torch.device) -> Tensor:
+    """``[nblk, BLOCK, BLOCK + 2w]`` bool: key slot inside the query's band and inside the segment."""
+    key = (length, half_window, str(device))
+    cached = _valid_cache.get(key)
+    if cached is None:
+        n_blocks = _n_blocks(length)
+        span = BLOCK + 2 * half_window
+        block = torch.arange(n_blocks, device=device).view(-1, 1, 1)
+        j = torch.arange(BLOCK, device=device).view(1, -1, 1)
+        s = torch.arange(span, device=device).view(1, 1, -1)
+        key_index = block * BLOCK - half_window + s
+        offset = s - j
+        cached = (
+            (offset >= 0) & (offset <= 2 * half_window) & (key_index >= 0) & (key_index < length)
+        )
+        if len(_valid_cache) > 64:
+            _valid_cache.clear()
+        _valid_cache[key] = cached
+    return cached
+
+
+def site_attention_fast(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    content_bias: Tensor,
+    position_bias: Tensor,
+    half_window: int,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Blocked band attention along sites; ``rel`` ``[B, L, W, H, d]`` = projected window encodings."""
+    batch, length, cells, heads, dim = q.shape
+    width = 2 * half_window + 1
+    n = batch * cells * heads
+    n_blocks = _n_blocks(length)
+    # position term once per (site, head): [C, d] @ [d, W] with cells as the M dimension
+    position = torch.einsum("blcnd,blwnd->bcnlw", q + position_bias, rel).reshape(n, length, width)
+    position = _skew(_query_blocks(position, n_blocks))  # [N, nblk, BLOCK, S]
+    queries = _query_blocks(
+        (q + content_bias).permute(0, 2, 3, 1, 4).reshape(n, length, dim), n_blocks
+    )
+    keys = _halo_blocks(k.permute(0, 2, 3, 1, 4).reshape(n, length, dim), n_blocks, half_window)
+    values = _halo_blocks(v.permute(0, 2, 3, 1, 4).reshape(n, length, dim), n_blocks, half_window)
+    scores = torch.matmul(queries, keys.transpose(-1, -2)) + position
+    valid = _block_valid(length, half_window, q.device)
+    scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+    probs = _dropout(scores.softmax(-1), dropout, training)
+    z = torch.matmul(probs, values)  # [N, nblk, BLOCK, d]
+    z = z.view(n, n_blocks * BLOCK, dim)[:, :length]
+    return z.reshape(batch, cells, heads, length, dim).permute(0, 3, 1, 2, 4)
+
+
+def _cell_core(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
+    """``[R, H, C, d]`` inputs -> ``[R, H, C, d]``."""
+    p = dropout if training else 0.0
+    if q.shape[-2] >= SDPA_MIN_CELLS:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=1.0)
+    probs = _dropout(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), p, p > 0)
+    return torch.matmul(probs, v)
+
+
+def cell_attention_fast(
+    q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0, training: bool = False
+) -> Tensor:
+    """Attention across cells, SDPA for many cells, matmul-softmax for few."""
+    batch, length, cells, heads, dim = q.shape
+    rows = batch * length
+    qt = q.reshape(rows, cells, heads, dim).transpose(1, 2)
+    kt = k.reshape(rows, cells, heads, dim).transpose(1, 2)
+    vt = v.reshape(rows, cells, heads, dim).transpose(1, 2)
+    stored = training and dropout > 0 and torch.is_grad_enabled()
+    if stored and rows * heads * cells * cells > CELL_CHUNK_ELEMENTS:
+        # dropout forces the math path, which stores C x C probabilities: recompute them in backward
+        chunk = max(1, CELL_CHUNK_ELEMENTS // (heads * cells * cells))
+        parts = [
+            checkpoint(_cell_core, qc, kc, vc, dropout, training, use_reentrant=False)
+            for qc, kc, vc in zip(qt.split(chunk), kt.split(chunk), vt.split(chunk))
+        ]
+        z = torch.cat(parts, dim=0)
+    else:
+        z = _cell_core(qt, kt, vt, dropout, training)
+    return z.transpose(1, 2).reshape(batch, length, cells, heads, dim)
+
+
+def site_cell_attention_fast(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    content_bias: Tensor,
+    position_bias: Tensor,
+    half_window: int,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Blocked 2D window attention (keys = window sites x all cells)."""
+    batch, length, cells, heads, dim = q.shape
+    width = 2 * half_window + 1
+    span = BLOCK + 2 * half_window
+    n = batch * heads
+    n_blocks = _n_blocks(length)
+    position = torch.einsum("blcnd,blwnd->bnclw", q + position_bias, rel)
+    position = _skew(_query_blocks(position.reshape(n * cells, length, width), n_blocks))
+    position = position.view(n, cells, n_blocks, BLOCK, span).permute(0, 2, 3, 1, 4).unsqueeze(-1)
+    queries = (q + content_bias).permute(0, 3, 1, 2, 4).reshape(n, length, cells * dim)
+    queries = _query_blocks(queries, n_blocks).reshape(n, n_blocks, BLOCK * cells, dim)
+    keys = _halo_blocks(
+        k.permute(0, 3, 1, 2, 4).reshape(n, length, cells * dim), n_blocks, half_window
+    )
+    keys = keys.reshape(n, n_blocks, span * cells, dim)
+    values = _halo_blocks(
+        v.permute(0, 3, 1, 2, 4).reshape(n, length, cells * dim), n_blocks, half_window
+    ).reshape(n, n_blocks, span * cells, dim)
+    scores = torch.matmul(queries, keys.transpose(-1, -2))
+    scores = scores.view(n, n_blocks, BLOCK, cells, span, cells) + position
+    valid = _block_valid(length, half_window, q.device).view(n_blocks, BLOCK, 1, span, 1)
+    scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+    probs = scores.view(n, n_blocks, BLOCK * cells, span * cells).softmax(-1)
+    probs = _dropout(probs, dropout, training)
+    z = torch.matmul(probs, values).view(n, n_blocks * BLOCK, cells, dim)[:, :length]
+    return z.reshape(batch, heads, length, cells, dim).permute(0, 2, 3, 1, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# the module: projections + one of the kinds above
+
+
+class Attention(nn.Module):
+    """One attention sublayer of a given kind (``sites``, ``cells`` or ``sites_cells``).
+
+    Parameters: ``qkv`` Linear(D -> 3·H·d) (q | k | v, head-major), ``out`` Linear(H·d -> D), and for
+    the positional kinds ``pos_proj`` Linear(D -> H·d) on the sinusoid plus the content and position
+    biases ``u``, ``v`` (``content_bias``, ``position_bias``, [H, d]).
+    """
+
+    def __init__(self, kind: str, hidden: int, heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        if kind not in ("sites", "cells", "sites_cells"):
+            raise ValueError(f"unknown attention kind {kind!r}")
+        self.kind = kind
+        self.heads = heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        inner = heads * head_dim
+        self.qkv = nn.Linear(hidden, 3 * inner)
+        self.out = nn.Linear(inner, hidden)
+        self.positional = kind != "cells"
+        if self.positional:
+            self.pos_proj = nn.Linear(hidden, inner)
+            bound = 1.0 / math.sqrt(head_dim)
+            self.content_bias = nn.Parameter(torch.empty(heads, head_dim).uniform_(-bound, bound))
+            self.position_bias = nn.Parameter(torch.empty(heads, head_dim).uniform_(-bound, bound))
+
+    def forward(
+        self, x: Tensor, rel: RelativePositions | None, half_window: int, impl: str = "fast"
+    ) -> Tensor:
+        """``x`` ``[B, L, C, D]`` -> ``[B, L, C, D]``."""
+        batch, length, cells, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, length, cells, 3, self.heads, self.head_dim).unbind(3)
+        q = q * self.head_dim**-0.5
+        fast = impl == "fast"
+        if self.kind == "cells":
+            fn = cell_attention_fast if fast else cell_attention_reference
+            z = fn(q, k, v, self.dropout, self.training)
+        else:
+            assert rel is not None
+            encodings = rel.window(x.dtype) if fast else rel.dense(x.dtype)
+            projected = self.pos_proj(encodings)
+            projected = projected.view(*projected.shape[:-1], self.heads, self.head_dim)
+            if self.kind == "sites":
+                fn = site_attention_fast if fast else site_attention_reference
+            else:
+                fn = site_cell_attention_fast if fast else site_cell_attention_reference
+            z = fn(
+                q,
+                k,
+                v,
+                projected,
+                self.content_bias,
+                self.position_bias,
+                half_window,
+                self.dropout,
+                self.training,
+            )
+        return self.out(z.reshape(batch, length, cells, self.heads * self.head_dim))

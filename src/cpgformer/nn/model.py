@@ -1,0 +1,107 @@
+"""CpGTransformer: embeddings -> combine -> transformer layers -> per-token logit."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cpgformer.nn.config import ATTENTION_IMPLS, ModelConfig
+from cpgformer.nn.dna import DNAEncoder
+from cpgformer.nn.embeddings import BinaryStateEmbedding, ContinuousStateEmbedding
+from cpgformer.nn.layers import TransformerLayer
+from cpgformer.nn.posenc import RelativePositions
+
+
+class CpGTransformer(nn.Module):
+    """The CpG Transformer (De Waele et al. 2022) over a token grid of sites x cells.
+
+    ``forward(states [B, L, C], positions [B, L], cell_ids [B, C], dna=None, dna_embedding=None)``
+    returns logits ``[B, L, C]`` (pre-sigmoid for binary data, the beta estimate for continuous).
+    Token (i, c) = concat(state embedding, cell embedding, DNA embedding of site i) -> Linear + ReLU;
+    without a DNA branch (``dna_window`` 0) the combine layer takes [state, cell] only.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.attention_impl = config.attention_impl
+        self.dna_encoder = DNAEncoder(config) if config.has_dna else None
+        self.cell_embed = nn.Embedding(config.n_cells, config.cell_embed)
+        if config.data_mode == "binary":
+            self.state_embed: nn.Module = BinaryStateEmbedding(config.state_embed)
+        else:
+            self.state_embed = ContinuousStateEmbedding(config.state_embed)
+        combined = (
+            config.state_embed + config.cell_embed + (config.dna_embed if config.has_dna else 0)
+        )
+        self.combine = nn.Linear(combined, config.hidden)
+        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_layers))
+        self.head = nn.Linear(config.hidden, 1)
+        self._positional = any(kind != "cells" for kind in config.attention_kinds)
+
+    @property
+    def receptive_field_sites(self) -> int:
+        """``n_layers * (site_window - 1) // 2``: sites each side that can influence an output."""
+        return self.config.receptive_field_sites
+
+    def embed_dna(self, windows: Tensor, chunk_size: int = 4096) -> Tensor:
+        """``[N, dna_window]`` nucleotide codes -> ``[N, dna_embed]`` (in chunks; cache per site)."""
+        if self.dna_encoder is None:
+            raise ValueError("this model has no DNA branch (dna_window = 0)")
+        return self.dna_encoder.embed_chunked(windows, chunk_size)
+
+    def embed_tokens(
+        self,
+        states: Tensor,
+        cell_ids: Tensor,
+        dna_embedding: Tensor | None,
+        impl: str = "fast",
+    ) -> Tensor:
+        """Combined token embeddings ``[B, L, C, D]`` (after Linear + ReLU)."""
+        batch, length, cells = states.shape
+        state = self.state_embed(states)  # [B, L, C, Es]
+        cell = self.cell_embed(cell_ids)  # [B, C, Ec]
+        if impl == "reference":
+            parts = [state, cell.unsqueeze(1).expand(batch, length, cells, cell.shape[-1])]
+            if dna_embedding is not None:
+                parts.append(dna_embedding.unsqueeze(2).expand(batch, length, cells, -1))
+            return torch.relu(self.combine(torch.cat(parts, dim=-1)))
+        # the combine Linear split by input block: per-cell and per-site terms computed once
+        weight = self.combine.weight
+        es, ec = self.config.state_embed, self.config.cell_embed
+        hidden = F.linear(state, weight[:, :es], self.combine.bias)
+        hidden = hidden + F.linear(cell, weight[:, es : es + ec]).unsqueeze(1)
+        if dna_embedding is not None:
+            hidden = hidden + F.linear(dna_embedding, weight[:, es + ec :]).unsqueeze(2)
+        return torch.relu(hidden)
+
+    def forward(
+        self,
+        states: Tensor,
+        positions: Tensor,
+        cell_ids: Tensor,
+        dna: Tensor | None = None,
+        dna_embedding: Tensor | None = None,
+        attention_impl: str | None = None,
+    ) -> Tensor:
+        """See the class docstring; ``attention_impl`` overrides the config's "fast"/"reference"."""
+        impl = attention_impl or self.attention_impl
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        batch, length, cells = states.shape
+        if self.dna_encoder is not None:
+            if dna_embedding is None:
+                if dna is None:
+                    raise ValueError("this model has a DNA branch: pass dna or dna_embedding")
+                dna_embedding = self.dna_encoder(dna.reshape(batch * length, -1))
+                dna_embedding = dna_embedding.view(batch, length, -1)
+        else:
+            dna_embedding = None  # a model without DNA branch ignores DNA inputs
+        x = self.embed_tokens(states, cell_ids, dna_embedding, impl)
+        rel = None
+        if self._positional and self.layers:
+            rel = RelativePositions(positions, self.config.half_window, self.config.hidden)
+        for layer in self.layers:
+            x = layer(x, rel, impl)
+        return self.head(x).squeeze(-1)
