@@ -1,0 +1,110 @@
+"""The ``Batch`` handed to the model: named tensors, never positional tuples.
+
+Shapes: B segments, L sites, C cells, W DNA window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from cpgformer.codes import to_model_input
+
+
+@dataclass
+class SegmentItem:
+    """One perturbed segment as numpy arrays (what a dataset item is before collation)."""
+
+    values: (
+        np.ndarray
+    )  # [L, C] stored values after perturbation (int8 labels / float32 betas, -1 missing)
+    targets: np.ndarray  # [L, C] float32 original stored values (-1 missing)
+    loss_mask: np.ndarray  # [L, C] bool perturbed entries
+    positions: np.ndarray  # [L] int64 bp
+    cell_ids: np.ndarray  # [C] int64
+    chrom_id: int
+    segment_id: int
+    start: int
+    dna: np.ndarray | None = None  # [L, W] int8
+
+
+@dataclass
+class Batch:
+    """A batch of segments.
+
+    * ``states`` [B, L, C]: model input coding (:func:`cpgformer.codes.to_model_input`): long 0/1/2
+      for binary data, float 0 or 1 + beta for continuous data.
+    * ``targets`` [B, L, C] float: stored label (0/1) or beta; -1 where unobserved.
+    * ``loss_mask`` [B, L, C] bool: perturbed entries, the only ones the loss sees.
+    * ``positions`` [B, L] int64 bp relative to each segment's first site.
+    * ``cell_ids`` [B, C] int64 indices into the cell table.
+    * ``dna`` [B, L, W] int8 nucleotide codes, or ``None`` when the model uses no DNA.
+    * ``chrom_ids``, ``segment_ids``, ``starts`` [B] int64: chromosome index in the store, segment
+      index within the chromosome, first row.
+    """
+
+    states: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+    positions: torch.Tensor
+    cell_ids: torch.Tensor
+    chrom_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    starts: torch.Tensor
+    dna: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.states.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=True) if value is not None else None
+        return Batch(**moved)
+
+    def subset_cells(self, columns: torch.Tensor) -> Batch:
+        """The same batch restricted to cell columns ``columns`` (positions in the C axis)."""
+        return Batch(
+            states=self.states[:, :, columns],
+            targets=self.targets[:, :, columns],
+            loss_mask=self.loss_mask[:, :, columns],
+            positions=self.positions,
+            cell_ids=self.cell_ids[:, columns],
+            chrom_ids=self.chrom_ids,
+            segment_ids=self.segment_ids,
+            starts=self.starts,
+            dna=self.dna,
+        )
+
+
+def collate(items: Sequence[SegmentItem], data_mode: str = "binary") -> Batch:
+    """Stack segments of equal length and cell count into a :class:`Batch`."""
+    lengths = {it.values.shape for it in items}
+    if len(lengths) != 1:
+        raise ValueError(f"segments of one batch must have equal shapes, got {sorted(lengths)}")
+    values = np.stack([it.values for it in items])
+    model_input = to_model_input(values)
+    if data_mode == "binary":
+        states = torch.from_numpy(model_input.astype(np.int64))
+    else:
+        states = torch.from_numpy(model_input.astype(np.float32))
+    positions = np.stack([it.positions - it.positions[0] for it in items]).astype(np.int64)
+    dna = None
+    if items[0].dna is not None:
+        dna = torch.from_numpy(np.stack([it.dna for it in items]))
+    return Batch(
+        states=states,
+        targets=torch.from_numpy(np.stack([it.targets for it in items]).astype(np.float32)),
+        loss_mask=torch.from_numpy(np.stack([it.loss_mask for it in items])),
+        positions=torch.from_numpy(positions),
+        cell_ids=torch.from_numpy(np.stack([it.cell_ids for it in items]).astype(np.int64)),
+        chrom_ids=torch.tensor([it.chrom_id for it in items], dtype=torch.int64),
+        segment_ids=torch.tensor([it.segment_id for it in items], dtype=torch.int64),
+        starts=torch.tensor([it.start for it in items], dtype=torch.int64),
+        dna=dna,
+    )
