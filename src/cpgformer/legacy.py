@@ -1,0 +1,263 @@
+"""Checkpoints of the original CpG Transformer implementation <-> our model.
+
+The original ships bare state dicts (``.pt``) and Lightning ``.ckpt`` files whose keys follow its module
+names (``CNN.0.CNN.0.weight``, ``transformer.0.attn_list.0.qkv_lin.weight``, ...). Unlike the original
+(which loaded with ``strict=False``), loading here is strict: every missing or unexpected key and every
+shape mismatch is reported by name. The pre-2021-11-24 key ``CpG_embed.weight`` is renamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from os import PathLike
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cpgformer.errors import CheckpointError, UsageError
+from cpgformer.nn.config import ModelConfig
+from cpgformer.nn.model import CpGTransformer
+
+log = logging.getLogger(__name__)
+
+HPARAM_NAMES: dict[str, str] = {
+    "n_cells": "n_cells",
+    "RF": "dna_window",
+    "n_conv_layers": "n_conv_layers",
+    "CNN_do": "cnn_dropout",
+    "DNA_embed_size": "dna_embed",
+    "cell_embed_size": "cell_embed",
+    "CpG_embed_size": "state_embed",
+    "transf_hsz": "hidden",
+    "transf_do": "attention_dropout",
+    "act": "activation",
+    "n_transformers": "n_layers",
+    "n_heads": "n_heads",
+    "head_dim": "head_dim",
+    "window": "site_window",
+    "mode": "mode",
+    "data_mode": "data_mode",
+    "layernorm": "layernorm",
+}
+"""Original constructor argument -> our ``ModelConfig`` field."""
+
+TRAINING_HPARAMS = frozenset({"lr", "lr_decay_factor", "warmup_steps"})
+"""Original constructor arguments that do not affect the architecture (accepted and ignored)."""
+
+LEGACY_RENAMES = {"CpG_embed.weight": "CpG_embed.CpG_embed.weight"}
+"""Keys of checkpoints written before 2021-11-24 -> current original keys."""
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^dna_encoder\.nucleotide_embed\.(.*)$"), r"CNN.0.embed.\1"),
+    (re.compile(r"^dna_encoder\.fc\.(.*)$"), r"CNN.0.lin.0.\1"),
+    (re.compile(r"^dna_encoder\.proj\.(.*)$"), r"CNN.2.\1"),
+    (re.compile(r"^cell_embed\.(.*)$"), r"cell_embed.\1"),
+    (re.compile(r"^state_embed\.embed\.(.*)$"), r"CpG_embed.CpG_embed.\1"),
+    (re.compile(r"^state_embed\.linear\.(.*)$"), r"CpG_embed.CpG_embed_linear.\1"),
+    (re.compile(r"^state_embed\.mask_embed$"), r"CpG_embed.mask_embed"),
+    (re.compile(r"^combine\.(.*)$"), r"combine_embeds.0.\1"),
+    (re.compile(r"^layers\.(\d+)\.attentions\.(\d+)\.content_bias$"), r"transformer.\1.attn_list.\2.bias_r_w"),
+    (re.compile(r"^layers\.(\d+)\.attentions\.(\d+)\.position_bias$"), r"transformer.\1.attn_list.\2.bias_r_r"),
+    (re.compile(r"^layers\.(\d+)\.attentions\.(\d+)\.qkv\.(.*)$"), r"transformer.\1.attn_list.\2.qkv_lin.\3"),
+    (re.compile(r"^layers\.(\d+)\.attentions\.(\d+)\.pos_proj\.(.*)$"), r"transformer.\1.attn_list.\2.embed_lin.\3"),
+    (re.compile(r"^layers\.(\d+)\.attentions\.(\d+)\.out\.(.*)$"), r"transformer.\1.attn_list.\2.out_lin.\3"),
+    (re.compile(r"^layers\.(\d+)\.attention_norms\.(\d+)\.(.*)$"), r"transformer.\1.norm_attn_list.\2.\3"),
+    (re.compile(r"^layers\.(\d+)\.ff_norm\.(.*)$"), r"transformer.\1.norm2.\2"),
+    (re.compile(r"^layers\.(\d+)\.ff\.(\d+)\.(.*)$"), r"transformer.\1.ff.\2.\3"),
+    (re.compile(r"^head\.(.*)$"), r"output_head.\1"),
+]  # fmt: skip
+_CONV = re.compile(r"^dna_encoder\.convs\.(\d+)\.(.*)$")
+
+
+def original_key(key: str) -> str:
+    """Our state-dict key -> the original implementation's key."""
+    match = _CONV.match(key)
+    if match:  # conv layers sit at indices 0, 3, (6) of the original Sequential
+        return f"CNN.0.CNN.{3 * int(match.group(1))}.{match.group(2)}"
+    for pattern, replacement in _RULES:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    raise CheckpointError(f"no original counterpart for parameter {key!r}")
+
+
+def detect_mode(keys: Any) -> str | None:
+    """Attention mode from original keys; ``None`` when ambiguous (2D and intracell look the same)."""
+    keys = set(keys)
+    if any(".attn_list.1." in k for k in keys):
+        return "axial"
+    if any(".attn_list.0.embed_lin." in k or ".attn_list.0.bias_r_" in k for k in keys):
+        return None
+    if any(".attn_list.0." in k for k in keys):
+        return "intercell"
+    return "none"
+
+
+def _shape(state_dict: Mapping[str, Tensor], key: str, dim: int) -> int | None:
+    value = state_dict.get(key)
+    return None if value is None or value.dim() <= dim else int(value.shape[dim])
+
+
+def config_from_original(
+    state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any] | None = None
+) -> ModelConfig:
+    """Build a ``ModelConfig`` from original hparams, inferring what the keys and shapes tell.
+
+    ``hparams`` may use the original names (``RF``, ``transf_hsz``, ...) or ours (``dna_window``, ...).
+    Values given explicitly win; anything else comes from the state dict or the original defaults.
+    """
+    ours: dict[str, Any] = {}
+    ours_fields = set(HPARAM_NAMES.values())
+    for name, value in (hparams or {}).items():
+        if name in HPARAM_NAMES:
+            ours[HPARAM_NAMES[name]] = value
+        elif name in ours_fields:
+            ours[name] = value
+        elif name in TRAINING_HPARAMS:
+            log.debug("ignoring training hyperparameter %s=%r", name, value)
+        else:
+            raise UsageError(f"unknown hyperparameter {name!r} of the original model")
+    sd = {LEGACY_RENAMES.get(k, k): v for k, v in state_dict.items()}
+    inferred: dict[str, Any] = {}
+    if (n := _shape(sd, "cell_embed.weight", 0)) is not None:
+        inferred["n_cells"] = n
+    if (n := _shape(sd, "cell_embed.weight", 1)) is not None:
+        inferred["cell_embed"] = n
+    if (n := _shape(sd, "CNN.2.weight", 0)) is not None:
+        inferred["dna_embed"] = n
+    if (n := _shape(sd, "combine_embeds.0.weight", 0)) is not None:
+        inferred["hidden"] = n
+    if "CpG_embed.mask_embed" in sd:
+        inferred["data_mode"] = "continuous"
+        inferred["state_embed"] = _shape(sd, "CpG_embed.mask_embed", 1)
+    elif "CpG_embed.CpG_embed.weight" in sd:
+        inferred["data_mode"] = "binary"
+        inferred["state_embed"] = _shape(sd, "CpG_embed.CpG_embed.weight", 1)
+    layer_ids = {int(m.group(1)) for k in sd if (m := re.match(r"^transformer\.(\d+)\.", k))}
+    inferred["n_layers"] = max(layer_ids) + 1 if layer_ids else 0
+    if (n := _shape(sd, "transformer.0.attn_list.0.bias_r_w", 0)) is not None:
+        inferred["n_heads"] = n
+        inferred["head_dim"] = _shape(sd, "transformer.0.attn_list.0.bias_r_w", 1)
+    inferred["layernorm"] = any(".norm2." in k for k in sd) or not layer_ids
+    detected = detect_mode(sd)
+    if detected is not None:
+        inferred["mode"] = detected
+        if "mode" in ours and ours["mode"] != detected:
+            raise CheckpointError(
+                f"hyperparameter mode={ours['mode']!r} but the checkpoint's keys are those of "
+                f"mode {detected!r}"
+            )
+    elif "mode" not in ours:
+        raise CheckpointError(
+            "the checkpoint's keys fit mode '2D' and mode 'intracell' alike: give mode=2D or "
+            "mode=intracell with the hyperparameters"
+        )
+    config = {**inferred, **ours}
+    if "n_cells" not in config:
+        raise CheckpointError("cannot tell the number of cells: no cell_embed.weight in checkpoint")
+    if config.get("n_conv_layers", 2) != 2:
+        raise CheckpointError(
+            "the original's 3-convolution DNA CNN was broken (its Linear does not fit the "
+            "channels); only n_conv_layers=2 checkpoints exist"
+        )
+    config.setdefault("attention_dropout", 0.2)
+    try:
+        return ModelConfig(**config)
+    except UsageError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def from_original(
+    state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any] | None = None
+) -> CpGTransformer:
+    """Our model with the weights of an original state dict (strict keys and shapes)."""
+    config = config_from_original(state_dict, hparams)
+    model = CpGTransformer(config)
+    given = {LEGACY_RENAMES.get(k, k): v for k, v in state_dict.items()}
+    for old, new in LEGACY_RENAMES.items():
+        if old in state_dict:
+            log.info("renamed legacy key %s -> %s", old, new)
+    ours = model.state_dict()
+    wanted = {original_key(k): k for k in ours}
+    missing = sorted(set(wanted) - set(given))
+    unexpected = sorted(set(given) - set(wanted))
+    problems = []
+    if missing:
+        problems.append("missing key(s): " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected key(s): " + ", ".join(unexpected))
+    for orig, value in given.items():
+        if orig in wanted and tuple(value.shape) != tuple(ours[wanted[orig]].shape):
+            problems.append(
+                f"shape of {orig} is {list(value.shape)}, expected "
+                f"{list(ours[wanted[orig]].shape)} for {config.mode} model"
+            )
+    if problems:
+        raise CheckpointError("original checkpoint does not fit: " + "; ".join(problems))
+    model.load_state_dict({wanted[k]: v for k, v in given.items()}, strict=True)
+    return model
+
+
+def to_original(model: CpGTransformer) -> dict[str, Tensor]:
+    """Our model's weights under the original's key names (inverse of :func:`from_original`)."""
+    if not model.config.has_dna:
+        raise CheckpointError("the original model always has a DNA branch; this model has none")
+    if model.config.n_conv_layers != 2:
+        raise CheckpointError("the original model only supports n_conv_layers=2")
+    return {original_key(k): v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def to_original_hparams(config: ModelConfig) -> dict[str, Any]:
+    """Our config as the original's constructor arguments."""
+    values = config.to_dict()
+    return {orig: values[ours] for orig, ours in HPARAM_NAMES.items()}
+
+
+def original_forward(
+    model: CpGTransformer, dna: Tensor, states: Tensor, pos: Tensor, cells: Tensor
+) -> Tensor:
+    """Forward with the original's tensor conventions (as in the golden files).
+
+    dna ``[B, L, RF]`` int nucleotide codes; states ``[B, L, C]`` model-input coding (binary 0/1/2,
+    continuous 0 or 1 + beta); pos ``[B, L]`` bp; cells ``[B, C]`` cell-table indices -> logits
+    ``[B, L, C]``.
+    """
+    dtype = next(model.parameters()).dtype
+    if model.config.data_mode == "binary":
+        states = states.long()
+    else:
+        states = states.to(dtype)
+    return model(states, pos.long(), cells.long(), dna=dna.long())
+
+
+def load_original(
+    path: str | PathLike[str], trust_pickle: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read an original checkpoint: a bare ``.pt`` state dict, a Lightning ``.ckpt`` (``state_dict`` +
+    ``hyper_parameters``) or a dict with ``state_dict`` and ``hparams``. -> (state_dict, hparams).
+
+    Files that need full unpickling (Lightning ``.ckpt`` with custom objects) load only with
+    ``trust_pickle=True``.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such file") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
+        hint = "" if trust_pickle else " (if you trust the file, retry with --trust-pickle)"
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {exc}{hint}") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict or checkpoint dict")
+    hparams: dict[str, Any] = {}
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        raw_hparams = obj.get("hyper_parameters", obj.get("hparams")) or {}
+        hparams = dict(vars(raw_hparams) if hasattr(raw_hparams, "__dict__") else raw_hparams)
+        obj = obj["state_dict"]
+    state_dict = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is not a tensor")
+        state_dict[str(key)] = value
+    return state_dict, hparams
