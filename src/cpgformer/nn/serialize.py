@@ -1,0 +1,96 @@
+"""Our plain model file: ``{"format": "cpgformer-model", "format_version": 1, "config", "state_dict",
+"cells", ...extra}`` written with ``torch.save`` (atomically) and read with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import logging
+from os import PathLike
+from typing import Any
+
+import torch
+
+from cpgformer.errors import CheckpointError, UsageError
+from cpgformer.nn.config import ModelConfig
+from cpgformer.nn.model import CpGTransformer
+from cpgformer.utils.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cpgformer-model"
+FORMAT_VERSION = 1
+_RESERVED = ("format", "format_version", "config", "state_dict", "cells")
+
+
+def save_model(
+    path: str | PathLike[str],
+    model: CpGTransformer,
+    cells: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model`` (config + weights) and optional cell names / extra plain entries to ``path``."""
+    if cells is not None and len(cells) != model.config.n_cells:
+        raise UsageError(
+            f"{len(cells)} cell names given for a model with {model.config.n_cells} cells"
+        )
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "cells": None if cells is None else [str(c) for c in cells],
+    }
+    for key, value in (extra or {}).items():
+        if key in _RESERVED:
+            raise ValueError(f"extra entry {key!r} would overwrite a reserved field")
+        payload[key] = value
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    log.debug("saved model to %s", path)
+
+
+def load_model(path: str | PathLike[str]) -> tuple[CpGTransformer, dict[str, Any]]:
+    """Read a file written by :func:`save_model` -> (model in eval mode, metadata dict).
+
+    The metadata holds ``config`` (``ModelConfig``), ``cells`` and every extra entry.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such file") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
+        raise CheckpointError(f"{path}: cannot read as a cpgformer model file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a {FORMAT} file (original CpG Transformer checkpoints: use "
+            "`cpgformer convert-checkpoint`)"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is newer than this cpgformer supports "
+            f"({FORMAT_VERSION})"
+        )
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except UsageError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    model = CpGTransformer(config)
+    state_dict = payload["state_dict"]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the config: missing {missing}, unexpected {unexpected}"
+        )
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(value.shape)}, config expects "
+                f"{list(expected[key].shape)}"
+            )
+    model.load_state_dict(state_dict)
+    model.eval()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "config")}
+    meta["config"] = config
+    return model, meta
