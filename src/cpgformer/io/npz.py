@@ -352,9 +352,9 @@ def _genome_source(
 def _fasta_contigs(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     from cpgformer.io.fasta import Reference
 
-    ref = Reference(path)
-    for name in ref.contigs:
-        yield name, ref.fetch_codes(name, 0, ref.length(name))
+    with Reference(path) as ref:
+        for name, length in ref.contigs.items():
+            yield name, ref.fetch_codes(name, 0, length)
 
 
 def export_npz(

@@ -1,0 +1,682 @@
+"""Files (+ optional FASTA) -> dataset store: strand pooling, validation, binarisation, manifest.
+
+The pipeline streams (memory never grows with the number of input files):
+
+1. Each input file is one cell. Its rows are read (:func:`cpgformer.io.readers.read_calls`), contig
+   names normalised, grouped per contig, sorted, checked for repeated (pos, strand) calls, and pooled
+   onto the + strand C of each CpG (:func:`cpgformer.io.pooling.pool_chunk`; exact with a FASTA).
+2. The pooled calls of the cell are appended to an in-memory spill buffer; when the buffer exceeds
+   ``spill_bytes`` it is written, per contig, as ``.npy`` files inside the partial output directory.
+3. After the last file, each contig's spilled calls of all cells are concatenated, sorted by
+   (position, cell) and turned into one CSR matrix, labelled by the binarisation rule and written.
+   Peak memory is one contig's calls (at most the final store's size) plus one cell's file.
+
+Everything is written inside a ``.partial-`` directory renamed into place at the end, so a failure
+leaves no store behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpgformer.errors import InputError, UsageError
+from cpgformer.io.records import CallChunk
+from cpgformer.io.store import ChromArrays, write_store_into
+from cpgformer.utils.atomic import atomic_dir
+from cpgformer.utils.progress import progress
+
+log = logging.getLogger(__name__)
+
+BINARIZE_RULES = ("threshold", "drop-mixed", "majority")
+CHROM_NAME_MODES = ("keep", "add-chr", "strip-chr")
+DEFAULT_SPILL_BYTES = 128 << 20
+
+
+@dataclass
+class PrepareOptions:
+    """All parameters of :func:`prepare` (recorded in the manifest)."""
+
+    input_format: str | None = None
+    columns: str | None = None
+    fasta: str | None = None
+    min_valid_frac: float = 0.95
+    chrom_names: str = "keep"
+    binarize: str = "threshold"
+    threshold: float = 0.5
+    min_cov: int = 1
+    pair_adjacent: bool = False
+    cell_names: list[str] | None = None
+    spill_bytes: int = DEFAULT_SPILL_BYTES
+
+    def check(self) -> None:
+        if self.binarize not in BINARIZE_RULES:
+            raise UsageError(f"--binarize must be one of {', '.join(BINARIZE_RULES)}")
+        if self.chrom_names not in CHROM_NAME_MODES:
+            raise UsageError(f"--chrom-names must be one of {', '.join(CHROM_NAME_MODES)}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise UsageError(f"--threshold must be in (0, 1], got {self.threshold}")
+        if self.min_cov < 1:
+            raise UsageError(f"--min-cov must be >= 1, got {self.min_cov}")
+        if not 0.0 <= self.min_valid_frac <= 1.0:
+            raise UsageError(f"--min-valid-frac must be in [0, 1], got {self.min_valid_frac}")
+        if self.spill_bytes < 1 << 16:
+            raise UsageError("spill buffer must be at least 64 KiB")
+
+    def as_manifest(self) -> dict:
+        return {
+            "input_format": self.input_format or "auto",
+            "columns": self.columns,
+            "fasta": self.fasta,
+            "min_valid_frac": self.min_valid_frac,
+            "chrom_names": self.chrom_names,
+            "binarize": self.binarize,
+            "threshold": self.threshold,
+            "min_cov": self.min_cov,
+            "pair_adjacent": self.pair_adjacent,
+            "explicit_cell_names": self.cell_names is not None,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Small pure helpers (tested directly)
+# --------------------------------------------------------------------------------------------------
+
+
+def cell_name_from_path(path: str | os.PathLike[str]) -> str:
+    """Basename minus a trailing ``.gz`` and one extension: ``a/cell_01.cov.gz`` -> ``cell_01``."""
+    name = Path(path).name
+    if name.endswith(".gz"):
+        name = name[:-3]
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
+
+
+def normalise_chrom(name: str, mode: str) -> str:
+    """``keep``; ``add-chr``: ``1`` -> ``chr1``, ``MT`` -> ``chrM``; ``strip-chr``: the inverse."""
+    if mode == "keep":
+        return name
+    if mode == "add-chr":
+        if name.lower().startswith("chr"):
+            return name
+        return "chrM" if name == "MT" else "chr" + name
+    if name.lower().startswith("chr") and len(name) > 3:
+        rest = name[3:]
+        return "MT" if rest == "M" else rest
+    return name
+
+
+def chrom_sort_key(name: str) -> tuple:
+    """Natural order without a FASTA: 1, 2, ..., 10, ..., X, Y, M, then others alphabetically."""
+    base = name[3:] if name.lower().startswith("chr") else name
+    if base.isdigit():
+        return (0, int(base), name)
+    special = {"X": 1, "Y": 2, "M": 3, "MT": 3}
+    if base.upper() in special:
+        return (1, special[base.upper()], name)
+    parts = re.split(r"(\d+)", name)
+    return (2, 0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
+
+
+def binarize_labels(
+    mc: np.ndarray, cov: np.ndarray, rule: str, threshold: float = 0.5, min_cov: int = 1
+) -> np.ndarray:
+    """int8 labels from counts: 1 methylated, 0 unmethylated, -1 excluded.
+
+    * ``threshold``: mc / cov >= threshold -> 1 (ties, e.g. 1 of 2 reads at 0.5, count as methylated).
+    * ``drop-mixed``: 1 if all reads methylated, 0 if none, -1 for any mixture.
+    * ``majority``: 1 if mc / cov > 0.5, 0 if < 0.5, -1 for exact ties.
+
+    Calls with ``cov < min_cov`` get -1 under every rule.
+    """
+    mc = np.asarray(mc, dtype=np.int64)
+    cov = np.asarray(cov, dtype=np.int64)
+    if rule == "threshold":
+        label = (mc >= threshold * cov).astype(np.int8)
+    elif rule == "drop-mixed":
+        label = np.full(mc.shape, -1, dtype=np.int8)
+        label[mc == 0] = 0
+        label[(mc == cov) & (cov > 0)] = 1
+    elif rule == "majority":
+        label = np.full(mc.shape, -1, dtype=np.int8)
+        label[2 * mc > cov] = 1
+        label[2 * mc < cov] = 0
+    else:
+        raise UsageError(f"unknown binarisation rule {rule!r}")
+    label[cov < min_cov] = -1
+    return label
+
+
+def binarize_fractions(beta: np.ndarray, rule: str, threshold: float = 0.5) -> np.ndarray:
+    """Labels for fraction-only calls (one nominal read): the same rules applied to beta."""
+    beta = np.asarray(beta, dtype=np.float64)
+    if rule == "threshold":
+        return (beta >= threshold).astype(np.int8)
+    label = np.full(beta.shape, -1, dtype=np.int8)
+    if rule == "drop-mixed":
+        label[beta == 0] = 0
+        label[beta == 1] = 1
+    else:
+        label[beta > 0.5] = 1
+        label[beta < 0.5] = 0
+    return label
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-file processing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CellCalls:
+    """One cell's pooled calls on one contig, sorted by start (unique)."""
+
+    chrom: str
+    start: np.ndarray  # int64
+    mc: np.ndarray  # int32
+    cov: np.ndarray  # int32
+    beta: np.ndarray | None = None  # float32 for fraction-only inputs
+
+
+@dataclass
+class FileReport:
+    """What happened to one input file (recorded in the manifest)."""
+
+    path: str
+    cell: str
+    format: str = ""
+    n_lines: int = 0
+    n_rows: int = 0
+    n_calls_read: int = 0
+    n_calls: int = 0
+    n_merged: int = 0
+    n_adjacent_pairs: int = 0
+    counts_available: bool = True
+    dropped: dict[str, int] = field(default_factory=dict)
+    contigs: dict[str, int] = field(default_factory=dict)
+    header: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "cell": self.cell,
+            "format": self.format,
+            "n_lines": self.n_lines,
+            "n_rows": self.n_rows,
+            "n_calls_read": self.n_calls_read,
+            "n_calls": self.n_calls,
+            "n_strand_merged": self.n_merged,
+            "n_adjacent_pairs": self.n_adjacent_pairs,
+            "counts_available": self.counts_available,
+            "dropped": dict(self.dropped),
+            "header": self.header,
+        }
+
+
+def _drop_rows(chunk: CallChunk, keep: np.ndarray) -> CallChunk:
+    return CallChunk(
+        chunk.chrom,
+        chunk.pos[keep],
+        chunk.strand[keep],
+        chunk.mc[keep],
+        chunk.cov[keep],
+        chunk.line[keep],
+        chunk.pooled,
+        None if chunk.frac is None else chunk.frac[keep],
+    )
+
+
+class _CellReader:
+    """Reads one file into per-contig pooled calls and fills a :class:`FileReport`."""
+
+    def __init__(self, opts: PrepareOptions, reference: Any, spec: Any) -> None:
+        self.opts = opts
+        self.reference = reference
+        self.spec = spec
+        self._random_frac: float | None = None
+
+    def read(self, path: Path, cell: str) -> tuple[list[CellCalls], FileReport]:
+        from cpgformer.io import pooling, readers
+
+        report = FileReport(path=str(path), cell=cell)
+        stats = readers.ReadStats()
+        per_chrom: dict[tuple[str, bool], list[CallChunk]] = defaultdict(list)
+        fmt = self.opts.input_format if self.spec is None else None
+        for chunk in readers.read_calls(path, fmt=fmt, spec=self.spec, stats=stats):
+            if self.opts.chrom_names != "keep":
+                chunk.chrom = normalise_chrom(chunk.chrom, self.opts.chrom_names)
+            per_chrom[(chunk.chrom, chunk.pooled)].append(chunk)
+        report.format = stats.format
+        report.n_lines = stats.n_lines
+        report.n_rows = stats.n_rows
+        report.header = stats.header
+        report.counts_available = stats.counts_available
+        dropped: Counter[str] = Counter()
+        if stats.n_skipped_context:
+            dropped["non_cg_context"] += stats.n_skipped_context
+        if stats.n_skipped_zero:
+            dropped["zero_coverage"] += stats.n_skipped_zero
+
+        if self.reference is not None:
+            sample = [c for chunks in per_chrom.values() for c in chunks]
+            verdict = pooling.offset_verdict(pooling.offset_diagnostic(self.reference, sample))
+            if verdict is not None:
+                raise InputError(path, None, verdict)
+
+        out: list[CellCalls] = []
+        invalid: Counter[str] = Counter()
+        n_valid = 0
+        first_bad: tuple[int, str] | None = None
+        by_chrom: dict[str, list[pooling.PooledCalls]] = defaultdict(list)
+        for key in list(per_chrom):
+            chunk = pooling.concat_chunks(per_chrom.pop(key))  # release raw rows as we go
+            report.n_calls_read += len(chunk)
+            dup = pooling.duplicate_lines(chunk.pos, chunk.strand, chunk.line)
+            if dup is not None:
+                i = int(np.nonzero(chunk.line == dup[1])[0][0])
+                strand = {1: "+", -1: "-"}.get(int(chunk.strand[i]), "unstranded")
+                raise InputError(
+                    path,
+                    dup[1],
+                    f"repeated call at {chunk.chrom}:{int(chunk.pos[i]) + 1} "
+                    f"(1-based C, strand {strand}); first given at line {dup[0]}",
+                )
+            zero = chunk.cov <= 0
+            if zero.any():
+                dropped["zero_coverage"] += int(zero.sum())
+                chunk = _drop_rows(chunk, ~zero)
+                if not len(chunk):
+                    continue
+            if self.reference is not None and first_bad is None:
+                first_bad = self._first_bad_line(chunk)
+            pooled = pooling.pool_chunk(chunk, self.reference, self.opts.pair_adjacent)
+            for reason, n in pooled.n_dropped_by_reason.items():
+                invalid[reason] += int(n)
+            n_valid += len(chunk) - pooled.n_dropped
+            report.n_merged += int(pooled.n_merged)
+            report.n_adjacent_pairs += int(pooled.n_adjacent_pairs)
+            if len(pooled):
+                by_chrom[pooled.chrom].append(pooled)
+        for chrom, parts in by_chrom.items():
+            # one contig may come as pooled and per-C rows, or under two aliases of one name
+            pooled = parts[0] if len(parts) == 1 else pooling.merge_pooled(parts)
+            if len(parts) > 1:
+                report.n_merged += int(pooled.n_merged) - sum(p.n_merged for p in parts)
+            out.append(
+                CellCalls(
+                    chrom=chrom,
+                    start=np.asarray(pooled.start, dtype=np.int64),
+                    mc=np.asarray(pooled.mc, dtype=np.int32),
+                    cov=np.asarray(pooled.cov, dtype=np.int32),
+                    beta=(
+                        None
+                        if stats.counts_available or pooled.frac is None
+                        else np.asarray(pooled.frac, dtype=np.float32)
+                    ),
+                )
+            )
+        dropped.update(invalid)
+        report.dropped = dict(dropped)
+        report.n_calls = int(sum(len(c.start) for c in out))
+        if self.reference is not None:
+            self._threshold_check(path, n_valid, dict(invalid), first_bad)
+        if report.n_calls == 0:
+            raise InputError(
+                path, None, f"no calls left after validation (dropped {report.dropped})"
+            )
+        return out, report
+
+    def _first_bad_line(self, chunk: CallChunk) -> tuple[int, str] | None:
+        """Line of the first row on an unknown contig or past the contig end (cheap checks)."""
+        target = self.reference.resolve(chunk.chrom)
+        if target is None:
+            return int(chunk.line.min()), f"contig {chunk.chrom!r} is not in the FASTA"
+        length = self.reference.contigs[target]
+        past = chunk.pos >= length
+        if past.any():
+            i = int(np.argmin(np.where(past, chunk.line, np.iinfo(np.int64).max)))
+            return (
+                int(chunk.line[i]),
+                f"position {int(chunk.pos[i]) + 1} (1-based) past the end of "
+                f"{target} (length {length})",
+            )
+        return None
+
+    def _threshold_check(
+        self, path: Path, n_valid: int, invalid: dict[str, int], first_bad: tuple[int, str] | None
+    ) -> None:
+        from cpgformer.io import pooling
+
+        n_invalid = sum(invalid.values())
+        if not n_invalid:
+            return
+        if self._random_frac is None:
+            self._random_frac = pooling.random_valid_fraction(self.reference)
+        message = pooling.validity_verdict(
+            n_valid, invalid, self.opts.min_valid_frac, self._random_frac
+        )
+        if message is not None:
+            line = None
+            if first_bad is not None:
+                line = first_bad[0]
+                message += f"; first: {first_bad[1]}"
+            raise InputError(path, line, message + f" [{self.opts.fasta}]")
+        log.warning(
+            "%s: dropped %d of %d calls invalid against the FASTA (%s)",
+            path,
+            n_invalid,
+            n_valid + n_invalid,
+            ", ".join(f"{k} {v}" for k, v in sorted(invalid.items())),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Spilling and merging
+# --------------------------------------------------------------------------------------------------
+
+
+class _Spill:
+    """Buffers pooled calls of consecutive cells and writes them per contig as ``.npy`` parts."""
+
+    def __init__(self, directory: Path, limit_bytes: int) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.limit = limit_bytes
+        self.buffer: dict[str, list[tuple[int, CellCalls]]] = defaultdict(list)
+        self.buffered = 0
+        self.parts: dict[str, list[Path]] = defaultdict(list)
+        self.chrom_dirs: dict[str, Path] = {}
+        self.has_beta: set[str] = set()
+        self.n_flushes = 0
+
+    def add(self, cell: int, calls: list[CellCalls]) -> None:
+        for c in calls:
+            self.buffer[c.chrom].append((cell, c))
+            self.buffered += len(c.start) * 20
+            if c.beta is not None:
+                self.has_beta.add(c.chrom)
+        if self.buffered >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        for chrom, items in self.buffer.items():
+            d = self.chrom_dirs.get(chrom)
+            if d is None:
+                d = self.dir / str(len(self.chrom_dirs))
+                d.mkdir()
+                self.chrom_dirs[chrom] = d
+            k = len(self.parts[chrom])
+            start = np.concatenate([c.start for _, c in items])
+            cell = np.concatenate([np.full(len(c.start), i, dtype=np.int32) for i, c in items])
+            mc = np.concatenate([c.mc for _, c in items])
+            cov = np.concatenate([c.cov for _, c in items])
+            base = d / f"part{k:05d}"
+            np.save(str(base) + ".start.npy", start)
+            np.save(str(base) + ".ints.npy", np.stack([cell, mc, cov]))
+            if chrom in self.has_beta:
+                beta = np.concatenate(
+                    [
+                        c.beta if c.beta is not None else (c.mc / c.cov).astype(np.float32)
+                        for _, c in items
+                    ]
+                )
+                np.save(str(base) + ".beta.npy", beta.astype(np.float32))
+            self.parts[chrom].append(base)
+        self.buffer.clear()
+        self.buffered = 0
+        self.n_flushes += 1
+
+    def load(self, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+        starts, ints, betas = [], [], []
+        for base in self.parts[chrom]:
+            starts.append(np.load(str(base) + ".start.npy"))
+            ints.append(np.load(str(base) + ".ints.npy"))
+            if chrom in self.has_beta:
+                bpath = Path(str(base) + ".beta.npy")
+                if bpath.exists():
+                    betas.append(np.load(bpath))
+                else:
+                    b = ints[-1][1] / ints[-1][2]
+                    betas.append(b.astype(np.float32))
+        start = np.concatenate(starts)
+        packed = np.concatenate(ints, axis=1)
+        beta = np.concatenate(betas) if chrom in self.has_beta else None
+        return start, packed[0], packed[1], packed[2], beta
+
+    def release(self, chrom: str) -> None:
+        d = self.chrom_dirs.get(chrom)
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _merge_chrom(
+    chrom: str,
+    start: np.ndarray,
+    cell: np.ndarray,
+    mc: np.ndarray,
+    cov: np.ndarray,
+    beta: np.ndarray | None,
+    opts: PrepareOptions,
+) -> ChromArrays:
+    """All cells' calls of one contig (each cell's starts unique) -> CSR by site."""
+    # parts were written in cell order, so a stable sort by start gives (start, cell) order
+    order = np.argsort(start, kind="stable")
+    start = start[order]
+    cell = cell[order]
+    mc = mc[order]
+    cov = cov[order]
+    if beta is not None:
+        beta = beta[order]
+    new_site = np.empty(len(start), dtype=bool)
+    if len(start):
+        new_site[0] = True
+        np.not_equal(start[1:], start[:-1], out=new_site[1:])
+    first = np.flatnonzero(new_site)
+    positions = start[first]
+    indptr = np.empty(len(first) + 1, dtype=np.int64)
+    indptr[:-1] = first
+    indptr[-1] = len(start)
+    if beta is not None:
+        label = binarize_fractions(beta, opts.binarize, opts.threshold)
+        label[cov < opts.min_cov] = -1
+    else:
+        label = binarize_labels(mc, cov, opts.binarize, opts.threshold, opts.min_cov)
+    return ChromArrays(chrom, positions, indptr, cell, mc, cov, label, beta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    if not inputs:
+        raise UsageError("no input files given")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if p.is_dir():
+            raise InputError(p, None, "is a directory, expected a methylation call file")
+        if not p.exists():
+            raise InputError(p, None, "no such file")
+    return paths
+
+
+def _cell_names(paths: list[Path], explicit: list[str] | None) -> list[str]:
+    if explicit is not None:
+        if len(explicit) != len(paths):
+            raise UsageError(f"{len(explicit)} cell names given for {len(paths)} input files")
+        names = list(explicit)
+    else:
+        names = [cell_name_from_path(p) for p in paths]
+    first: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if not n:
+            raise UsageError(f"{paths[i]}: empty cell name")
+        if n in first:
+            raise UsageError(
+                f"duplicate cell name {n!r}: {paths[first[n]]} and {paths[i]} "
+                "(one file per cell; rename a file or give --cell-names)"
+            )
+        first[n] = i
+    return names
+
+
+def _reference(fasta: str | None) -> Any:
+    if fasta is None:
+        return None
+    from cpgformer.io.fasta import Reference
+
+    return Reference(fasta)
+
+
+def _fasta_identity(reference: Any, fasta: str | None) -> dict | None:
+    if reference is None:
+        return None
+    ident = reference.identity()
+    ident = dict(ident) if isinstance(ident, dict) else {"identity": ident}
+    if fasta:
+        ident["path"] = str(Path(fasta).resolve())
+    return ident
+
+
+def prepare(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    options: PrepareOptions | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict:
+    """Build a store from per-cell call files (one file = one cell); return the manifest.
+
+    Raises :class:`InputError` / :class:`UsageError` for bad input; no output is left behind then.
+    """
+    opts = options or PrepareOptions()
+    opts.check()
+    if opts.input_format == "npz" or (
+        len(inputs) == 1 and opts.input_format is None and _is_triple(inputs[0])
+    ):
+        from cpgformer.io.npz import import_npz
+
+        if len(inputs) != 1:
+            raise UsageError("npz import takes one directory holding X.npz/y.npz/pos.npz")
+        return import_npz(
+            inputs[0],
+            output,
+            cell_names=opts.cell_names,
+            overwrite=overwrite,
+            extra_parameters={"binarize": "threshold", "threshold": 0.5},
+        )
+    paths = _check_inputs(inputs)
+    names = _cell_names(paths, opts.cell_names)
+    spec = None
+    if opts.columns is not None:
+        from cpgformer.io.readers import parse_column_spec
+
+        spec = parse_column_spec(opts.columns)
+    elif opts.input_format == "tsv":
+        raise UsageError("--input-format tsv needs --columns")
+    reference = _reference(opts.fasta)
+    reader = _CellReader(opts, reference, spec)
+    t0 = time.perf_counter()
+    reports: list[FileReport] = []
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        spill = _Spill(tmp / "spill", opts.spill_bytes)
+        for i, (path, name) in enumerate(
+            progress(list(zip(paths, names)), desc="reading cells", unit="file")
+        ):
+            calls, report = reader.read(path, name)
+            spill.add(i, calls)
+            reports.append(report)
+            del calls
+        spill.flush()
+        t_read = time.perf_counter() - t0
+        chroms = list(spill.parts)
+        if reference is not None:
+            order = {c: k for k, c in enumerate(reference.contigs)}
+            chroms.sort(key=lambda c: order.get(c, len(order)))
+        else:
+            chroms.sort(key=chrom_sort_key)
+
+        def merged() -> Iterator[ChromArrays]:
+            for chrom in progress(chroms, desc="merging", unit="chrom"):
+                arrays = _merge_chrom(chrom, *spill.load(chrom), opts)
+                yield arrays
+                del arrays
+                spill.release(chrom)
+
+        n_adjacent = sum(r.n_adjacent_pairs for r in reports)
+        from cpgformer.io.pooling import strand_rule as _strand_rule
+
+        strand_rule = _strand_rule(reference, opts.pair_adjacent)
+        flags = []
+        for r in reports:
+            f = []
+            if not r.counts_available:
+                f.append("counts_unavailable")
+            if r.n_adjacent_pairs:
+                f.append("unpooled_strands")
+            flags.append(",".join(f))
+        manifest_extra = {
+            "parameters": opts.as_manifest(),
+            "inputs": [r.as_dict() for r in reports],
+            "fasta": _fasta_identity(reference, opts.fasta),
+            "strand_rule": strand_rule,
+            "binarisation": {
+                "rule": opts.binarize,
+                "threshold": opts.threshold if opts.binarize == "threshold" else 0.5,
+                "ties": {
+                    "threshold": "methylated (mc/cov >= threshold)",
+                    "drop-mixed": "any mixed call excluded",
+                    "majority": "excluded (label -1)",
+                }[opts.binarize],
+                "min_cov": opts.min_cov,
+            },
+            "data_mode": "binary",
+            "dropped": dict(sum((Counter(r.dropped) for r in reports), Counter())),
+            "n_adjacent_pairs": n_adjacent,
+        }
+        cell_info = {
+            "name": names,
+            "source_file": [str(p) for p in paths],
+            "flags": flags,
+            "format": [r.format for r in reports],
+        }
+        manifest = write_store_into(tmp, merged(), names, manifest_extra, cell_info)
+        shutil.rmtree(tmp / "spill", ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    n_read = sum(r.n_calls_read for r in reports)
+    log.info(
+        "prepared %s: %d cells, %d chromosomes, %d sites, %d calls from %d rows "
+        "(read %.1f s, total %.1f s)",
+        output,
+        manifest["n_cells"],
+        len(manifest["chromosomes"]),
+        manifest["n_sites"],
+        manifest["n_calls"],
+        n_read,
+        t_read,
+        elapsed,
+    )
+    if n_adjacent and reference is None and not opts.pair_adjacent:
+        log.warning(
+            "%d adjacent (x, x+1) call pairs within cells look like unpooled strands of one CpG; "
+            "give --fasta to pool them exactly (or --pair-adjacent)",
+            n_adjacent,
+        )
+    return manifest
+
+
+def _is_triple(path: str | os.PathLike[str]) -> bool:
+    from cpgformer.io.npz import is_npz_triple_dir
+
+    return is_npz_triple_dir(path)
