@@ -66,7 +66,12 @@ def _sha256_file(path: Path) -> str:
 
 
 def _writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Writable for us *and* not marked read-only (root passes os.access on r-x folders)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(folder, os.W_OK | os.X_OK)
 
 
 def _alias_candidates(name: str) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
 import os
 import re
 import zlib
@@ -733,8 +734,8 @@ def _locate_bad_line(
             try:
                 if kind == "int":
                     int(value)
-                else:
-                    float(value)
+                elif not math.isfinite(float(value)):
+                    raise ValueError(value)
             except ValueError:
                 what = "an integer" if kind == "int" else "a number"
                 return InputError(
