@@ -1,0 +1,942 @@
+"""Genome-wide imputation: overlap-tiled streaming inference into a compact, resumable imputed store.
+
+How a chromosome is predicted
+-----------------------------
+The model sees ``receptive_field_sites`` = ``n_layers * (site_window - 1) // 2`` sites on each side of a
+site (the *margin* m). A chromosome is processed in *chunks* of ``chunk_sites`` output rows; a chunk
+reads its rows plus m rows of context on each side, cuts that block into *tiles* of at most
+``tile_sites`` rows whose starts advance by ``tile_sites - 2m``, and keeps from each tile only the rows
+that lie at least m rows from a tile edge (or next to a chromosome end). Every row therefore gets
+exactly one output, computed with its whole receptive field inside its tile: the result equals one
+pass over the whole chromosome (tested to 1e-5). Chromosomes shorter than a tile are one shorter tile;
+every row is written.
+
+The DNA embedding of each site is computed once per chunk (in sub-chunks of ``embed_chunk`` windows)
+and shared by all tiles that contain the site. Memory is bounded by the chunk size, not the chromosome.
+
+The imputed store
+-----------------
+::
+
+    OUT/manifest.json            format "cpgformer-imputed", format_version 1, written last
+    OUT/cells.tsv                the dataset store's cell table (same order = same columns)
+    OUT/chroms/<k>/positions.npy int64 [n_sites] 0-based + strand C (the imputed sites)
+                   indptr.npy, cell.npy, mc.npy, cov.npy, label.npy [, beta.npy]
+                                 the observed calls at those sites (CSR by site, as the dataset store)
+                   p-<i>.npy     [rows, n_cells] float16 probabilities (or uint8: round(255 p)),
+                                 chunk i = rows [i * chunk_sites, min(n_sites, (i + 1) * chunk_sites))
+
+A run writes into ``<parent>/.partial-<name>.impute/`` (every file there written as temp + rename) and
+renames that directory to ``OUT`` only after ``manifest.json`` is written, so an unfinished run is never
+readable as complete; rerunning the same command resumes at the first chunk not yet written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from cpgformer import __version__
+from cpgformer.codes import MISSING
+from cpgformer.errors import InputError, UsageError
+from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file
+from cpgformer.utils.progress import bar
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cpgformer-imputed"
+FORMAT_VERSION = 1
+DTYPES = ("float16", "uint8")
+SITE_MODES = ("store", "all")
+_CSR_FIELDS = ("indptr", "cell", "mc", "cov", "label")
+_UINT8_SCALE = 255.0
+
+PredictFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+"""``predict_fn(states [B, L, C], positions [B, L], cell_ids [B, C], dna_embedding [B, L, E] | None)``
+-> logits (binary) or raw values (continuous) ``[B, L, C]``; states are in model-input coding."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the model seam
+
+
+@dataclass
+class Predictor:
+    """What imputation needs from a model; built from a ``CpGTransformer`` or by hand (tests).
+
+    ``margin`` is the receptive field in sites on each side; ``embed_fn`` maps ``[N, dna_window]``
+    nucleotide codes to ``[N, E]`` (``None`` for a model without DNA).
+    """
+
+    predict_fn: PredictFn
+    margin: int
+    n_cells: int
+    embed_fn: Callable[[Tensor], Tensor] | None = None
+    dna_window: int = 0
+    data_mode: str = "binary"
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> Predictor:
+        """Wrap a ``CpGTransformer`` (switched to eval mode: no dropout at inference)."""
+        model.eval()
+        config = model.config  # type: ignore[attr-defined]
+
+        def predict(
+            states: Tensor, positions: Tensor, cell_ids: Tensor, dna_embedding: Tensor | None
+        ) -> Tensor:
+            return model(states, positions, cell_ids, dna_embedding=dna_embedding)
+
+        has_dna = bool(config.dna_window)
+        return cls(
+            predict_fn=predict,
+            margin=int(model.receptive_field_sites),  # type: ignore[attr-defined]
+            n_cells=int(config.n_cells),
+            embed_fn=model.embed_dna if has_dna else None,  # type: ignore[attr-defined]
+            dna_window=int(config.dna_window or 0),
+            data_mode=str(config.data_mode),
+        )
+
+
+@dataclass
+class ModelSource:
+    """A predictor plus what the checkpoint says about the data it was trained on."""
+
+    predictor: Predictor
+    checkpoint_id: str
+    cells: list[str] | None = None  # the checkpoint's cell table; None: take the store's order
+    store_fingerprint: str | None = None
+    config: dict = field(default_factory=dict)
+    temperature: float = 1.0
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file (the checkpoint id recorded in the imputed store)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model_source(path: str | os.PathLike[str]) -> ModelSource:
+    """Load a checkpoint (``cpgformer.checkpoint.load_checkpoint``) as a :class:`ModelSource`."""
+    from cpgformer.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    config = loaded.config
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    temperature = getattr(loaded, "temperature", None)
+    return ModelSource(
+        predictor=Predictor.from_model(loaded.model),
+        checkpoint_id=file_digest(path),
+        cells=list(loaded.cells) if loaded.cells is not None else None,
+        store_fingerprint=loaded.store_fingerprint,
+        config=config_dict,
+        temperature=float(temperature) if temperature else 1.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# tiling arithmetic
+
+
+class Tile(NamedTuple):
+    """Rows ``[start, stop)`` go through the model; rows ``[keep_start, keep_stop)`` are kept."""
+
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+
+
+def plan_tiles(start: int, stop: int, n_sites: int, tile_sites: int, margin: int) -> list[Tile]:
+    """Tiles whose kept rows cover ``[start, stop)`` exactly once, each with its full receptive field.
+
+    A kept row is at least ``margin`` rows from its tile's edges, unless the edge is a chromosome end
+    (row 0 or ``n_sites``), where a single pass would see no more context either. Tiles are
+    ``tile_sites`` long (the last one may be shorter) and advance by ``tile_sites - 2 * margin``.
+    """
+    if not 0 <= start <= stop <= n_sites:
+        raise ValueError(f"rows [{start}, {stop}) out of range for {n_sites} sites")
+    if tile_sites <= 2 * margin:
+        raise UsageError(
+            f"tile length {tile_sites} sites must exceed twice the model's receptive field "
+            f"({margin} sites each side)"
+        )
+    tiles: list[Tile] = []
+    keep = start
+    need_end = min(n_sites, stop + margin)
+    while keep < stop:
+        t0 = max(0, keep - margin)
+        t1 = min(t0 + tile_sites, need_end)
+        keep_stop = stop if t1 == need_end else t1 - margin
+        tiles.append(Tile(t0, t1, keep, keep_stop))
+        keep = keep_stop
+    return tiles
+
+
+def predict_block(
+    predictor: Predictor,
+    states: np.ndarray,
+    positions: np.ndarray,
+    keep_start: int,
+    keep_stop: int,
+    *,
+    cell_ids: np.ndarray | None = None,
+    dna_embedding: Tensor | None = None,
+    tile_sites: int = 1024,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Model outputs for rows ``[keep_start, keep_stop)`` of a block of consecutive sites.
+
+    ``states`` ``[R, C]`` in model-input coding (int: 0 unknown, 1 unmethylated, 2 methylated; float
+    for continuous models), ``positions`` ``[R]`` bp, ``dna_embedding`` ``[R, E]``. Rows within
+    ``margin`` of the block edges are used as context only, unless the block edge is a chromosome end
+    (pass a block that starts or stops there). Returns float32 ``[keep_stop - keep_start, C]``.
+    """
+    n_rows, n_cells = states.shape
+    if cell_ids is None:
+        cell_ids = np.arange(n_cells)
+    cells_t = torch.as_tensor(np.asarray(cell_ids, dtype=np.int64))
+    tiles = plan_tiles(keep_start, keep_stop, n_rows, tile_sites, predictor.margin)
+    out = np.empty((keep_stop - keep_start, n_cells), dtype=np.float32)
+    continuous = predictor.data_mode == "continuous"
+    by_length: dict[int, list[Tile]] = {}
+    for tile in tiles:
+        by_length.setdefault(tile.stop - tile.start, []).append(tile)
+    with torch.inference_mode():
+        for group in by_length.values():
+            for b in range(0, len(group), batch_size):
+                batch = group[b : b + batch_size]
+                s = np.stack([states[t.start : t.stop] for t in batch])
+                p = np.stack([positions[t.start : t.stop] - positions[t.start] for t in batch])
+                s_t = torch.from_numpy(s).float() if continuous else torch.from_numpy(s).long()
+                p_t = torch.from_numpy(p.astype(np.int64))
+                c_t = cells_t.unsqueeze(0).expand(len(batch), -1)
+                e_t = None
+                if dna_embedding is not None:
+                    e_t = torch.stack([dna_embedding[t.start : t.stop] for t in batch])
+                logits = predictor.predict_fn(s_t, p_t, c_t, e_t).float().numpy()
+                for t, lg in zip(batch, logits):
+                    out[t.keep_start - keep_start : t.keep_stop - keep_start] = lg[
+                        t.keep_start - t.start : t.keep_stop - t.start
+                    ]
+    return out
+
+
+def embed_sites(
+    predictor: Predictor,
+    windows_fn: Callable[[int, int], np.ndarray],
+    n_rows: int,
+    embed_chunk: int = 1024,
+) -> Tensor | None:
+    """DNA embeddings ``[n_rows, E]`` of rows ``0..n_rows`` of a block, computed in chunks.
+
+    ``windows_fn(a, b)`` returns the ``[b - a, dna_window]`` nucleotide codes of rows ``a:b``.
+    """
+    if predictor.embed_fn is None or not predictor.dna_window:
+        return None
+    parts = []
+    with torch.inference_mode():
+        for a in range(0, n_rows, embed_chunk):
+            b = min(n_rows, a + embed_chunk)
+            w = torch.from_numpy(np.ascontiguousarray(windows_fn(a, b), dtype=np.int64))
+            parts.append(predictor.embed_fn(w).float())
+    if not parts:
+        return torch.zeros((0, 0))
+    return torch.cat(parts, dim=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# probabilities, quantisation, calibration
+
+
+def to_probabilities(raw: np.ndarray, data_mode: str, temperature: float = 1.0) -> np.ndarray:
+    """Binary: ``sigmoid(logit / T)``; continuous: the raw beta estimate clipped to [0, 1]."""
+    if data_mode == "continuous":
+        return np.clip(raw, 0.0, 1.0).astype(np.float32)
+    z = np.asarray(raw, dtype=np.float32) / np.float32(temperature)
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # stable sigmoid
+
+
+def quantize(p: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float16":
+        return p.astype(np.float16)
+    if dtype == "uint8":
+        return np.rint(np.clip(p, 0.0, 1.0) * _UINT8_SCALE).astype(np.uint8)
+    raise UsageError(f"unknown output dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    if q.dtype == np.uint8:
+        return q.astype(np.float32) / np.float32(_UINT8_SCALE)
+    return q.astype(np.float32)
+
+
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
+    """Temperature T minimising the mean binary cross-entropy of ``sigmoid(logits / T)``.
+
+    Fitted on held-out masked entries (labels 0/1). T > 1 softens over-confident predictions.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if z.shape != y.shape or z.size == 0:
+        raise UsageError(
+            f"need equal, non-empty logits and labels to fit a temperature (got {z.size}, {y.size})"
+        )
+
+    def nll(log_t: float) -> float:
+        return binary_nll(z / math.exp(log_t), y)
+
+    res = minimize_scalar(
+        nll,
+        bounds=(math.log(bounds[0]), math.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    return float(math.exp(res.x))
+
+
+def binary_nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of logits against 0/1 labels (numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(np.mean(np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with ``n_bins`` equal-width confidence bins on P(methylated) (bin weight = its share).
+
+    ECE = sum_b |B_b|/N * |mean(y in b) - mean(p in b)|; the last bin includes p = 1.
+    """
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if p.size == 0:
+        return float("nan")
+    idx = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    return float(np.sum(np.abs(sum_y - sum_p)) / p.size)
+
+
+def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """ECE and NLL before (T = 1) and after temperature scaling on the same entries."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    return {
+        "n": int(z.size),
+        "temperature": float(temperature),
+        "ece_before": expected_calibration_error(to_probabilities(z, "binary", 1.0), y),
+        "ece_after": expected_calibration_error(to_probabilities(z, "binary", temperature), y),
+        "nll_before": binary_nll(z, y),
+        "nll_after": binary_nll(z / temperature, y),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# site sources: which rows are imputed and where their observed calls come from
+
+
+class _ChromSource:
+    """Rows to impute on one chromosome and their observed calls (store rows, or all CpGs)."""
+
+    def __init__(self, ds: Any, chrom: str, positions: np.ndarray | None = None) -> None:
+        self.ds = ds
+        self.chrom = chrom
+        store_pos = ds.positions(chrom)
+        if positions is None:
+            self.positions = store_pos
+            self.store_rows: np.ndarray | None = None  # identity
+        else:
+            self.positions = np.asarray(positions, dtype=np.int64)
+            rows = np.searchsorted(self.positions, store_pos)
+            ok = rows < len(self.positions)
+            ok[ok] = self.positions[rows[ok]] == np.asarray(store_pos)[ok]
+            if not np.all(ok):
+                bad = int(np.asarray(store_pos)[~ok][0])
+                raise UsageError(
+                    f"{chrom}:{bad} (0-based) is a store site but not a CpG of the reference; "
+                    "is the FASTA the one the store was prepared with?"
+                )
+            self.store_rows = rows.astype(np.int64)
+
+    @property
+    def n_sites(self) -> int:
+        return int(len(self.positions))
+
+    def _store_range(self, a: int, b: int) -> tuple[int, int]:
+        if self.store_rows is None:
+            return a, b
+        return (
+            int(np.searchsorted(self.store_rows, a, "left")),
+            int(np.searchsorted(self.store_rows, b, "left")),
+        )
+
+    def _expand(self, arr: np.ndarray, a: int, b: int, s0: int, fill: float) -> np.ndarray:
+        if self.store_rows is None:
+            return arr
+        out = np.full((b - a, arr.shape[1]), fill, dtype=arr.dtype)
+        out[self.store_rows[s0 : s0 + len(arr)] - a] = arr
+        return out
+
+    def states(self, a: int, b: int) -> np.ndarray:
+        s0, s1 = self._store_range(a, b)
+        return self._expand(self.ds.states(self.chrom, s0, s1), a, b, s0, MISSING)
+
+    def betas(self, a: int, b: int) -> np.ndarray:
+        s0, s1 = self._store_range(a, b)
+        return self._expand(self.ds.betas(self.chrom, s0, s1), a, b, s0, -1.0)
+
+    def csr_arrays(self) -> dict[str, np.ndarray]:
+        """Observed calls of the imputed rows (CSR by row; cells as in the store)."""
+        indptr, cell, mc, cov, label = self.ds.csr(self.chrom)
+        arrays = {"cell": cell, "mc": mc, "cov": cov, "label": label}
+        if self.ds.has_beta(self.chrom):
+            arrays["beta"] = self.ds.beta_values(self.chrom)
+        if self.store_rows is None:
+            arrays["indptr"] = indptr
+        else:
+            counts = np.zeros(self.n_sites, dtype=np.int64)
+            counts[self.store_rows] = np.diff(np.asarray(indptr))
+            new = np.zeros(self.n_sites + 1, dtype=np.int64)
+            np.cumsum(counts, out=new[1:])
+            arrays["indptr"] = new
+        return arrays
+
+
+def all_cpg_positions(reference: Any, chrom: str) -> np.ndarray:
+    """0-based positions of every ``CG`` dinucleotide (case-insensitive) of a reference contig."""
+    seq = reference.sequence(chrom)
+    codes = np.frombuffer(seq.upper().encode("ascii") if isinstance(seq, str) else seq, np.uint8)
+    if codes.size < 2:
+        return np.zeros(0, dtype=np.int64)
+    hits = (codes[:-1] == ord("C")) & (codes[1:] == ord("G"))
+    return np.flatnonzero(hits).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# running an imputation
+
+
+@dataclass
+class ImputeOptions:
+    """Everything that determines an imputation's output (batch size and threads do not)."""
+
+    chroms: Sequence[str] | None = None
+    keep_observed: bool = False
+    dtype: str = "float16"
+    sites: str = "store"
+    tile_sites: int = 1024
+    chunk_sites: int | None = None  # default: about 4 M entries per chunk
+    batch_size: int = 8
+    embed_chunk: int = 1024
+    fasta: str | None = None
+    temperature: float | None = None  # None: the checkpoint's
+    ignore_fingerprint: bool = False
+    overwrite: bool = False
+
+
+def default_chunk_sites(n_cells: int) -> int:
+    """Rows per chunk: ~4 M (site, cell) entries, between 1,024 and 65,536 rows, a multiple of 256."""
+    rows = (1 << 22) // max(1, n_cells)
+    return int(min(65536, max(1024, rows // 256 * 256)))
+
+
+def cell_index_map(store_cells: Sequence[str], model_cells: Sequence[str] | None) -> np.ndarray:
+    """Model cell id for each store column; the store may list the model's cells in another order."""
+    store_cells = list(store_cells)
+    if model_cells is None or list(model_cells) == store_cells:
+        return np.arange(len(store_cells), dtype=np.int64)
+    model_index = {name: i for i, name in enumerate(model_cells)}
+    missing = [c for c in store_cells if c not in model_index]
+    extra = [c for c in model_cells if c not in set(store_cells)]
+    if missing or extra or len(model_cells) != len(store_cells):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} store cell(s) unknown to the model (e.g. {missing[:3]})")
+        if extra:
+            parts.append(f"{len(extra)} model cell(s) missing from the store (e.g. {extra[:3]})")
+        raise UsageError(
+            "the store's cells differ from the checkpoint's: "
+            + "; ".join(parts)
+            + ". A model imputes exactly the cells it was trained on (its cell table); fine-tune "
+            "it on this store to impute other cells"
+        )
+    log.info("store lists the checkpoint's cells in another order: matched by name")
+    return np.array([model_index[c] for c in store_cells], dtype=np.int64)
+
+
+def _partial_dir(out: Path) -> Path:
+    return out.parent / f"{PARTIAL_PREFIX}{out.name}.impute"
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_file(path) as fh:
+        np.save(fh, np.asarray(arr))
+
+
+def _save_json(path: Path, data: dict) -> None:
+    with atomic_file(path, "w") as fh:
+        json.dump(data, fh, indent=1, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _open_reference(path: str) -> Any:
+    from cpgformer.io.fasta import Reference
+
+    return Reference(path)
+
+
+def impute(
+    store: Any,
+    model: ModelSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ImputeOptions | None = None,
+) -> ImputedStore:
+    """Impute every (site, cell) of ``store`` with ``model`` into the imputed store ``out``.
+
+    ``store``: a path or an open :class:`cpgformer.io.store.Dataset`; ``model``: a checkpoint path or a
+    :class:`ModelSource`. Resumes an interrupted run with the same settings; see the module docstring.
+    """
+    from cpgformer.io.store import Dataset, open_dataset
+
+    opts = options or ImputeOptions()
+    ds = store if isinstance(store, Dataset) else open_dataset(store)
+    source = model if isinstance(model, ModelSource) else load_model_source(model)
+    predictor = source.predictor
+    out = Path(out)
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"unknown output dtype {opts.dtype!r} (choose from {', '.join(DTYPES)})")
+    if opts.sites not in SITE_MODES:
+        raise UsageError(f"--sites must be one of {', '.join(SITE_MODES)}, got {opts.sites!r}")
+
+    # ---- compatibility of store and checkpoint
+    if (
+        source.store_fingerprint
+        and source.store_fingerprint != ds.fingerprint
+        and not opts.ignore_fingerprint
+    ):
+        raise UsageError(
+            f"{ds.path}: store fingerprint {ds.fingerprint[:12]} differs from the one the checkpoint "
+            f"was trained on ({source.store_fingerprint[:12]}); impute the training store, or pass "
+            "--ignore-fingerprint to apply the model to another store of the same cells"
+        )
+    cell_ids = cell_index_map(ds.cells, source.cells)
+    if predictor.n_cells < ds.n_cells or int(cell_ids.max(initial=-1)) >= predictor.n_cells:
+        raise UsageError(
+            f"the model's cell table has {predictor.n_cells} cells, the store {ds.n_cells}"
+        )
+    temperature = float(opts.temperature if opts.temperature else source.temperature)
+    if temperature <= 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+
+    chroms = list(opts.chroms) if opts.chroms else list(ds.chromosomes)
+    for c in chroms:
+        if c not in ds.chromosomes:
+            raise UsageError(
+                f"{ds.path}: chromosome {c!r} is not in the store (has {', '.join(ds.chromosomes[:10])})"
+            )
+    fasta = opts.fasta or ds.fasta_path
+    reference = None
+    if predictor.dna_window or opts.sites == "all":
+        if not fasta:
+            need = "the model uses DNA windows" if predictor.dna_window else "--sites all"
+            raise UsageError(f"{need}: give the reference with --fasta (the store records none)")
+        reference = _open_reference(str(fasta))
+
+    sources = []
+    for c in chroms:
+        positions = all_cpg_positions(reference, c) if opts.sites == "all" else None
+        sources.append(_ChromSource(ds, c, positions))
+    chunk_sites = int(opts.chunk_sites or default_chunk_sites(ds.n_cells))
+    if chunk_sites < 1:
+        raise UsageError(f"chunk size must be >= 1 site, got {chunk_sites}")
+
+    plan = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "store": str(Path(ds.path).resolve()),
+        "store_fingerprint": ds.fingerprint,
+        "checkpoint_id": source.checkpoint_id,
+        "temperature": temperature,
+        "data_mode": predictor.data_mode,
+        "keep_observed": bool(opts.keep_observed),
+        "dtype": opts.dtype,
+        "sites": opts.sites,
+        "fasta": str(fasta) if fasta else None,
+        "chunk_sites": chunk_sites,
+        "cells": list(ds.cells),
+        "chromosomes": [
+            {
+                "name": s.chrom,
+                "dir": str(k),
+                "n_sites": s.n_sites,
+                "n_chunks": math.ceil(s.n_sites / chunk_sites),
+            }
+            for k, s in enumerate(sources)
+        ],
+    }
+
+    # ---- output directory: fresh, or resume an unfinished run with the same plan
+    if out.exists():
+        if not opts.overwrite:
+            raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
+    work = _partial_dir(out)
+    plan_path = work / "plan.json"
+    if work.exists():
+        try:
+            with open(plan_path) as fh:
+                old = json.load(fh)
+        except (OSError, ValueError):
+            old = None
+        if old != json.loads(json.dumps(plan, default=_json_default)):
+            if not opts.overwrite:
+                raise UsageError(
+                    f"{work}: an unfinished imputation with other settings (store, checkpoint or "
+                    "options) is there; rerun it with its settings to resume, or pass --overwrite"
+                )
+            shutil.rmtree(work)
+        else:
+            log.info("resuming the unfinished imputation in %s", work)
+    if not work.exists():
+        work.mkdir(parents=True)
+        _save_json(plan_path, plan)
+    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+
+    # ---- chunks
+    total = sum(c["n_chunks"] for c in plan["chromosomes"])
+    done_before = 0
+    with bar(total, desc="imputing", unit="chunk") as progress_bar:
+        for k, src in enumerate(sources):
+            cdir = work / "chroms" / str(k)
+            cdir.mkdir(parents=True, exist_ok=True)
+            _write_static(cdir, src)
+            windows_fn = None
+            if predictor.dna_window:
+                windows_fn = _windows_fn(reference, src, predictor.dna_window)
+            for i in range(plan["chromosomes"][k]["n_chunks"]):
+                path = cdir / f"p-{i:06d}.npy"
+                if path.exists():
+                    done_before += 1
+                    progress_bar.update(1)
+                    continue
+                a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
+                probs = _impute_chunk(predictor, src, a, b, cell_ids, windows_fn, temperature, opts)
+                _save_npy(path, quantize(probs, opts.dtype))
+                progress_bar.update(1)
+    if done_before:
+        log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
+
+    manifest = dict(plan)
+    manifest.update(
+        {
+            "complete": True,
+            "package_version": __version__,
+            "model_config": source.config,
+            "tile_sites": opts.tile_sites,
+            "margin_sites": predictor.margin,
+            "n_cells": ds.n_cells,
+            "n_sites": int(sum(s.n_sites for s in sources)),
+        }
+    )
+    _save_json(work / "manifest.json", manifest)
+    plan_path.unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    log.info(
+        "imputed %d sites x %d cells on %d chromosome(s) into %s",
+        manifest["n_sites"],
+        ds.n_cells,
+        len(sources),
+        out,
+    )
+    return open_imputed(out)
+
+
+def _write_static(cdir: Path, src: _ChromSource) -> None:
+    """Positions and observed calls of one chromosome (skipped when an earlier run wrote them)."""
+    if not (cdir / "positions.npy").exists():
+        _save_npy(cdir / "positions.npy", np.asarray(src.positions, dtype=np.int64))
+    if (cdir / "indptr.npy").exists():
+        return
+    arrays = src.csr_arrays()
+    for name, arr in arrays.items():
+        if name != "indptr":
+            _save_npy(cdir / f"{name}.npy", arr)
+    _save_npy(cdir / "indptr.npy", arrays["indptr"])  # written last: marks the set complete
+
+
+def _windows_fn(reference: Any, src: _ChromSource, width: int) -> Callable[[int, int], np.ndarray]:
+    def windows(a: int, b: int) -> np.ndarray:
+        return reference.windows(src.chrom, np.asarray(src.positions[a:b]), width)
+
+    return windows
+
+
+def _impute_chunk(
+    predictor: Predictor,
+    src: _ChromSource,
+    a: int,
+    b: int,
+    cell_ids: np.ndarray,
+    windows_fn: Callable[[int, int], np.ndarray] | None,
+    temperature: float,
+    opts: ImputeOptions,
+) -> np.ndarray:
+    """Probabilities ``[b - a, C]`` of rows ``[a, b)`` (reads m rows of context on each side)."""
+    m = predictor.margin
+    lo, hi = max(0, a - m), min(src.n_sites, b + m)
+    continuous = predictor.data_mode == "continuous"
+    observed = src.betas(lo, hi) if continuous else src.states(lo, hi)
+    model_input = _model_input(observed, continuous)
+    embedding = None
+    if windows_fn is not None:
+        embedding = embed_sites(
+            predictor, lambda x, y: windows_fn(lo + x, lo + y), hi - lo, opts.embed_chunk
+        )
+    raw = predict_block(
+        predictor,
+        model_input,
+        np.asarray(src.positions[lo:hi], dtype=np.int64),
+        a - lo,
+        b - lo,
+        cell_ids=cell_ids,
+        dna_embedding=embedding,
+        tile_sites=opts.tile_sites,
+        batch_size=opts.batch_size,
+    )
+    probs = to_probabilities(raw, predictor.data_mode, temperature)
+    if opts.keep_observed:
+        obs = observed[a - lo : b - lo]
+        seen = obs >= 0
+        probs[seen] = obs[seen].astype(np.float32)
+    return probs
+
+
+def _model_input(observed: np.ndarray, continuous: bool) -> np.ndarray:
+    """Stored labels (-1/0/1) or betas (-1 / [0, 1]) -> model-input coding (``codes.to_model_input``)."""
+    from cpgformer.codes import to_model_input
+
+    if continuous:
+        x = to_model_input(observed.astype(np.float32))
+        x[observed < 0] = 0.0
+        return x
+    return to_model_input(observed.astype(np.int8))
+
+
+# --------------------------------------------------------------------------------------------------
+# reading an imputed store
+
+
+class ImputedStore:
+    """A complete imputed store (read-only, memory-mapped chunks)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not self.path.exists():
+            partial = _partial_dir(self.path)
+            if partial.exists():
+                raise UsageError(
+                    f"{self.path}: imputation not finished (the unfinished run is in {partial}); "
+                    "rerun the same cpgformer impute command to resume it"
+                )
+            raise InputError(self.path, None, "no such imputed store")
+        if not mpath.is_file():
+            raise UsageError(
+                f"{self.path}: not a complete cpgformer imputed store (no manifest.json)"
+            )
+        try:
+            with open(mpath) as fh:
+                manifest = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise InputError(mpath, None, f"unreadable manifest: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise InputError(mpath, None, f"not a cpgformer imputed store (format != {FORMAT!r})")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise InputError(
+                mpath,
+                None,
+                f"imputed store format_version {manifest.get('format_version')} unsupported",
+            )
+        if not manifest.get("complete"):
+            raise UsageError(f"{self.path}: imputed store is incomplete")
+        self.manifest: dict = manifest
+        self.cells: list[str] = list(manifest["cells"])
+        self.chromosomes: list[str] = [c["name"] for c in manifest["chromosomes"]]
+        self._meta = {c["name"]: c for c in manifest["chromosomes"]}
+        self.chunk_sites: int = int(manifest["chunk_sites"])
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._cell_table: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ImputedStore({str(self.path)!r}: {self.n_cells} cells, "
+            f"{len(self.chromosomes)} chromosomes, {self.manifest.get('n_sites')} sites)"
+        )
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest.get("temperature", 1.0))
+
+    @property
+    def keep_observed(self) -> bool:
+        return bool(self.manifest.get("keep_observed"))
+
+    @property
+    def data_mode(self) -> str:
+        return str(self.manifest.get("data_mode", "binary"))
+
+    @property
+    def fasta_path(self) -> str | None:
+        return self.manifest.get("fasta")
+
+    @property
+    def cell_table(self) -> pd.DataFrame:
+        if self._cell_table is None:
+            self._cell_table = pd.read_csv(
+                self.path / "cells.tsv",
+                sep="\t",
+                dtype={"name": str, "source_file": str, "flags": str},
+                keep_default_na=False,
+                na_values={"global_meth_frac": ["NA"], "mean_cov": ["NA"]},
+            )
+        return self._cell_table
+
+    def _chrom(self, chrom: str) -> dict:
+        try:
+            return self._meta[chrom]
+        except KeyError:
+            raise UsageError(
+                f"{self.path}: chromosome {chrom!r} was not imputed (has {', '.join(self.chromosomes[:10])})"
+            ) from None
+
+    def _array(self, chrom: str, name: str) -> np.ndarray:
+        key = (chrom, name)
+        if key not in self._cache:
+            f = self.path / "chroms" / self._chrom(chrom)["dir"] / f"{name}.npy"
+            try:
+                self._cache[key] = np.load(f, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise InputError(f, None, f"unreadable imputed-store array: {exc}") from None
+        return self._cache[key]
+
+    def n_sites(self, chrom: str) -> int:
+        return int(self._chrom(chrom)["n_sites"])
+
+    def positions(self, chrom: str) -> np.ndarray:
+        return self._array(chrom, "positions")
+
+    def chunks(self, chrom: str) -> list[tuple[int, int]]:
+        """Row ranges of the stored chunks (read chunk by chunk for bounded memory)."""
+        n, s = self.n_sites(chrom), self.chunk_sites
+        return [(a, min(n, a + s)) for a in range(0, n, s)]
+
+    def values(self, chrom: str, start: int, stop: int) -> np.ndarray:
+        """float32 ``[stop - start, C]`` stored outputs (model probabilities; with ``keep_observed``
+        the observed calls replace them)."""
+        n = self.n_sites(chrom)
+        if not 0 <= start <= stop <= n:
+            raise UsageError(f"rows [{start}, {stop}) out of range for {chrom!r} with {n} sites")
+        out = np.empty((stop - start, self.n_cells), dtype=np.float32)
+        s = self.chunk_sites
+        for i in range(start // s, (stop + s - 1) // s):
+            a, b = max(start, i * s), min(stop, (i + 1) * s)
+            chunk = self._array(chrom, f"p-{i:06d}")
+            out[a - start : b - start] = dequantize(np.asarray(chunk[a - i * s : b - i * s]))
+        return out
+
+    def csr(self, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr, cell, mc, cov, label) of the observed calls at the imputed sites."""
+        return tuple(self._array(chrom, f) for f in _CSR_FIELDS)  # type: ignore[return-value]
+
+    def _segment(
+        self, chrom: str, start: int, stop: int
+    ) -> tuple[int, int, np.ndarray, np.ndarray]:
+        indptr = np.asarray(self._array(chrom, "indptr")[start : stop + 1])
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        rows = np.repeat(np.arange(stop - start), np.diff(indptr))
+        cols = np.asarray(self._array(chrom, "cell")[lo:hi], dtype=np.int64)
+        return lo, hi, rows, cols
+
+    def states(self, chrom: str, start: int, stop: int) -> np.ndarray:
+        """int8 ``[rows, C]`` observed labels, -1 missing (or excluded by the binarisation rule)."""
+        lo, hi, rows, cols = self._segment(chrom, start, stop)
+        out = np.full((stop - start, self.n_cells), MISSING, dtype=np.int8)
+        out[rows, cols] = self._array(chrom, "label")[lo:hi]
+        return out
+
+    def counts(self, chrom: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mc, cov) int32 ``[rows, C]``; cov 0 = unobserved."""
+        lo, hi, rows, cols = self._segment(chrom, start, stop)
+        mc = np.zeros((stop - start, self.n_cells), dtype=np.int32)
+        cov = np.zeros((stop - start, self.n_cells), dtype=np.int32)
+        mc[rows, cols] = self._array(chrom, "mc")[lo:hi]
+        cov[rows, cols] = self._array(chrom, "cov")[lo:hi]
+        return mc, cov
+
+    def observed_values(self, chrom: str, start: int, stop: int) -> np.ndarray:
+        """float32 ``[rows, C]`` observed value (label, or beta for continuous stores), NaN missing."""
+        if self.data_mode == "continuous":
+            lo, hi, rows, cols = self._segment(chrom, start, stop)
+            out = np.full((stop - start, self.n_cells), np.nan, dtype=np.float32)
+            mc = np.asarray(self._array(chrom, "mc")[lo:hi], dtype=np.float32)
+            cov = np.asarray(self._array(chrom, "cov")[lo:hi], dtype=np.float32)
+            d = self.path / "chroms" / self._chrom(chrom)["dir"]
+            beta = (
+                np.asarray(self._array(chrom, "beta")[lo:hi])
+                if (d / "beta.npy").exists()
+                else mc / np.maximum(cov, 1)
+            )
+            out[rows, cols] = beta
+            return out
+        s = self.states(chrom, start, stop)
+        out = s.astype(np.float32)
+        out[s < 0] = np.nan
+        return out
+
+    def imputed(self, chrom: str, start: int, stop: int) -> np.ndarray:
+        """float32 ``[rows, C]``: observed calls kept, model probabilities for missing entries."""
+        v = self.values(chrom, start, stop)
+        obs = self.observed_values(chrom, start, stop)
+        seen = ~np.isnan(obs)
+        v[seen] = obs[seen]
+        return v
+
+
+def open_imputed(path: str | os.PathLike[str]) -> ImputedStore:
+    """Open a complete imputed store; an unfinished or interrupted run raises a clear ``UsageError``."""
+    return ImputedStore(path)

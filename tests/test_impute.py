@@ -1,0 +1,403 @@
+"""Tiled imputation: equality with one pass, bounded memory, resume after a kill, calibration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cpgformer.errors import UsageError
+from cpgformer.impute import (
+    ImputeOptions,
+    ModelSource,
+    Predictor,
+    binary_nll,
+    cell_index_map,
+    default_chunk_sites,
+    dequantize,
+    expected_calibration_error,
+    fit_temperature,
+    impute,
+    open_imputed,
+    plan_tiles,
+    predict_block,
+    quantize,
+)
+from cpgformer.io.store import ChromArrays, open_dataset, write_store
+from cpgformer.nn import CpGTransformer, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_chrom(name: str, n_sites: int, n_cells: int, fill: float, seed: int) -> ChromArrays:
+    """A random CSR chromosome: each (site, cell) observed with probability ``fill``."""
+    rng = np.random.default_rng(seed)
+    positions = np.cumsum(rng.integers(2, 400, size=n_sites)).astype(np.int64)
+    parts = []  # drawn in blocks of rows to keep the fixture's own memory small
+    for a in range(0, n_sites, 20_000):
+        r, c = np.nonzero(rng.random((min(n_sites, a + 20_000) - a, n_cells)) < fill)
+        parts.append((r + a, c))
+    rows = np.concatenate([p[0] for p in parts])
+    cols = np.concatenate([p[1] for p in parts])
+    indptr = np.zeros(n_sites + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_sites), out=indptr[1:])
+    cov = rng.integers(1, 4, size=rows.size).astype(np.int32)
+    mc = rng.integers(0, cov + 1).astype(np.int32)
+    label = np.where(2 * mc >= cov, 1, 0).astype(np.int8)
+    label[rng.random(rows.size) < 0.02] = -1  # a few excluded calls
+    return ChromArrays(name, positions, indptr, cols.astype(np.int32), mc, cov, label)
+
+
+def make_store(path: Path, sizes: dict[str, int], n_cells: int, fill: float = 0.3) -> Path:
+    chroms = [random_chrom(n, s, n_cells, fill, seed=i) for i, (n, s) in enumerate(sizes.items())]
+    write_store(path, chroms, [f"cell{i:02d}" for i in range(n_cells)])
+    return path
+
+
+def tiny_model(n_cells: int, seed: int = 0) -> CpGTransformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        n_cells=n_cells,
+        dna_window=0,
+        hidden=16,
+        n_heads=2,
+        head_dim=8,
+        n_layers=2,
+        site_window=5,
+        state_embed=8,
+        cell_embed=8,
+    )
+    model = CpGTransformer(cfg)
+    return model.eval()
+
+
+def source_for(model: CpGTransformer, cells: list[str] | None = None) -> ModelSource:
+    return ModelSource(Predictor.from_model(model), checkpoint_id="test-model", cells=cells)
+
+
+# ---------------------------------------------------------------------------------------------
+# tiling arithmetic
+
+
+@pytest.mark.parametrize("n", [1, 5, 30, 31, 50, 97, 200, 1000])
+@pytest.mark.parametrize("tile,margin", [(30, 4), (11, 5), (64, 0), (1024, 40)])
+def test_plan_tiles_cover_every_row_once_with_context(n: int, tile: int, margin: int) -> None:
+    tiles = plan_tiles(0, n, n, tile, margin)
+    kept = np.zeros(n, dtype=int)
+    for t in tiles:
+        assert 0 <= t.start <= t.keep_start < t.keep_stop <= t.stop <= n
+        assert t.stop - t.start <= tile
+        assert t.keep_start - t.start >= margin or t.start == 0
+        assert t.stop - t.keep_stop >= margin or t.stop == n
+        kept[t.keep_start : t.keep_stop] += 1
+    assert np.all(kept == 1)  # every row written exactly once (original defect 15.25)
+    if n <= tile:
+        assert tiles == [(0, n, 0, n)]  # short chromosome: one shorter tile
+
+
+def test_plan_tiles_hand_checked() -> None:
+    # L = 10, m = 2, stride 6: keep [0,8) [8,14) [14,20) [20,23)
+    assert plan_tiles(0, 23, 23, 10, 2) == [
+        (0, 10, 0, 8),
+        (6, 16, 8, 14),
+        (12, 22, 14, 20),
+        (18, 23, 20, 23),
+    ]
+    # a sub-range reads margin rows of context on each side
+    assert plan_tiles(8, 14, 23, 10, 2) == [(6, 16, 8, 14)]
+    with pytest.raises(UsageError, match="receptive field"):
+        plan_tiles(0, 10, 10, 8, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance 1: tiled = one pass
+
+
+def test_tiled_prediction_equals_one_pass_on_long_chromosome() -> None:
+    n_sites, n_cells = 700, 6
+    chrom = random_chrom("1", n_sites, n_cells, 0.3, seed=3)
+    states = np.full((n_sites, n_cells), -1, dtype=np.int8)
+    rows = np.repeat(np.arange(n_sites), np.diff(chrom.indptr))
+    states[rows, chrom.cell] = chrom.label
+    model = tiny_model(n_cells)
+    predictor = Predictor.from_model(model)
+    assert predictor.margin == 4
+    x = (states + 1).astype(np.int64)
+    with torch.inference_mode():
+        one_pass = model(
+            torch.from_numpy(x)[None],
+            torch.from_numpy(chrom.positions - chrom.positions[0])[None],
+            torch.arange(n_cells)[None],
+        )[0].numpy()
+    tiled = predict_block(predictor, x, chrom.positions, 0, n_sites, tile_sites=64, batch_size=3)
+    assert len(plan_tiles(0, n_sites, n_sites, 64, 4)) >= 10  # several segments long
+    np.testing.assert_allclose(tiled, one_pass, atol=1e-5, rtol=0)
+    # the margin matters: without it the tile edges differ
+    naive = Predictor(predictor.predict_fn, 0, n_cells)
+    cut = predict_block(naive, x, chrom.positions, 0, n_sites, tile_sites=64)
+    assert np.abs(cut - one_pass).max() > 1e-3
+
+
+def test_impute_store_equals_one_pass_and_keep_observed(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", {"1": 300, "2": 37}, n_cells=5)
+    ds = open_dataset(store)
+    model = tiny_model(5, seed=1)
+    opts = ImputeOptions(tile_sites=40, chunk_sites=64, dtype="float16")
+    imp = impute(ds, source_for(model), tmp_path / "imp", opts)
+    assert imp.chromosomes == ["1", "2"]
+    for chrom in ("1", "2"):
+        n = ds.n_sites(chrom)
+        x = ds.states(chrom, 0, n).astype(np.int64) + 1
+        pos = np.asarray(ds.positions(chrom))
+        with torch.inference_mode():
+            logits = model(
+                torch.from_numpy(x)[None],
+                torch.from_numpy(pos - pos[0])[None],
+                torch.arange(5)[None],
+            )[0].numpy()
+        expected = 1 / (1 + np.exp(-logits))
+        got = imp.values(chrom, 0, n)
+        assert got.shape == (n, 5)
+        np.testing.assert_allclose(got, expected, atol=1e-3)  # float16 storage
+        np.testing.assert_array_equal(imp.positions(chrom), pos)
+        np.testing.assert_array_equal(imp.states(chrom, 0, n), ds.states(chrom, 0, n))
+    assert len(list((tmp_path / "imp" / "chroms" / "0").glob("p-*.npy"))) == 5
+    # keep-observed copies the observed calls back, model probabilities elsewhere
+    kept = impute(
+        ds,
+        source_for(model),
+        tmp_path / "kept",
+        ImputeOptions(tile_sites=40, chunk_sites=64, keep_observed=True),
+    )
+    s = ds.states("1", 0, 300)
+    v = kept.values("1", 0, 300)
+    np.testing.assert_array_equal(v[s >= 0], s[s >= 0].astype(np.float32))
+    np.testing.assert_array_equal(v[s < 0], imp.values("1", 0, 300)[s < 0])
+    np.testing.assert_array_equal(imp.imputed("1", 0, 300), v)
+    assert kept.manifest["keep_observed"] is True
+
+
+def test_impute_refuses_other_cells_and_fingerprint(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", {"1": 40}, n_cells=3)
+    model = tiny_model(3)
+    cells = ["cell00", "cell01", "cell02"]
+    other = ModelSource(Predictor.from_model(model), "m", cells=["cell00", "cell01", "x"])
+    with pytest.raises(UsageError, match="cells differ"):
+        impute(store, other, tmp_path / "a")
+    wrong = ModelSource(Predictor.from_model(model), "m", cells=cells, store_fingerprint="ab" * 32)
+    with pytest.raises(UsageError, match="fingerprint"):
+        impute(store, wrong, tmp_path / "b")
+    imp = impute(store, wrong, tmp_path / "c", ImputeOptions(ignore_fingerprint=True))
+    assert imp.n_cells == 3
+    with pytest.raises(UsageError, match="already exists"):
+        impute(store, wrong, tmp_path / "c", ImputeOptions(ignore_fingerprint=True))
+
+
+def test_cells_in_other_order_are_matched_by_name(tmp_path: Path) -> None:
+    assert cell_index_map(["b", "a", "c"], ["a", "b", "c"]).tolist() == [1, 0, 2]
+    store = make_store(tmp_path / "store", {"1": 60}, n_cells=3)
+    model = tiny_model(3)
+    ds = open_dataset(store)
+    direct = impute(ds, source_for(model, ds.cells), tmp_path / "d")
+    # a model whose cell table lists the same cells reversed, with the embedding rows reversed
+    rev = tiny_model(3)
+    rev.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        rev.cell_embed.weight.copy_(model.cell_embed.weight.flip(0))
+    reordered = impute(ds, source_for(rev, ds.cells[::-1]), tmp_path / "r")
+    np.testing.assert_allclose(reordered.values("1", 0, 60), direct.values("1", 0, 60), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance 3: killed runs resume; partial output is never readable as complete
+
+
+def test_injected_failure_resumes_at_first_unfinished_chunk(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", {"1": 200, "2": 90}, n_cells=4)
+    model = tiny_model(4)
+    opts = ImputeOptions(tile_sites=24, chunk_sites=50, batch_size=2)
+    full = impute(store, source_for(model), tmp_path / "full", opts)
+    calls = {"n": 0, "fail_at": 7}
+    base = Predictor.from_model(model)
+
+    def flaky(states, positions, cell_ids, emb):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("injected failure")
+        return base.predict_fn(states, positions, cell_ids, emb)
+
+    source = ModelSource(Predictor(flaky, base.margin, 4), checkpoint_id="test-model")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="injected"):
+        impute(store, source, out, opts)
+    assert not out.exists()
+    with pytest.raises(UsageError, match="not finished"):
+        open_imputed(out)
+    partial = tmp_path / ".partial-out.impute"
+    done = sorted(p.name for p in partial.glob("chroms/*/p-*.npy"))
+    assert 0 < len(done) < 7  # 4 + 2 chunks in all
+    calls["fail_at"] = -1
+    calls["n"] = 0
+    resumed = impute(store, source, out, opts)
+    # only the unfinished chunks were predicted again (tiles of 24 rows, 16 kept: 4 calls per chunk)
+    assert calls["n"] < 4 * (6 - len(done)) + 1
+    for chrom in ("1", "2"):
+        n = full.n_sites(chrom)
+        np.testing.assert_array_equal(resumed.values(chrom, 0, n), full.values(chrom, 0, n))
+    # a resume with other settings is refused
+    with pytest.raises(UsageError, match="already exists"):
+        impute(store, source, out, opts)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute
+    from cpgformer.nn import CpGTransformer, ModelConfig
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_cells=4, dna_window=0, hidden=16, n_heads=2, head_dim=8, n_layers=2,
+                      site_window=5, state_embed=8, cell_embed=8)
+    model = CpGTransformer(cfg).eval()
+    base = Predictor.from_model(model)
+    delay = float(sys.argv[3])
+    def slow(*args):
+        time.sleep(delay)
+        return base.predict_fn(*args)
+    src = ModelSource(Predictor(slow, base.margin, 4), checkpoint_id="kill-test")
+    impute(sys.argv[1], src, sys.argv[2], ImputeOptions(tile_sites=24, chunk_sites=50))
+    """
+)
+
+
+def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", {"1": 400}, n_cells=4)
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "CPGFORMER_NO_PROGRESS": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(store), str(out), "0.05"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    partial = tmp_path / ".partial-out.impute"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(partial.glob("chroms/0/p-*.npy")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(partial.glob("chroms/0/p-*.npy")))
+    assert 1 <= n_done < 8
+    with pytest.raises(UsageError, match="not finished"):
+        open_imputed(out)
+    subprocess.run([sys.executable, str(script), str(store), str(out), "0"], env=env, check=True)
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, str(script), str(store), str(ref), "0"], env=env, check=True)
+    a, b = open_imputed(out), open_imputed(ref)
+    np.testing.assert_array_equal(a.values("1", 0, 400), b.values("1", 0, 400))
+    assert not partial.exists()
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance 2: memory is flat in chromosome length
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    import numpy as np
+    from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute
+    torch.set_num_threads(1)
+    weights = torch.tensor([0.2, 0.3, 0.5, 0.3, 0.2])
+    def smooth(states, positions, cell_ids, emb):
+        # a cheap 5-site moving filter over every cell (receptive field 2 sites each side)
+        x = states.float().permute(0, 2, 1).reshape(-1, 1, states.shape[1])
+        y = torch.nn.functional.conv1d(x, weights.view(1, 1, 5), padding=2)
+        return y.reshape(states.shape[0], states.shape[2], -1).permute(0, 2, 1) - 1.0
+    src = ModelSource(Predictor(smooth, 2, 64), checkpoint_id="mem-test")
+    impute(sys.argv[1], src, sys.argv[2], ImputeOptions(tile_sites=512, chunk_sites=4096))
+    # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
+    status = open("/proc/self/status").read()
+    print(int(status.split("VmHWM:")[1].split()[0]))
+    """
+)
+
+
+def test_peak_memory_flat_when_chromosome_grows_tenfold(tmp_path: Path) -> None:
+    script = tmp_path / "mem.py"
+    script.write_text(MEMORY_SCRIPT)
+    env = {**os.environ, "CPGFORMER_NO_PROGRESS": "1"}
+    peaks = {}
+    for n in (40_000, 400_000):
+        store = make_store(tmp_path / f"s{n}", {"1": n}, n_cells=64, fill=0.02)
+        res = subprocess.run(
+            [sys.executable, str(script), str(store), str(tmp_path / f"o{n}")],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        peaks[n] = int(res.stdout.strip().splitlines()[-1]) / 1024  # MiB
+    # a whole-chromosome float32 matrix at 400k x 64 would add ~98 MiB (plus its int8 input)
+    growth = peaks[400_000] - peaks[40_000]
+    assert growth < 30, peaks
+
+
+# ---------------------------------------------------------------------------------------------
+# storage and calibration helpers
+
+
+def test_quantisation_round_trip() -> None:
+    p = np.array([0.0, 0.00196, 0.5, 0.73, 1.0], dtype=np.float32)
+    q8 = quantize(p, "uint8")
+    assert q8.tolist() == [0, 1, 128, 186, 255]
+    assert np.abs(dequantize(q8) - p).max() <= 0.5 / 255 + 1e-7
+    assert np.abs(dequantize(quantize(p, "float16")) - p).max() < 5e-4
+    assert default_chunk_sites(20) == 65536 and default_chunk_sites(100_000) == 1024
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    # bin [0.2,0.2667): p 0.25 x2, labels 0,1 -> |0.5 - 0.25| * 2/4;  bin of 0.9: |1 - 0.9| * 2/4
+    p = np.array([0.25, 0.25, 0.9, 0.9])
+    y = np.array([0, 1, 1, 1])
+    assert expected_calibration_error(p, y, n_bins=15) == pytest.approx(0.5 * 0.25 + 0.5 * 0.1)
+    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([1, 0])) == 0.0
+
+
+def test_fit_temperature_recovers_overconfidence() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, size=20000)
+    labels = (rng.random(20000) < 1 / (1 + np.exp(-true_logits))).astype(np.int8)
+    overconfident = 3.0 * true_logits  # the true temperature is 3
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.08)
+    grid = np.linspace(0.5, 6, 200)
+    best = grid[np.argmin([binary_nll(overconfident / g, labels) for g in grid])]
+    assert t == pytest.approx(best, abs=0.05)
+    p_before = 1 / (1 + np.exp(-overconfident))
+    p_after = 1 / (1 + np.exp(-overconfident / t))
+    assert expected_calibration_error(p_after, labels) < expected_calibration_error(
+        p_before, labels
+    )
+
+
+def test_incomplete_or_foreign_directory_is_not_opened(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    with pytest.raises(UsageError, match="no manifest"):
+        open_imputed(tmp_path / "x")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "manifest.json").write_text(json.dumps({"format": "cpgformer-imputed"}))
+    from cpgformer.errors import InputError
+
+    with pytest.raises(InputError):
+        open_imputed(tmp_path / "y")
