@@ -293,8 +293,9 @@ class Reference:
         def is_acgt(c: np.ndarray) -> np.ndarray:
             return (c == CODE_A) | (c == CODE_C) | (c == CODE_G) | (c == CODE_T)
 
-        n_plus = ~is_acgt(here) | ~is_acgt(nxt)
-        n_minus = ~is_acgt(prev) | ~is_acgt(here)
+        # N/IUPAC where the C is, or where the partner of a real C/G is
+        n_plus = ~is_acgt(here) | ((here == CODE_C) & ~is_acgt(nxt))
+        n_minus = ~is_acgt(here) | ((here == CODE_G) & ~is_acgt(prev))
         fwd = strand_arr == 1
         rev = strand_arr == -1
         unk = ~(fwd | rev)
@@ -304,11 +305,6 @@ class Reference:
         out[rev & ~minus & n_minus] = SiteClass.N_BASE
         out[unk & plus] = SiteClass.PLUS
         out[unk & minus] = SiteClass.MINUS
-        n_unk = (
-            ~is_acgt(here)
-            | ((here == CODE_C) & ~is_acgt(nxt))
-            | ((here == CODE_G) & ~is_acgt(prev))
-        )
-        out[unk & ~plus & ~minus & n_unk] = SiteClass.N_BASE
+        out[unk & ~plus & ~minus & (n_plus | n_minus)] = SiteClass.N_BASE
         out[(pos < 0) | (pos >= length)] = SiteClass.OUT_OF_RANGE
         return out
