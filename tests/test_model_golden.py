@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cpgformer.legacy import from_original, original_forward, to_original
+from cpgformer.nn.original_port import port_forward
 
 CASES = [
     "axial_binary",
@@ -46,3 +47,19 @@ def test_to_original_round_trip(shared: Path, case: str) -> None:
     assert set(back) == set(golden["state_dict"])
     for key, value in golden["state_dict"].items():
         assert torch.equal(back[key], value), key
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_logits_original_formulation_port(shared: Path, case: str) -> None:
+    """Third cross-check: the port of the original's formulation gives the same logits."""
+    golden = _load(shared, case)
+    model = from_original(golden["state_dict"], golden["hparams"]).eval()
+    inputs = golden["inputs"]
+    states = inputs["states"]
+    if model.config.data_mode == "binary":
+        states = states.long()
+    with torch.no_grad():
+        logits = port_forward(
+            model, states, inputs["pos"], inputs["cells"], dna=inputs["dna"].long()
+        )
+    torch.testing.assert_close(logits, golden["logits"], atol=1e-5, rtol=0)

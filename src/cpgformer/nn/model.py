@@ -99,9 +99,15 @@ class CpGTransformer(nn.Module):
         else:
             dna_embedding = None  # a model without DNA branch ignores DNA inputs
         x = self.embed_tokens(states, cell_ids, dna_embedding, impl)
+        x = self.transform(x, positions, impl)
+        return self.head(x).squeeze(-1)
+
+    def transform(self, x: Tensor, positions: Tensor, attention_impl: str | None = None) -> Tensor:
+        """The transformer stack alone: token embeddings ``[B, L, C, D]`` -> ``[B, L, C, D]``."""
+        impl = attention_impl or self.attention_impl
         rel = None
         if self._positional and self.layers:
             rel = RelativePositions(positions, self.config.half_window, self.config.hidden)
         for layer in self.layers:
             x = layer(x, rel, impl)
-        return self.head(x).squeeze(-1)
+        return x
