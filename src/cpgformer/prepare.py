@@ -437,21 +437,30 @@ class _Spill:
         self.n_flushes += 1
 
     def load(self, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
-        starts, ints, betas = [], [], []
-        for base in self.parts[chrom]:
-            starts.append(np.load(str(base) + ".start.npy"))
-            ints.append(np.load(str(base) + ".ints.npy"))
-            if chrom in self.has_beta:
+        """All spilled calls of one contig, filled part by part into preallocated arrays."""
+        bases = self.parts[chrom]
+        sizes = [np.load(str(b) + ".start.npy", mmap_mode="r").shape[0] for b in bases]
+        n = int(sum(sizes))
+        start = np.empty(n, dtype=np.int64)
+        cell = np.empty(n, dtype=np.int32)
+        mc = np.empty(n, dtype=np.int32)
+        cov = np.empty(n, dtype=np.int32)
+        beta = np.empty(n, dtype=np.float32) if chrom in self.has_beta else None
+        at = 0
+        for base, size in zip(bases, sizes):
+            sl = slice(at, at + size)
+            start[sl] = np.load(str(base) + ".start.npy", mmap_mode="r")
+            ints = np.load(str(base) + ".ints.npy", mmap_mode="r")
+            cell[sl], mc[sl], cov[sl] = ints[0], ints[1], ints[2]
+            if beta is not None:
                 bpath = Path(str(base) + ".beta.npy")
                 if bpath.exists():
-                    betas.append(np.load(bpath))
+                    beta[sl] = np.load(bpath, mmap_mode="r")
                 else:
-                    b = ints[-1][1] / ints[-1][2]
-                    betas.append(b.astype(np.float32))
-        start = np.concatenate(starts)
-        packed = np.concatenate(ints, axis=1)
-        beta = np.concatenate(betas) if chrom in self.has_beta else None
-        return start, packed[0], packed[1], packed[2], beta
+                    beta[sl] = ints[1] / ints[2]
+            del ints
+            at += size
+        return start, cell, mc, cov, beta
 
     def release(self, chrom: str) -> None:
         d = self.chrom_dirs.get(chrom)
@@ -470,13 +479,16 @@ def _merge_chrom(
 ) -> ChromArrays:
     """All cells' calls of one contig (each cell's starts unique) -> CSR by site."""
     # parts were written in cell order, so a stable sort by start gives (start, cell) order
-    order = np.argsort(start, kind="stable")
-    start = start[order]
-    cell = cell[order]
-    mc = mc[order]
-    cov = cov[order]
-    if beta is not None:
-        beta = beta[order]
+    # (one permuted copy at a time keeps the peak near one contig's calls plus the order)
+    if len(start) > 1 and np.any(start[1:] < start[:-1]):
+        order = np.argsort(start, kind="stable")
+        start = start[order]
+        cell = cell[order]
+        mc = mc[order]
+        cov = cov[order]
+        if beta is not None:
+            beta = beta[order]
+        del order
     new_site = np.empty(len(start), dtype=bool)
     if len(start):
         new_site[0] = True
@@ -486,11 +498,16 @@ def _merge_chrom(
     indptr = np.empty(len(first) + 1, dtype=np.int64)
     indptr[:-1] = first
     indptr[-1] = len(start)
-    if beta is not None:
-        label = binarize_fractions(beta, opts.binarize, opts.threshold)
-        label[cov < opts.min_cov] = -1
-    else:
-        label = binarize_labels(mc, cov, opts.binarize, opts.threshold, opts.min_cov)
+    label = np.empty(len(start), dtype=np.int8)
+    step = 1 << 22  # bounded temporaries
+    for lo in range(0, len(start), step):
+        sl = slice(lo, lo + step)
+        if beta is not None:
+            lab = binarize_fractions(beta[sl], opts.binarize, opts.threshold)
+            lab[cov[sl] < opts.min_cov] = -1
+        else:
+            lab = binarize_labels(mc[sl], cov[sl], opts.binarize, opts.threshold, opts.min_cov)
+        label[sl] = lab
     return ChromArrays(chrom, positions, indptr, cell, mc, cov, label, beta)
 
 
