@@ -95,6 +95,16 @@ class DataConfig:
         return cls(**data)
 
 
+class _EpochHolder:
+    """What Lightning sees as ``batch_sampler.sampler``: it calls ``set_epoch`` on it every epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
 class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
     """Yields batches of ``(segment index, epoch, batch number)`` keys for one rank.
 
@@ -121,10 +131,14 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
         self.rank = rank
         self.world_size = world_size
         self.pad = pad
-        self.epoch = 0
+        self.sampler = _EpochHolder()
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
 
     def global_batches(self) -> list[list[int]]:
         n = self.lengths.size

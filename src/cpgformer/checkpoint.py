@@ -1,0 +1,163 @@
+"""Load and save trained models: ``load_checkpoint`` reads both our formats without Lightning.
+
+* Lightning ``.ckpt`` written by ``cpgformer train``: a dict with ``state_dict`` (model weights under
+  ``model.``) and ``checkpoint["cpgformer"]`` = {format_version, config, cells, store_fingerprint,
+  data, temperature, training}. Read with ``torch.load(weights_only=True)``: importing Lightning is
+  not needed and no code in the file is executed.
+* The plain model file of :mod:`cpgformer.nn.serialize` (``format: "cpgformer-model"``), with
+  ``store_fingerprint``, ``data`` and ``temperature`` as extra entries (:func:`save_checkpoint`).
+
+Original CpG Transformer checkpoints (``.pt`` state dicts) go through :mod:`cpgformer.legacy`
+(``cpgformer convert-checkpoint``, or ``cpgformer train --init-from``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cpgformer.errors import CheckpointError, UsageError
+from cpgformer.nn import CpGTransformer, ModelConfig
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_KEY = "cpgformer"
+MODEL_PREFIX = "model."
+SUPPORTED_VERSION = 1
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model (eval mode, CPU) with what its checkpoint says about its training data."""
+
+    model: CpGTransformer
+    config: ModelConfig
+    cells: list[str] | None = None
+    store_fingerprint: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    training: dict[str, Any] = field(default_factory=dict)
+    kind: str = "lightning"  # "lightning" | "model"
+
+
+def _read(path: str | os.PathLike[str]) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
+        raise CheckpointError(f"{path}: cannot read as a checkpoint: {exc}") from exc
+
+
+def model_state_from_lightning(
+    state_dict: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The ``model.``-prefixed entries of a LightningModule state dict, prefix removed."""
+    return {k[len(MODEL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
+
+
+def build_model(
+    config: ModelConfig, state: Mapping[str, torch.Tensor], where: str
+) -> CpGTransformer:
+    """A model of ``config`` with ``state`` loaded strictly (keys and shapes checked)."""
+    model = CpGTransformer(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected))
+    for key, value in state.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            problems.append(
+                f"{key} has shape {list(value.shape)}, config expects {list(expected[key].shape)}"
+            )
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit the config: " + "; ".join(problems))
+    model.load_state_dict(dict(state), strict=True)
+    model.eval()
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
+    """Read a ``cpgformer train`` checkpoint (``.ckpt``) or a plain cpgformer model file."""
+    obj = _read(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: not a cpgformer checkpoint")
+    if obj.get("format") == "cpgformer-model":
+        from cpgformer.nn.serialize import load_model
+
+        model, meta = load_model(path)
+        return LoadedCheckpoint(
+            model=model,
+            config=meta["config"],
+            cells=meta.get("cells"),
+            store_fingerprint=meta.get("store_fingerprint"),
+            data=dict(meta.get("data") or {}),
+            temperature=float(meta.get("temperature") or 1.0),
+            training=dict(meta.get("training") or {}),
+            kind="model",
+        )
+    meta = obj.get(LIGHTNING_KEY)
+    if not isinstance(meta, Mapping) or "state_dict" not in obj:
+        raise CheckpointError(
+            f"{path}: not a cpgformer checkpoint (for original CpG Transformer files use "
+            "`cpgformer convert-checkpoint` or `cpgformer train --init-from`)"
+        )
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > SUPPORTED_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version!r} is newer than this cpgformer "
+            f"supports ({SUPPORTED_VERSION})"
+        )
+    try:
+        config = ModelConfig.from_dict(dict(meta["config"]))
+    except (UsageError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad model config: {exc}") from exc
+    model = build_model(config, model_state_from_lightning(obj["state_dict"]), str(path))
+    cells = meta.get("cells")
+    if cells is not None and len(cells) != config.n_cells:
+        raise CheckpointError(f"{path}: {len(cells)} cell names for {config.n_cells} cells")
+    return LoadedCheckpoint(
+        model=model,
+        config=config,
+        cells=list(cells) if cells is not None else None,
+        store_fingerprint=meta.get("store_fingerprint"),
+        data=dict(meta.get("data") or {}),
+        temperature=float(meta.get("temperature") or 1.0),
+        training=dict(meta.get("training") or {}),
+        kind="lightning",
+    )
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: CpGTransformer,
+    *,
+    cells: list[str] | None = None,
+    store_fingerprint: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    temperature: float = 1.0,
+) -> None:
+    """Write a plain model file (atomic) that :func:`load_checkpoint` reads back."""
+    from cpgformer.nn.serialize import save_model
+
+    save_model(
+        path,
+        model,
+        cells=cells,
+        extra={
+            "store_fingerprint": store_fingerprint,
+            "data": dict(data or {}),
+            "temperature": float(temperature),
+        },
+    )

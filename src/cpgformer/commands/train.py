@@ -1,0 +1,250 @@
+"""``cpgformer train STORE -o RUN_DIR``: train a CpG Transformer on a prepared store.
+
+Every model, data and training parameter has a flag generated from the fields of ``ModelConfig``,
+``DataConfig`` and ``TrainConfig`` (so each parameter is declared once). Precedence: built-in
+defaults < ``--config FILE`` (JSON; sections ``model``/``data``/``training`` or flat keys) < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from cpgformer.data.datamodule import DataConfig
+from cpgformer.errors import UsageError
+from cpgformer.nn import ModelConfig
+from cpgformer.training.fit import TrainConfig
+
+log = logging.getLogger(__name__)
+
+NAME = "train"
+HELP = "train a CpG Transformer on a dataset store (masked denoising objective)"
+
+HELPS: dict[str, str] = {
+    # model
+    "dna_window": "DNA window in bp around each CpG (odd; 0 = no DNA branch). "
+    "Default: 1001 when the store has a FASTA, else 0",
+    "n_conv_layers": "convolutions of the DNA encoder",
+    "dna_embed": "DNA embedding size",
+    "cell_embed": "cell embedding size",
+    "state_embed": "call-state embedding size",
+    "hidden": "hidden size of the transformer",
+    "n_layers": "transformer layers",
+    "n_heads": "attention heads",
+    "head_dim": "size of each attention head",
+    "site_window": "sliding attention window in sites (odd)",
+    "mode": "attention mode: axial, 2D, intracell, intercell, none",
+    "data_mode": "binary (labels) or continuous (methylated fractions)",
+    "layernorm": "layer normalisation after each sublayer",
+    "activation": "feed-forward activation: relu or gelu",
+    "attention_dropout": "dropout on attention probabilities",
+    "cnn_dropout": "dropout in the DNA encoder",
+    "attention_impl": "attention implementation: fast (blocked) or reference (dense)",
+    # data
+    "segment_length": "sites per segment (rows of one example)",
+    "batch_size": "segments per batch",
+    "val_chromosomes": "validation chromosomes (chr prefix optional)",
+    "test_chromosomes": "test chromosomes, never trained on (chr prefix optional)",
+    "val_fraction": "split segments at random instead: fraction for validation (leaks context)",
+    "test_fraction": "with --val-fraction: fraction of segments for test",
+    "mask_rule": "perturbed-entry count: original = min(floor(L*fraction), #observed); "
+    "observed = fraction of observed entries",
+    "mask_fraction": "fraction used by the mask rule",
+    "random_fraction": "share of perturbed entries given a random label instead of unknown",
+    "resample_cells": "train each batch on this many random cells (memory); all cells in validation",
+    "num_workers": "data loader worker processes",
+    "label_sample_size": "observed labels sampled for the random-label distribution",
+    # training
+    "lr": "Adam learning rate",
+    "warmup_steps": "linear learning-rate warm-up, optimiser steps",
+    "lr_decay": "learning-rate factor per epoch after warm-up",
+    "max_epochs": "maximum epochs",
+    "max_steps": "maximum optimiser steps (-1 = no limit)",
+    "patience": "early stopping patience in validations",
+    "early_stopping": "stop when the validation loss stops improving",
+    "limit_train_batches": "training batches per epoch (fraction if < 1, count if >= 1)",
+    "limit_val_batches": "validation batches per validation (fraction if < 1, count if >= 1)",
+    "val_check_interval": "validate every this many training batches (or fraction of an epoch)",
+    "log_every_n_steps": "log training metrics every this many steps",
+    "accelerator": "cpu, gpu, mps or auto",
+    "devices": "devices per node: a count, a list like 0,1, or auto",
+    "strategy": "auto, ddp, ddp_spawn, fsdp, ...",
+    "num_nodes": "nodes for multi-node training",
+    "precision": "32-true, bf16-mixed, 16-mixed, ...",
+    "tensorboard": "also write TensorBoard logs (if tensorboard is installed)",
+    "seed": "random seed (weights, shuffling, masks, splits)",
+}
+
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}
+_SKIP = {"model": {"n_cells"}, "data": {"seed"}, "training": set()}
+
+
+def _parse_optional(inner: type) -> Any:
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "null", ""):
+            return None
+        return inner(text)
+
+    parse.__name__ = inner.__name__
+    return parse
+
+
+def _flag_kwargs(hint: Any) -> dict[str, Any]:
+    """argparse keyword arguments for a dataclass field type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is tuple:
+        return {"nargs": "*", "type": str, "metavar": "NAME"}
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return {"type": _parse_optional(inner)}
+    if hint in (int, float, str):
+        return {"type": hint}
+    return {"type": str}
+
+
+def _fields(section: str) -> list[tuple[str, Any, Any]]:
+    cls = _SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in _SKIP[section]:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append((f.name, hints[f.name], default))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="dataset store written by `cpgformer prepare`")
+    parser.add_argument("-o", "--output", required=True, help="run directory (created)")
+    parser.add_argument("--config", help="JSON file with model/data/training parameters")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --output from its last.ckpt"
+    )
+    parser.add_argument(
+        "--init-from",
+        help="initialise from a checkpoint (ours, or an original CpG Transformer .pt): cell "
+        "embeddings re-initialised, everything else loaded with strict checks",
+    )
+    seen: set[str] = set()
+    for section in _SECTIONS:
+        group = parser.add_argument_group(f"{section} parameters")
+        for name, hint, default in _fields(section):
+            if name in seen:
+                continue
+            seen.add(name)
+            kwargs = _flag_kwargs(hint)
+            if "action" not in kwargs:
+                kwargs.setdefault("metavar", name.upper())
+            shown = "see above" if name == "dna_window" else default
+            if isinstance(shown, tuple):
+                shown = " ".join(shown) or "none"
+            text = HELPS.get(name, name.replace("_", " "))
+            group.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=f"{section}__{name}",
+                default=argparse.SUPPRESS,
+                help=f"{text} (default: {shown})",
+                **kwargs,
+            )
+
+
+def _load_config_file(path: str) -> dict[str, dict[str, Any]]:
+    from cpgformer.errors import InputError
+
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, None, "expected a JSON object")
+    out: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    known = {s: {n for n, _, _ in _fields(s)} for s in _SECTIONS}
+    for key, value in raw.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                if k in known[key]:
+                    out[key][k] = v
+                elif k == "seed":
+                    out["training"]["seed"] = v
+                # other keys (resolved split, n_cells, ...) are what a run's config.json records
+            continue
+        owners = [s for s in _SECTIONS if key in known[s]]
+        if not owners:
+            raise InputError(path, None, f"unknown parameter {key!r}")
+        out[owners[0]][key] = value
+    return out
+
+
+def build_configs(
+    args: argparse.Namespace, n_cells: int, has_fasta: bool
+) -> tuple[ModelConfig, DataConfig, TrainConfig, dict[str, Any]]:
+    """(model, data, training configs, explicitly given model parameters) from file + flags."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    if getattr(args, "config", None):
+        values = _load_config_file(args.config)
+    given_model: dict[str, Any] = dict(values["model"])
+    for key, value in vars(args).items():
+        if "__" in key:
+            section, name = key.split("__", 1)
+            if section in values:
+                values[section][name] = value
+                if section == "model":
+                    given_model[name] = value
+    if "dna_window" not in values["model"]:
+        values["model"]["dna_window"] = 1001 if has_fasta else 0
+        if not has_fasta:
+            log.info("the store has no FASTA: training without DNA (--dna-window 0)")
+    values["data"]["seed"] = values["training"].get("seed", 0)
+    for name in ("val_chromosomes", "test_chromosomes"):
+        if name in values["data"]:
+            values["data"][name] = tuple(values["data"][name] or ())
+    try:
+        model = ModelConfig(n_cells=n_cells, **values["model"])
+        data = DataConfig(**values["data"])
+        training = TrainConfig(**values["training"])
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+    return model, data, training, given_model
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpgformer.io.store import open_dataset
+    from cpgformer.training.fit import fit
+    from cpgformer.utils import progress
+
+    ds = open_dataset(args.store)
+    model, data, training, given_model = build_configs(args, ds.n_cells, bool(ds.fasta_path))
+    result = fit(
+        args.store,
+        args.output,
+        None if args.resume else model,
+        data,
+        training,
+        resume=args.resume,
+        init_from=args.init_from,
+        init_hparams=given_model if args.init_from else None,
+        progress_bar=progress.enabled(),
+    )
+    m = result.metrics
+    lines = [f"run directory: {Path(result.run_dir)}"]
+    if result.best_checkpoint:
+        lines.append(f"best checkpoint: {result.best_checkpoint}")
+    for key in ("best_val_loss", "val_loss", "val_auroc", "val_auprc", "val_baseline_auroc"):
+        if key in m:
+            lines.append(f"{key}: {m[key]:.4f}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

@@ -1,0 +1,466 @@
+"""``fit``: train a CpG Transformer on a dataset store with Lightning.
+
+Run directory layout::
+
+    RUN_DIR/config.json                  model, data and training parameters, store path + fingerprint
+    RUN_DIR/checkpoints/best.ckpt        lowest validation loss (early stopping monitors the same)
+    RUN_DIR/checkpoints/last.ckpt        latest; ``resume=True`` continues from it
+    RUN_DIR/logs/version_<k>/metrics.csv one CSV log per (re)start; RUN_DIR/metrics.csv merges them
+    RUN_DIR/learning_curves.png          training/validation loss, validation AUROC vs. baseline, lr
+    RUN_DIR/summary.json                 final and best metrics, checkpoint paths
+    RUN_DIR/init_key_map.tsv             with ``init_from``: how every parameter was initialised
+
+Transfer (``init_from``): our checkpoint (architecture from the file) or an original CpG Transformer
+``.pt``/``.ckpt`` (architecture from the file's keys plus the given hyperparameters, through
+:mod:`cpgformer.legacy`). The cell embedding table is re-initialised for the new store's cells; every
+other parameter is loaded with strict key and shape checks, and the key map is written and logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cpgformer.data.datamodule import DataConfig, SegmentDataModule
+from cpgformer.errors import CheckpointError, UsageError
+from cpgformer.nn import ModelConfig
+from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
+from cpgformer.utils.atomic import atomic_file, atomic_path
+
+log = logging.getLogger(__name__)
+
+CELL_EMBEDDING_KEYS = ("cell_embed.weight",)
+"""Parameters that index the cell table: re-initialised on transfer to another set of cells."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and trainer parameters (defaults = the published training script)."""
+
+    lr: float = 5e-4
+    warmup_steps: int = 1000
+    lr_decay: float = 0.9
+    max_epochs: int = 1000
+    max_steps: int = -1
+    patience: int = 10
+    early_stopping: bool = True
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    val_check_interval: float | None = None
+    log_every_n_steps: int = 50
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    tensorboard: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown training config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    key_map: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+# ---- transfer ------------------------------------------------------------------------------------
+def _is_cpgformer_file(path: str | os.PathLike[str]) -> bool:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not readable safely: not one of ours
+        return False
+    return isinstance(obj, Mapping) and (
+        obj.get("format") == "cpgformer-model" or CHECKPOINT_KEY in obj
+    )
+
+
+def load_source(
+    path: str | os.PathLike[str], hparams: Mapping[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], ModelConfig, str]:
+    """Weights (our key names) and config of a checkpoint to initialise from; kind "ours"/"original".
+
+    For original files, ``hparams`` (our or the original's names) complete what the keys do not tell.
+    """
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such checkpoint")
+    if _is_cpgformer_file(path):
+        from cpgformer.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path)
+        return loaded.model.state_dict(), loaded.config, "ours"
+    from cpgformer import legacy
+
+    state, file_hparams = legacy.load_original(path)
+    merged = {**file_hparams, **dict(hparams or {})}
+    merged.pop("n_cells", None)  # always taken from the weights
+    model = legacy.from_original(state, merged)
+    return model.state_dict(), model.config, "original"
+
+
+def transfer_weights(
+    model: torch.nn.Module,
+    source: Mapping[str, torch.Tensor],
+    reinit_keys: Sequence[str] = CELL_EMBEDDING_KEYS,
+) -> list[tuple[str, str, str]]:
+    """Copy ``source`` into ``model``: every key except ``reinit_keys`` must exist with equal shape.
+
+    Returns the key map ``[(target key, source key or "-", "loaded" | "re-initialised")]``.
+    Raises :class:`CheckpointError` listing every missing, unexpected or mis-shaped key.
+    """
+    target = model.state_dict()
+    reinit = set(reinit_keys)
+    problems = []
+    missing = sorted(k for k in target if k not in reinit and k not in source)
+    unexpected = sorted(k for k in source if k not in target)
+    if missing:
+        problems.append("missing in the source: " + ", ".join(missing))
+    if unexpected:
+        problems.append("not in the new model: " + ", ".join(unexpected))
+    for key, value in source.items():
+        if key in target and key not in reinit and tuple(value.shape) != tuple(target[key].shape):
+            problems.append(
+                f"{key}: shape {list(value.shape)} in the source, {list(target[key].shape)} here"
+            )
+    if problems:
+        raise CheckpointError("cannot initialise from the checkpoint: " + "; ".join(problems))
+    new_state = {}
+    key_map: list[tuple[str, str, str]] = []
+    for key, value in target.items():
+        if key in reinit:
+            new_state[key] = value
+            key_map.append((key, "-", "re-initialised"))
+        else:
+            new_state[key] = source[key].to(value.dtype)
+            key_map.append((key, key, "loaded"))
+    model.load_state_dict(new_state, strict=True)
+    return key_map
+
+
+# ---- plots and logs ------------------------------------------------------------------------------
+def read_metrics(paths: Sequence[Path]) -> list[dict[str, float]]:
+    """Rows of Lightning CSV logs (later files continue earlier ones), empty cells dropped."""
+    rows: list[dict[str, float]] = []
+    for p in paths:
+        if not p.is_file():
+            continue
+        with open(p, newline="") as fh:
+            for row in csv.DictReader(fh):
+                clean = {}
+                for k, v in row.items():
+                    if v not in ("", None):
+                        try:
+                            clean[k] = float(v)
+                        except ValueError:
+                            continue
+                rows.append(clean)
+    return rows
+
+
+def write_merged_metrics(rows: list[dict[str, float]], out: Path) -> None:
+    keys = sorted({k for r in rows for k in r})
+    with atomic_file(out, "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_learning_curves(rows: list[dict[str, float]], out: Path) -> None:
+    """PNG: training/validation loss vs. step, validation AUROC (and baseline), learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for key, label in (("train_loss_step", "train (step)"), ("train_loss_epoch", "train (epoch)")):
+        x, y = series(key)
+        if x:
+            axes[0].plot(x, y, label=label, alpha=0.5 if key.endswith("step") else 1.0)
+    x, y = series("val_loss")
+    if x:
+        axes[0].plot(x, y, "o-", label="validation")
+    axes[0].set(xlabel="optimiser step", ylabel="loss", title="loss on perturbed entries")
+    axes[0].legend()
+    for key, label in (
+        ("val_auroc", "model"),
+        ("val_baseline_auroc", "per-site mean of other cells"),
+    ):
+        x, y = series(key)
+        if x:
+            axes[1].plot(x, y, "o-", label=label)
+    axes[1].set(xlabel="optimiser step", ylabel="AUROC", title="validation AUROC")
+    axes[1].legend()
+    x, y = series("lr")
+    if x:
+        axes[2].plot(x, y)
+    axes[2].set(xlabel="optimiser step", ylabel="learning rate", title="learning rate")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_file(path, "w") as fh:
+        json.dump(obj, fh, indent=1, default=str)
+        fh.write("\n")
+
+
+def _limit(value: float | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if float(value) >= 1 and float(value).is_integer() else float(value)
+
+
+def _devices(value: str | int) -> Any:
+    text = str(value)
+    if text == "auto":
+        return "auto"
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return text
+
+
+# ---- fit -----------------------------------------------------------------------------------------
+def fit(
+    store: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    config: ModelConfig | None = None,
+    data: DataConfig | None = None,
+    training: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    init_from: str | os.PathLike[str] | None = None,
+    init_hparams: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+    progress_bar: bool = True,
+) -> FitResult:
+    """Train on ``store``, writing checkpoints, logs and plots to ``run_dir``.
+
+    ``config``: the model (``n_cells`` is always the store's; default: the published model, with the
+    DNA branch only when the store has a FASTA). ``resume``: continue from ``run_dir``'s last
+    checkpoint with its model and data parameters. ``init_from``: transfer (see module doc).
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from cpgformer.io.store import open_dataset
+
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    run = Path(run_dir)
+    training = training or TrainConfig()
+    data = data or DataConfig()
+    ds = open_dataset(store)
+    ckpt_dir = run / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if resume and init_from is not None:
+        raise UsageError("--resume and --init-from exclude each other")
+    if resume:
+        if not last.is_file():
+            raise UsageError(f"{run}: nothing to resume (no {last})")
+        meta = torch.load(last, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY) or {}
+        if meta.get("store_fingerprint") != ds.fingerprint:
+            raise UsageError(
+                f"{store}: store fingerprint {ds.fingerprint[:12]} differs from the one the run "
+                f"was trained on ({str(meta.get('store_fingerprint'))[:12]})"
+            )
+        config = ModelConfig.from_dict(meta["config"])
+        saved_data = {
+            k: v
+            for k, v in (meta.get("data") or {}).items()
+            if k in DataConfig.__dataclass_fields__
+        }
+        data = DataConfig.from_dict({**saved_data, "num_workers": data.num_workers})
+        ckpt_path = str(last)
+        log.info("resuming %s from %s", run, last)
+    elif run.exists() and any(run.iterdir()):
+        raise UsageError(
+            f"{run}: run directory exists and is not empty (use --resume to continue it, "
+            "or choose another directory)"
+        )
+
+    source_state = None
+    if init_from is not None:
+        source_state, source_config, kind = load_source(init_from, init_hparams)
+        if config is not None:
+            differs = {
+                k: (v, getattr(source_config, k))
+                for k, v in config.to_dict().items()
+                if k not in ("n_cells", "attention_impl") and getattr(source_config, k) != v
+            }
+            if differs and kind == "ours":
+                log.warning(
+                    "architecture taken from %s, ignoring: %s",
+                    init_from,
+                    ", ".join(f"{k}={a!r} (file: {b!r})" for k, (a, b) in differs.items()),
+                )
+        runtime = {"attention_impl": config.attention_impl} if config is not None else {}
+        config = dataclasses.replace(source_config, n_cells=ds.n_cells, **runtime)
+        log.info("initialising from %s checkpoint %s", kind, init_from)
+    if config is None:
+        config = ModelConfig(n_cells=ds.n_cells, dna_window=1001 if ds.fasta_path else 0)
+    if config.n_cells != ds.n_cells:
+        config = dataclasses.replace(config, n_cells=ds.n_cells)
+
+    pl.seed_everything(training.seed, workers=True, verbose=False)
+    dm = SegmentDataModule(
+        store, data, data_mode=config.data_mode, dna_window=config.dna_window or 0
+    )
+    task = CpGTask(
+        config,
+        lr=training.lr,
+        warmup_steps=training.warmup_steps,
+        lr_decay=training.lr_decay,
+        cells=dm.cells,
+        store_fingerprint=dm.fingerprint,
+        data_params=dm.params(),
+    )
+    key_map: list[tuple[str, str, str]] = []
+    if source_state is not None:
+        key_map = transfer_weights(task.model, source_state)
+        n_loaded = sum(1 for k in key_map if k[2] == "loaded")
+        log.info(
+            "transfer: %d parameter tensors loaded, re-initialised: %s",
+            n_loaded,
+            ", ".join(k[0] for k in key_map if k[2] != "loaded"),
+        )
+
+    loggers: list[Any] = [CSVLogger(save_dir=str(run), name="logs")]
+    if training.tensorboard and (
+        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    ):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run), name="tensorboard"))
+    checkpoint_cb = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    # Lightning saves "last" only together with a new best; a second, unmonitored callback keeps
+    # last.ckpt current after every validation (what --resume needs)
+    last_cb = ModelCheckpoint(
+        dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False
+    )
+    cbs: list[Any] = [checkpoint_cb, last_cb, *callbacks]
+    if training.early_stopping:
+        cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=training.patience))
+    if progress_bar:
+        cbs.append(TQDMProgressBar(refresh_rate=1))
+    trainer = pl.Trainer(
+        default_root_dir=str(run),
+        accelerator=training.accelerator,
+        devices=_devices(training.devices),
+        strategy=training.strategy,
+        num_nodes=training.num_nodes,
+        precision=training.precision,
+        max_epochs=training.max_epochs,
+        max_steps=training.max_steps,
+        limit_train_batches=_limit(training.limit_train_batches),
+        limit_val_batches=_limit(training.limit_val_batches),
+        val_check_interval=_limit(training.val_check_interval),
+        log_every_n_steps=training.log_every_n_steps,
+        callbacks=cbs,
+        logger=loggers,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the DataModule assigns disjoint segments to ranks
+        num_sanity_val_steps=1,
+    )
+    if trainer.is_global_zero:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            run / "config.json",
+            {
+                "store": str(Path(store).resolve()),
+                "store_fingerprint": dm.fingerprint,
+                "model": config.to_dict(),
+                "data": dm.params(),
+                "training": training.to_dict(),
+                "init_from": None if init_from is None else str(init_from),
+            },
+        )
+        if key_map:
+            with atomic_file(run / "init_key_map.tsv", "w") as fh:
+                fh.write("parameter\tsource\tstatus\n")
+                for row in key_map:
+                    fh.write("\t".join(row) + "\n")
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+
+    best = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else None
+    last_path = last if last.is_file() else None
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1
+    }
+    if checkpoint_cb.best_model_score is not None:
+        metrics["best_val_loss"] = float(checkpoint_cb.best_model_score)
+    if trainer.is_global_zero:
+        logs = sorted((run / "logs").glob("version_*/metrics.csv"), key=_version_key)
+        rows = read_metrics(logs)
+        if rows:
+            write_merged_metrics(rows, run / "metrics.csv")
+            plot_learning_curves(rows, run / "learning_curves.png")
+        val_rows = [r for r in rows if "val_loss" in r]
+        summary = {
+            "metrics": metrics,
+            "val_history": val_rows,
+            "best_checkpoint": str(best) if best else None,
+            "last_checkpoint": str(last_path) if last_path else None,
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+        }
+        _write_json(run / "summary.json", summary)
+        if val_rows:
+            first, final = val_rows[0], val_rows[-1]
+            log.info(
+                "validation loss %.4f -> %.4f; AUROC %.4f (per-site mean of other cells %.4f)",
+                first["val_loss"],
+                final["val_loss"],
+                final.get("val_auroc", math.nan),
+                final.get("val_baseline_auroc", math.nan),
+            )
+    return FitResult(run, best, last_path, metrics, key_map)
+
+
+def _version_key(path: Path) -> int:
+    name = path.parent.name
+    try:
+        return int(name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1

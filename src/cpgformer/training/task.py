@@ -1,0 +1,229 @@
+"""LightningModule for the masked denoising objective.
+
+* Loss only on perturbed entries: BCE-with-logits (binary) or MSE (continuous).
+* Adam (lr 5e-4), linear warm-up over the first 1000 optimiser steps, then x0.9 per epoch
+  (epoch ends that fall inside the warm-up do not decay, as in the original).
+* Validation loss, AUROC, AUPRC and accuracy over all perturbed validation entries of all ranks
+  (torchmetrics states are gathered across processes before computing; never a mean of per-rank
+  values). ``val_baseline_auroc`` scores the per-site mean of the *other* cells' model inputs on the
+  same entries, for comparison.
+* ``on_save_checkpoint`` stores ``checkpoint["cpgformer"]`` (format version, model config, cell
+  names, store fingerprint, data parameters, calibration temperature) so
+  :func:`cpgformer.checkpoint.load_checkpoint` can rebuild the model without Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision
+
+from cpgformer.data.batch import Batch
+from cpgformer.nn import CpGTransformer, ModelConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "cpgformer"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def other_cells_mean(states: torch.Tensor, data_mode: str = "binary") -> torch.Tensor:
+    """Per entry, the mean of the other cells' observed model inputs at the same site.
+
+    ``states`` [B, L, C] model-input coding (0 unknown). Returns [B, L, C] float; entries whose site
+    has no other observed cell get the mean of all observed inputs of their segment.
+    """
+    observed = (states > 0).to(torch.float64)
+    value = torch.where(
+        states > 0, states.to(torch.float64) - 1.0, torch.zeros((), dtype=torch.float64)
+    )
+    if data_mode == "binary":
+        value = value.clamp(0, 1)
+    row_sum = value.sum(-1, keepdim=True)
+    row_count = observed.sum(-1, keepdim=True)
+    other_sum = row_sum - value
+    other_count = row_count - observed
+    seg_mean = value.sum((1, 2)) / observed.sum((1, 2)).clamp_min(1)
+    fallback = seg_mean[:, None, None].expand_as(value)
+    return torch.where(other_count > 0, other_sum / other_count.clamp_min(1), fallback).float()
+
+
+class CpGTask(pl.LightningModule):
+    """Training wrapper around :class:`cpgformer.nn.CpGTransformer` (held as ``self.model``)."""
+
+    def __init__(
+        self,
+        config: ModelConfig | dict,
+        *,
+        lr: float = 5e-4,
+        warmup_steps: int = 1000,
+        lr_decay: float = 0.9,
+        cells: list[str] | None = None,
+        store_fingerprint: str | None = None,
+        data_params: dict | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        self.config = config
+        self.save_hyperparameters(
+            {
+                "config": config.to_dict(),
+                "lr": lr,
+                "warmup_steps": warmup_steps,
+                "lr_decay": lr_decay,
+            }
+        )
+        self.lr = lr
+        self.warmup_steps = int(warmup_steps)
+        self.lr_decay = lr_decay
+        self.cells = list(cells) if cells is not None else None
+        self.store_fingerprint = store_fingerprint
+        self.data_params = dict(data_params or {})
+        self.temperature = float(temperature)
+        self.warmup_end_epoch: int | None = 0 if self.warmup_steps == 0 else None
+        self.model = CpGTransformer(config)
+        self.binary = config.data_mode == "binary"
+        self.val_loss = MeanMetric()
+        self.val_auroc = BinaryAUROC()
+        self.val_auprc = BinaryAveragePrecision()
+        self.val_accuracy = BinaryAccuracy()
+        self.val_baseline_auroc = BinaryAUROC()
+        self._baseline_value: float | None = None
+
+    # ---- forward / loss -------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch.states, batch.positions, batch.cell_ids, dna=batch.dna)
+
+    def _loss(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-entry losses on perturbed entries [N], their logits [N])."""
+        mask = batch.loss_mask
+        out = logits[mask].float()
+        target = batch.targets[mask].float()
+        if self.binary:
+            losses = F.binary_cross_entropy_with_logits(out, target, reduction="none")
+        else:
+            losses = F.mse_loss(out, target, reduction="none")
+        return losses, out
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        losses, _ = self._loss(logits, batch)
+        if losses.numel() == 0:
+            # nothing perturbed (an all-missing segment): a zero loss that still touches every
+            # parameter used, so DDP's gradient reduction stays in step
+            loss = logits.sum() * 0.0
+        else:
+            loss = losses.mean()
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch.batch_size,
+        )
+        self.log("lr", self.current_lr(), on_step=True, on_epoch=False, batch_size=batch.batch_size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch)
+        losses, out = self._loss(logits, batch)
+        target = batch.targets[batch.loss_mask].float()
+        if self.binary:
+            score = torch.sigmoid(out)
+            label = target.round().long()
+        else:
+            score = out
+            label = (target >= 0.5).long()
+        if losses.numel():
+            self.val_loss.update(losses)
+            self.val_auroc.update(score, label)
+            self.val_auprc.update(score, label)
+            self.val_accuracy.update(score.clamp(0, 1), label)
+            if self._baseline_value is None and not self.trainer.sanity_checking:
+                base = other_cells_mean(batch.states, self.config.data_mode)[batch.loss_mask]
+                self.val_baseline_auroc.update(base, label)
+        return {"scores": score.detach(), "labels": label.detach()}
+
+    def on_validation_epoch_end(self) -> None:
+        # computing a torchmetrics metric gathers its state from every rank first
+        self.log("val_loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
+        self.log("val_auroc", self.val_auroc.compute(), prog_bar=True)
+        self.log("val_auprc", self.val_auprc.compute())
+        self.log("val_accuracy", self.val_accuracy.compute())
+        for metric in (self.val_loss, self.val_auroc, self.val_auprc, self.val_accuracy):
+            metric.reset()
+        if not self.trainer.sanity_checking:
+            if self._baseline_value is None:
+                # the validation masks are fixed: the baseline is computed once, then reused
+                self._baseline_value = float(self.val_baseline_auroc.compute())
+                self.val_baseline_auroc.reset()
+            self.log("val_baseline_auroc", self._baseline_value)
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+    def lr_at(self, step: int, epoch: int) -> float:
+        """Learning rate for optimiser step ``step`` taken during epoch ``epoch``."""
+        if step < self.warmup_steps:
+            return self.lr * min(1.0, (step + 1) / self.warmup_steps)
+        end = self.warmup_end_epoch if self.warmup_end_epoch is not None else epoch
+        return self.lr * self.lr_decay ** max(0, epoch - end)
+
+    def current_lr(self) -> float:
+        opt = self.optimizers()
+        optimizer = opt.optimizer if hasattr(opt, "optimizer") else opt
+        return float(optimizer.param_groups[0]["lr"])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        step, epoch = self.global_step, self.current_epoch
+        if self.warmup_end_epoch is None and step >= self.warmup_steps - 1:
+            self.warmup_end_epoch = epoch
+        lr = self.lr_at(step, epoch)
+        opt = self.optimizers()
+        optimizer = opt.optimizer if hasattr(opt, "optimizer") else opt
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "cells": self.cells,
+            "store_fingerprint": self.store_fingerprint,
+            "data": self.data_params,
+            "temperature": self.temperature,
+            "training": {
+                "lr": self.lr,
+                "warmup_steps": self.warmup_steps,
+                "lr_decay": self.lr_decay,
+                "warmup_end_epoch": self.warmup_end_epoch,
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY) or {}
+        training = meta.get("training") or {}
+        if "warmup_end_epoch" in training:
+            self.warmup_end_epoch = training["warmup_end_epoch"]
+        if "temperature" in meta:
+            self.temperature = float(meta["temperature"])
