@@ -196,3 +196,12 @@ def test_info_on_a_non_store(tmp_path, capsys) -> None:
     assert main(["info", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a cpgformer store" in err
+
+
+def test_two_contig_names_for_one_fasta_contig(tmp_path, capsys) -> None:
+    fa = tmp_path / "ref.fa"
+    fa.write_text(FASTA)
+    p = tmp_path / "cell.cov"
+    p.write_text(cov_text(GOOD + [("1", 2, 1, 0)]))
+    msg = run_bad(tmp_path, capsys, ["--fasta", fa, p], p)
+    assert "both match FASTA contig 'chr1'" in msg

@@ -268,6 +268,11 @@ class _CellReader:
             dropped["zero_coverage"] += stats.n_skipped_zero
 
         if self.reference is not None:
+            # the alias map must be one-to-one within a file ("1" and "chr1" both -> "chr1" is an error)
+            try:
+                self.reference.resolve_all(sorted({chrom for chrom, _ in per_chrom}))
+            except UsageError as exc:
+                raise InputError(path, None, str(exc)) from None
             sample = [c for chunks in per_chrom.values() for c in chunks]
             verdict = pooling.offset_verdict(pooling.offset_diagnostic(self.reference, sample))
             if verdict is not None:
