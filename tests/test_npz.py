@@ -161,3 +161,27 @@ def test_import_checks(tmp_path, case, match) -> None:
     with pytest.raises(InputError, match=match):
         import_npz(d, tmp_path / "store")
     assert not any(p.name.startswith(".partial") or p.name == "store" for p in tmp_path.iterdir())
+
+
+def test_export_genome_from_fasta_of_prepared_store(tmp_path) -> None:
+    fa = tmp_path / "ref.fa"
+    fa.write_text(">chr1 x\nACGTTCGAAC\nGNNCGCGATT\nACGTAC\n>chr2\nTTCGAAAACGTT\n")
+    cov = tmp_path / "c1.cov"
+    # 1-based: + C of CpG 0-based 1 at 2, - C of CpG 5 at 7, + C of CpG 9 at 10 (across the wrap)
+    cov.write_text("chr1\t2\t2\t100\t1\t0\nchr1\t7\t7\t0\t0\t2\nchr1\t10\t10\t50\t1\t1\n")
+    assert main(["-q", "prepare", "--fasta", str(fa), str(cov), "-o", str(tmp_path / "s")]) == 0
+    assert main(["-q", "export-npz", str(tmp_path / "s"), "-o", str(tmp_path / "out")]) == 0
+    with (
+        np.load(tmp_path / "out" / "X.npz") as x,
+        np.load(tmp_path / "out" / "y.npz") as y,
+        np.load(tmp_path / "out" / "pos.npz") as pos,
+    ):
+        assert list(x.files) == ["chr1", "chr2"]
+        assert codes.decode_sequence(x["chr1"]) == "ACGTTCGAACGNNCGCGATTACGTAC"
+        assert x["chr2"].dtype == np.int8 and len(x["chr2"]) == 12
+        assert list(y.files) == ["chr1"]
+        assert pos["chr1"].dtype == np.int32 and pos["chr1"].tolist() == [1, 5, 9]
+        assert y["chr1"].tolist() == [[1], [0], [1]]  # 1 of 2 reads: tie -> methylated
+    # the exported triple imports again with the genome check passing
+    import_npz(tmp_path / "out", tmp_path / "s2")
+    assert open_dataset(tmp_path / "s2").cells == ["c1"]
