@@ -412,7 +412,7 @@ def is_gzip(path: str | os.PathLike[str]) -> bool:
         return handle.read(2) == GZIP_MAGIC
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path, raw_block: int = 1 << 20) -> BinaryIO:
     _check_path(path)
     try:
         raw = open(path, "rb")  # noqa: SIM115
@@ -420,9 +420,60 @@ def _open(path: Path) -> BinaryIO:
         raise InputError(path, None, f"cannot open: {exc.strerror}") from None
     if raw.read(2) == GZIP_MAGIC:
         raw.seek(0)
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return _GzipStream(raw, raw_block)  # type: ignore[return-value]
     raw.seek(0)
     return raw
+
+
+class _GzipStream:
+    """Minimal gzip reader on zlib (multi-member/BGZF aware, CRC checked by zlib).
+
+    ``read(n)`` returns at least ``n`` bytes unless the stream ends (possibly more); ``b""`` at the
+    end. A stream that stops inside a member raises EOFError; bad data raises zlib.error.
+    """
+
+    def __init__(self, raw: BinaryIO, raw_block: int = 1 << 20) -> None:
+        self._raw = raw
+        self._raw_block = raw_block
+        self._d = zlib.decompressobj(31)
+        self._started = False  # current member received input
+        self._pending = b""  # compressed bytes not yet fed
+
+    def _next_piece(self) -> bytes | None:
+        while True:
+            data = self._pending or self._raw.read(self._raw_block)
+            self._pending = b""
+            if not data:
+                if self._started and not self._d.eof:
+                    raise EOFError(
+                        "compressed file ended before the end-of-stream marker was reached"
+                    )
+                return None
+            if self._d.eof:  # previous member complete: next member (or zero padding)
+                if not data.strip(b"\0"):
+                    continue
+                self._d = zlib.decompressobj(31)
+                self._started = False
+            self._started = True
+            out = self._d.decompress(data)
+            if self._d.eof:
+                self._pending = self._d.unused_data
+            if out:
+                return out
+
+    def read(self, n: int) -> bytes:
+        pieces: list[bytes] = []
+        size = 0
+        while size < n:
+            piece = self._next_piece()
+            if piece is None:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 def _read(handle: BinaryIO, path: Path, n: int) -> bytes:
@@ -434,8 +485,11 @@ def _read(handle: BinaryIO, path: Path, n: int) -> bytes:
         raise InputError(path, None, f"read error: {exc}") from None
 
 
-def _iter_blocks(path: Path, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based number of the block's first line, block) with whole ``\\n``-ended lines; no CR."""
+def _iter_blocks(path: Path, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, bytes, int]]:
+    """Yield (1-based number of the first line, block of whole ``\\n``-ended lines, line count).
+
+    Carriage returns are removed; a last line without a line end gets one.
+    """
     handle = _open(path)
     try:
         line_no = 1
@@ -447,7 +501,7 @@ def _iter_blocks(path: Path, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[
                     block = rest if rest.endswith(b"\n") else rest + b"\n"
                     if b"\r" in block:
                         block = block.replace(b"\r", b"")
-                    yield line_no, block
+                    yield line_no, block, block.count(b"\n")
                 return
             data = rest + data
             cut = data.rfind(b"\n")
@@ -457,15 +511,16 @@ def _iter_blocks(path: Path, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[
             block, rest = data[: cut + 1], data[cut + 1 :]
             if b"\r" in block:
                 block = block.replace(b"\r", b"")
-            yield line_no, block
-            line_no += block.count(b"\n")
+            n_lines = block.count(b"\n")
+            yield line_no, block, n_lines
+            line_no += n_lines
     finally:
         handle.close()
 
 
 def _head_lines(path: Path, n: int = _SNIFF_LINES) -> list[str]:
     """The first ``n`` lines (decoded, no line ends) for sniffing."""
-    handle = _open(path)
+    handle = _open(path, raw_block=1 << 14)
     try:
         data = _read(handle, path, 1 << 16)
         while data.count(b"\n") < n:
@@ -475,6 +530,13 @@ def _head_lines(path: Path, n: int = _SNIFF_LINES) -> list[str]:
             data += more
     finally:
         handle.close()
+    cut = -1
+    for _ in range(n):
+        cut = data.find(b"\n", cut + 1)
+        if cut < 0:
+            break
+    if cut >= 0:
+        data = data[: cut + 1]
     text = data.decode("utf-8", errors="replace")
     lines = text.split("\n")
     if text.endswith("\n"):
@@ -988,11 +1050,20 @@ def _convert(
         idx = None
     if len(group) == 0:
         return
-    uniq, first_index = np.unique(group, return_index=True)
-    order_groups = uniq[np.argsort(first_index)]
-    if len(uniq) == 1:
-        splits = [(int(uniq[0]), idx if idx is not None else slice(None))]
+    splits: list[tuple[int, np.ndarray | slice]]
+    changes = np.flatnonzero(group[1:] != group[:-1])
+    run_starts = np.concatenate([[0], changes + 1])
+    run_groups = group[run_starts]
+    if len(set(run_groups.tolist())) == len(run_groups):
+        # each contig in one contiguous run (sorted input): slices, no sorting
+        run_ends = np.append(run_starts[1:], len(group))
+        splits = [
+            (int(g), slice(int(a), int(b)) if idx is None else idx[a:b])
+            for g, a, b in zip(run_groups, run_starts, run_ends)
+        ]
     else:
+        uniq, first_index = np.unique(group, return_index=True)
+        order_groups = uniq[np.argsort(first_index)]
         order = np.argsort(group, kind="stable")
         sorted_groups = group[order]
         bounds = np.searchsorted(sorted_groups, order_groups, side="left")
@@ -1072,8 +1143,7 @@ def _read_calls(
     plan = _plan(path, fmt, spec)
     in_prefix = True
     block_bytes = int(min(_BLOCK_BYTES, max(1 << 16, chunk_rows * 48)))
-    for first_line, block in _iter_blocks(path, block_bytes):
-        n_lines = block.count(b"\n")
+    for first_line, block, n_lines in _iter_blocks(path, block_bytes):
         stats.n_lines += n_lines
         if in_prefix:
             # drop leading comment/track lines and the header line by byte offset
