@@ -254,6 +254,20 @@ def test_gzip_by_magic_bytes_and_crlf(tmp_path):
     assert rows(noeol, "bismark-cov") == plain
 
 
+def test_multi_member_gzip_like_bgzf(tmp_path):
+    text = (FIX / "cell_a.cov").read_bytes()
+    lines = text.splitlines(keepends=True)
+    # members split mid-line, as BGZF blocks are, plus the BGZF end-of-file marker (an empty member)
+    data = gzip.compress(b"".join(lines[:3]) + lines[3][:5]) + gzip.compress(
+        lines[3][5:] + b"".join(lines[4:])
+    )
+    f = tmp_path / "members.cov.gz"
+    f.write_bytes(data + gzip.compress(b""))
+    assert rows(f, "bismark-cov") == rows(FIX / "cell_a.cov", "bismark-cov")
+    f.write_bytes(data + b"\0" * 64)  # zero padding after the last member is tolerated
+    assert rows(f, "bismark-cov") == rows(FIX / "cell_a.cov", "bismark-cov")
+
+
 def test_track_browser_comment_blank_lines_keep_line_numbers(tmp_path):
     f = tmp_path / "x.cov"
     f.write_text(
