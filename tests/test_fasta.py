@@ -57,12 +57,18 @@ def test_windows_centred_and_n_padded(ref):
         ref.windows("chr1", np.array([1]), 0)
 
 
-def test_windows_batches_match_fetch(ref, monkeypatch):
-    monkeypatch.setattr(fasta_mod, "_BATCH_SPAN", 3)  # force several fetch batches
+@pytest.mark.parametrize("span, gap", [(3, 4096), (4_000_000, 0), (1, 0)])
+def test_windows_batches_match_fetch(ref, monkeypatch, span, gap):
+    monkeypatch.setattr(fasta_mod, "_BATCH_SPAN", span)  # force several fetch batches
+    monkeypatch.setattr(fasta_mod, "_CLUSTER_GAP", gap)
     pos = np.array([25, 1, 14, 9, 9, 0, 29])
     w = ref.windows("chr1", pos, 5)
     padded = "NN" + CHR1 + "NN"
     assert [decode_sequence(x) for x in w] == [padded[p : p + 5] for p in pos]
+    c = ref.classify_sites("chr1", np.arange(-1, 31), 0)
+    monkeypatch.setattr(fasta_mod, "_BATCH_SPAN", 4_000_000)
+    monkeypatch.setattr(fasta_mod, "_CLUSTER_GAP", 4096)
+    assert c.tolist() == ref.classify_sites("chr1", np.arange(-1, 31), 0).tolist()
 
 
 def test_classify_sites_cpg_across_line_wrap(ref):

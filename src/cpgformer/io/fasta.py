@@ -34,7 +34,10 @@ from cpgformer.utils.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
-_BATCH_SPAN = 4_000_000  # bp of sequence fetched at once by windows/classify_sites
+_BATCH_SPAN = (
+    4_000_000  # at most this many bp of sequence fetched at once (windows, classify_sites)
+)
+_CLUSTER_GAP = 4_096  # positions further apart than this are fetched separately
 
 
 class SiteClass(enum.IntEnum):
@@ -242,16 +245,22 @@ class Reference:
         order = np.argsort(positions, kind="stable")
         sorted_pos = positions[order]
         offsets = np.arange(lo_off, hi_off, dtype=np.int64)
-        i, n = 0, len(sorted_pos)
-        while i < n:
-            j = int(np.searchsorted(sorted_pos, sorted_pos[i] + _BATCH_SPAN, side="right"))
-            j = max(j, i + 1)
+        # one fetch per cluster: a new cluster starts at a gap wider than _CLUSTER_GAP (so sparse
+        # positions never pull in the sequence between them) or after _BATCH_SPAN bp
+        breaks = np.ones(len(sorted_pos), dtype=bool)
+        breaks[1:] = np.diff(sorted_pos) > _CLUSTER_GAP + width
+        cluster = np.cumsum(breaks) - 1
+        first_of = sorted_pos[np.flatnonzero(breaks)]
+        sub = (sorted_pos - first_of[cluster]) // _BATCH_SPAN
+        new = np.ones(len(sorted_pos), dtype=bool)
+        new[1:] = (cluster[1:] != cluster[:-1]) | (sub[1:] != sub[:-1])
+        bounds = np.append(np.flatnonzero(new), len(sorted_pos))
+        for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             region_start = int(sorted_pos[i]) + lo_off
             region_end = int(sorted_pos[j - 1]) + hi_off
             codes = self.fetch_codes(chrom, region_start, region_end)
             idx = sorted_pos[i:j, None] + offsets[None, :] - region_start
             out[order[i:j]] = codes[idx]
-            i = j
         return out
 
     def windows(self, chrom: str, positions: np.ndarray, width: int) -> np.ndarray:
