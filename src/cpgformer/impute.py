@@ -421,14 +421,23 @@ class _ChromSource:
         return arrays
 
 
-def all_cpg_positions(reference: Any, chrom: str) -> np.ndarray:
-    """0-based positions of every ``CG`` dinucleotide (case-insensitive) of a reference contig."""
-    seq = reference.sequence(chrom)
-    codes = np.frombuffer(seq.upper().encode("ascii") if isinstance(seq, str) else seq, np.uint8)
-    if codes.size < 2:
-        return np.zeros(0, dtype=np.int64)
-    hits = (codes[:-1] == ord("C")) & (codes[1:] == ord("G"))
-    return np.flatnonzero(hits).astype(np.int64)
+def all_cpg_positions(reference: Any, chrom: str, block: int = 1 << 24) -> np.ndarray:
+    """0-based positions of every ``CG`` dinucleotide (case-insensitive) of a reference contig.
+
+    ``reference`` is a :class:`cpgformer.io.fasta.Reference`; the contig is read in blocks.
+    """
+    from cpgformer.codes import CODE_C, CODE_G
+
+    target = reference.resolve(chrom)
+    if target is None:
+        raise UsageError(f"--sites all: contig {chrom!r} is not in the FASTA {reference.path}")
+    length = int(reference.contigs[target])
+    parts = []
+    for a in range(0, max(0, length - 1), block):
+        codes = reference.fetch_codes(target, a, min(length, a + block + 1))
+        hits = (codes[:-1] == CODE_C) & (codes[1:] == CODE_G)
+        parts.append(np.flatnonzero(hits).astype(np.int64) + a)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------------

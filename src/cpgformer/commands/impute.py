@@ -1,0 +1,83 @@
+"""``cpgformer impute STORE CHECKPOINT -o OUT``: every (site, cell) of a store, from a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from cpgformer.impute import DTYPES, SITE_MODES, ImputeOptions, impute
+
+log = logging.getLogger(__name__)
+
+NAME = "impute"
+HELP = "impute (and denoise) every site x cell of a dataset store with a trained model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="dataset store written by cpgformer prepare")
+    parser.add_argument("checkpoint", help="checkpoint written by cpgformer train (or calibrate)")
+    parser.add_argument("-o", "--output", required=True, help="imputed store directory to write")
+    parser.add_argument("--chroms", nargs="+", help="impute only these chromosomes")
+    parser.add_argument(
+        "--keep-observed",
+        action="store_true",
+        help="copy observed calls into the output (default: model predictions for every entry, "
+        "i.e. observed entries are denoised)",
+    )
+    parser.add_argument(
+        "--sites",
+        choices=SITE_MODES,
+        default="store",
+        help="store: the store's sites; all: every CpG of the FASTA (sites no cell observed "
+        "become all-missing rows of the site window)",
+    )
+    parser.add_argument("--fasta", help="reference FASTA (default: the one the store records)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float16", help="stored probabilities")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="calibration temperature (default: the checkpoint's; see cpgformer calibrate)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    parser.add_argument(
+        "--tile-sites", type=int, default=1024, help="sites per tile (> 2 x receptive field)"
+    )
+    parser.add_argument(
+        "--chunk-sites",
+        type=int,
+        help="sites per stored chunk (unit of resuming; default ~4 M entries per chunk)",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--ignore-fingerprint",
+        action="store_true",
+        help="impute a store other than the training store (cells must still match)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = ImputeOptions(
+        chroms=args.chroms,
+        keep_observed=args.keep_observed,
+        dtype=args.dtype,
+        sites=args.sites,
+        tile_sites=args.tile_sites,
+        chunk_sites=args.chunk_sites,
+        batch_size=args.batch_size,
+        fasta=args.fasta,
+        temperature=args.temperature,
+        ignore_fingerprint=args.ignore_fingerprint,
+        overwrite=args.overwrite,
+    )
+    imp = impute(args.store, args.checkpoint, args.output, options)
+    sys.stdout.write(
+        f"{imp.path}\t{imp.manifest['n_sites']} sites x {imp.n_cells} cells\t"
+        f"{len(imp.chromosomes)} chromosome(s)\n"
+    )
+    return 0

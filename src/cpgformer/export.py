@@ -1,0 +1,589 @@
+"""Export an imputed store to the files downstream tools read.
+
+* ``h5ad``: AnnData, obs = cells, var = CpG sites; ``X`` = model probability (denoised), layers
+  ``observed`` (sparse int8 +1 methylated / -1 unmethylated / 0 missing), ``mc``, ``cov`` (sparse
+  int32), ``imputed`` (observed calls kept, model for missing), ``uncertainty`` (Bernoulli variance
+  p(1 - p) of ``X``, binary models only).
+* ``bedgraph``: per cell ``<cell>.<kind>.bedGraph.gz`` (kinds imputed / denoised / observed).
+* ``allc``: per cell ``<cell>.allc.tsv.gz`` + ``.tbi`` (7 columns; observed entries keep their reads).
+* ``regions``: cells x regions AnnData from a BED file or fixed bins.
+
+Everything streams over the store's chunks except the CpG-level AnnData, which holds its matrices in
+memory (select chromosomes with ``chroms`` for big data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cpgformer import __version__
+from cpgformer.errors import UsageError
+from cpgformer.impute import ImputedStore, open_imputed
+from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names, read_bed_regions
+from cpgformer.utils.atomic import atomic_path
+from cpgformer.utils.progress import bar
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("h5ad", "bedgraph", "allc", "regions")
+BEDGRAPH_KINDS = ("imputed", "denoised", "observed")
+COORDINATES = "0-based half-open [start, end) with start = + strand C of the CpG, end = start + 2"
+
+
+@dataclass
+class ExportOptions:
+    chroms: Sequence[str] | None = None
+    kinds: Sequence[str] = ("imputed",)  # bedgraph
+    percent: bool = False  # bedgraph values 0-100
+    interval: str = "cpg"  # bedgraph: "cpg" [start, start+2) or "c" [start, start+1)
+    allc_scale: int | None = None  # allc: imputed entries as cov S, mc round(p S)
+    fasta: str | None = None  # allc contexts (default: the imputed store's FASTA, else CGN)
+    regions: str | None = None  # regions: BED file
+    bin_size: int | None = None  # regions: fixed bins instead of a BED file
+    region_values: str = "imputed"  # regions: "imputed" or "denoised" probabilities
+    float16: bool = False  # h5ad dense layers as float16
+    uncertainty: bool = True  # h5ad uncertainty layer
+    max_open_files: int = 128  # bedgraph/allc: files open at once
+    overwrite: bool = False
+
+
+def export(
+    imputed: ImputedStore | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    to: str = "h5ad",
+    options: ExportOptions | None = None,
+) -> list[Path]:
+    """Write ``imputed`` as ``to`` (one of :data:`TARGETS`) to ``out``; return the files written.
+
+    ``out`` is a file for ``h5ad``/``regions`` and a directory for ``bedgraph``/``allc``.
+    """
+    opts = options or ExportOptions()
+    imp = imputed if isinstance(imputed, ImputedStore) else open_imputed(imputed)
+    out = Path(out)
+    chroms = _chroms(imp, opts.chroms)
+    if to == "h5ad":
+        _check_new(out, opts.overwrite)
+        adata = to_anndata(imp, chroms, float16=opts.float16, uncertainty=opts.uncertainty)
+        return [_write_h5ad(adata, out)]
+    if to == "regions":
+        _check_new(out, opts.overwrite)
+        if (opts.regions is None) == (opts.bin_size is None):
+            raise UsageError("--to regions needs exactly one of --regions BED or --bin-size")
+        if opts.regions is not None:
+            table = read_bed_regions(opts.regions)
+        else:
+            table = fixed_bins(imp, int(opts.bin_size), chroms)  # type: ignore[arg-type]
+        adata = aggregate_regions(imp, table, values=opts.region_values, chroms=chroms)
+        return [_write_h5ad(adata, out)]
+    if to == "bedgraph":
+        return write_bedgraphs(imp, out, chroms, opts)
+    if to == "allc":
+        return write_allc(imp, out, chroms, opts)
+    raise UsageError(f"unknown export target {to!r} (choose from {', '.join(TARGETS)})")
+
+
+def _check_new(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
+
+
+def _chroms(imp: ImputedStore, chroms: Sequence[str] | None) -> list[str]:
+    if not chroms:
+        return list(imp.chromosomes)
+    for c in chroms:
+        if c not in imp.chromosomes:
+            raise UsageError(
+                f"{imp.path}: chromosome {c!r} was not imputed (has {', '.join(imp.chromosomes[:10])})"
+            )
+    return [c for c in imp.chromosomes if c in set(chroms)]  # keep the store's contig order
+
+
+def _write_h5ad(adata: Any, out: Path) -> Path:
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    log.info("wrote %s (%d cells x %d columns)", out, adata.n_obs, adata.n_vars)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# AnnData
+
+
+def _obs(imp: ImputedStore) -> pd.DataFrame:
+    table = imp.cell_table.copy()
+    table.index = pd.Index(table.pop("name").astype(str), name="cell")
+    if "n_calls" in table.columns:
+        table.insert(0, "n_obs", table["n_calls"].astype(np.int64))
+    for col in table.columns:
+        if table[col].dtype == object:
+            table[col] = table[col].astype(str)
+    return table
+
+
+def _uns(imp: ImputedStore, **extra: Any) -> dict:
+    m = imp.manifest
+    info = {
+        "package_version": __version__,
+        "coordinates": COORDINATES,
+        "checkpoint_id": str(m.get("checkpoint_id", "")),
+        "store_fingerprint": str(m.get("store_fingerprint", "")),
+        "temperature": float(m.get("temperature", 1.0)),
+        "data_mode": str(m.get("data_mode", "binary")),
+        "keep_observed": bool(m.get("keep_observed", False)),
+        "stored_dtype": str(m.get("dtype", "")),
+        "sites": str(m.get("sites", "store")),
+        "model_config_json": json.dumps(m.get("model_config", {}), sort_keys=True),
+        "imputed_manifest_json": json.dumps(
+            {k: v for k, v in m.items() if k not in ("cells",)}, sort_keys=True, default=str
+        ),
+    }
+    info.update(extra)
+    return info
+
+
+def site_var(imp: ImputedStore, chroms: Sequence[str]) -> pd.DataFrame:
+    """var table of the CpG-level AnnData: chrom (categorical), start, end, n_cells_obs."""
+    names, starts, n_obs = [], [], []
+    for c in chroms:
+        pos = np.asarray(imp.positions(c), dtype=np.int64)
+        indptr, _, _, _, label = imp.csr(c)
+        observed = np.concatenate([[0], np.cumsum(np.asarray(label) >= 0, dtype=np.int64)])
+        ip = np.asarray(indptr)
+        per_site = observed[ip[1:]] - observed[ip[:-1]]
+        names.append(np.full(len(pos), c, dtype=object))
+        starts.append(pos)
+        n_obs.append(per_site.astype(np.int64))
+    chrom = np.concatenate(names) if names else np.zeros(0, dtype=object)
+    start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+    end = start + 2
+    index = pd.Index(
+        pd.Series(chrom, dtype=str)
+        + "_"
+        + pd.Series(start).astype(str)
+        + "_"
+        + pd.Series(end).astype(str),
+        name="site",
+    )
+    return pd.DataFrame(
+        {
+            "chrom": pd.Categorical(chrom, categories=list(chroms)),
+            "start": start,
+            "end": end,
+            "n_cells_obs": np.concatenate(n_obs) if n_obs else np.zeros(0, dtype=np.int64),
+        },
+        index=index,
+    )
+
+
+def _sparse_cells_by_sites(imp: ImputedStore, chrom: str, which: str) -> sp.csr_matrix:
+    """cells x sites sparse matrix of one chromosome from the site-major CSR (``which``: layer)."""
+    indptr, cell, mc, cov, label = (np.asarray(a) for a in imp.csr(chrom))
+    n = imp.n_sites(chrom)
+    if which == "observed":
+        data = np.where(label == 1, 1, np.where(label == 0, -1, 0)).astype(np.int8)
+    elif which == "mc":
+        data = mc.astype(np.int32)
+    else:
+        data = cov.astype(np.int32)
+    m = sp.csc_matrix((data, cell.astype(np.int32), indptr), shape=(imp.n_cells, n)).tocsr()
+    m.eliminate_zeros()
+    return m
+
+
+def to_anndata(
+    imp: ImputedStore,
+    chroms: Sequence[str] | None = None,
+    *,
+    float16: bool = False,
+    uncertainty: bool = True,
+) -> Any:
+    """The CpG-level AnnData (see the module docstring) of the given chromosomes."""
+    import anndata as ad
+
+    chroms = _chroms(imp, chroms)
+    var = site_var(imp, chroms)
+    n_total = len(var)
+    dtype = np.float16 if float16 else np.float32
+    x = np.empty((imp.n_cells, n_total), dtype=dtype)
+    imputed = np.empty((imp.n_cells, n_total), dtype=dtype)
+    offset = 0
+    for c in chroms:
+        for a, b in imp.chunks(c):
+            v = imp.values(c, a, b)
+            x[:, offset + a : offset + b] = v.T
+            obs = imp.observed_values(c, a, b)
+            seen = ~np.isnan(obs)
+            v[seen] = obs[seen]
+            imputed[:, offset + a : offset + b] = v.T
+        offset += imp.n_sites(c)
+    layers: dict[str, Any] = {"imputed": imputed}
+    for name in ("observed", "mc", "cov"):
+        parts = [_sparse_cells_by_sites(imp, c, name) for c in chroms]
+        dt = np.int8 if name == "observed" else np.int32
+        layers[name] = (
+            sp.hstack(parts, format="csr").astype(dt)
+            if parts
+            else sp.csr_matrix((imp.n_cells, 0), dtype=dt)
+        )
+    has_uncertainty = uncertainty and imp.data_mode == "binary" and not imp.keep_observed
+    if has_uncertainty:
+        xf = x.astype(np.float32)
+        layers["uncertainty"] = (xf * (1.0 - xf)).astype(dtype)
+    uns = {
+        "cpgformer": _uns(
+            imp,
+            X="model probability P(methylated) for every entry (denoised)"
+            if not imp.keep_observed
+            else "observed calls kept, model probability for missing entries",
+            uncertainty="p(1-p) of X (Bernoulli variance, 0 to 0.25)" if has_uncertainty else "",
+        )
+    }
+    adata = ad.AnnData(X=x, obs=_obs(imp), var=var, layers=layers, uns=uns)
+    return adata
+
+
+# --------------------------------------------------------------------------------------------------
+# per-cell files
+
+
+def _groups(n_cells: int, per_cell_files: int, max_open: int) -> list[range]:
+    size = max(1, max_open // max(1, per_cell_files))
+    return [range(a, min(n_cells, a + size)) for a in range(0, n_cells, size)]
+
+
+def write_bedgraphs(
+    imp: ImputedStore, out: Path, chroms: Sequence[str], opts: ExportOptions
+) -> list[Path]:
+    """Per-cell ``<cell>.<kind>.bedGraph.gz`` files in the directory ``out``."""
+    kinds = list(dict.fromkeys(opts.kinds))
+    for k in kinds:
+        if k not in BEDGRAPH_KINDS:
+            raise UsageError(
+                f"unknown bedGraph kind {k!r} (choose from {', '.join(BEDGRAPH_KINDS)})"
+            )
+    if "denoised" in kinds and imp.keep_observed:
+        raise UsageError(
+            f"{imp.path} was imputed with --keep-observed: denoised values of observed entries are "
+            "not stored; rerun cpgformer impute without it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    descriptions = {
+        "imputed": "cpgformer: observed calls kept, model P(methylated) where missing",
+        "denoised": "cpgformer: model P(methylated) for every CpG",
+        "observed": "observed methylated fraction mc/cov",
+    }
+    names = {k: cell_file_names(imp.cells, f".{k}.bedGraph.gz") for k in kinds}
+    targets = [out / names[k][i] for i in range(imp.n_cells) for k in kinds]
+    if not opts.overwrite:
+        for t in targets:
+            _check_new(t, False)
+    written: list[Path] = []
+    n_chunks = sum(len(imp.chunks(c)) for c in chroms)
+    groups = _groups(imp.n_cells, len(kinds), opts.max_open_files)
+    with bar(n_chunks * len(groups), desc="bedGraph", unit="chunk") as progress_bar:
+        for group in groups:
+            writers = {
+                (i, k): BedGraphWriter(
+                    out / names[k][i],
+                    f"{imp.cells[i]} {k}",
+                    descriptions[k],
+                    percent=opts.percent,
+                    interval=opts.interval,
+                )
+                for i in group
+                for k in kinds
+            }
+            try:
+                for c in chroms:
+                    pos = np.asarray(imp.positions(c))
+                    for a, b in imp.chunks(c):
+                        values = _kind_values(imp, c, a, b, kinds)
+                        for (i, k), w in writers.items():
+                            w.write(c, pos[a:b], values[k][:, i])
+                        progress_bar.update(1)
+                written += [w.close() for w in writers.values()]
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                raise
+    log.info("wrote %d bedGraph files to %s", len(written), out)
+    return written
+
+
+def _kind_values(
+    imp: ImputedStore, chrom: str, a: int, b: int, kinds: Sequence[str]
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if "denoised" in kinds or "imputed" in kinds:
+        v = imp.values(chrom, a, b)
+        if "denoised" in kinds:
+            out["denoised"] = v.copy()
+        if "imputed" in kinds:
+            obs = imp.observed_values(chrom, a, b)
+            seen = ~np.isnan(obs)
+            v[seen] = obs[seen]
+            out["imputed"] = v
+    if "observed" in kinds:
+        mc, cov = imp.counts(chrom, a, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["observed"] = np.where(cov > 0, mc / np.maximum(cov, 1), np.nan)
+    return out
+
+
+def allc_contexts(reference: Any, chrom: str, starts: np.ndarray) -> np.ndarray:
+    """3-mer contexts ``[start, start + 3)`` (e.g. ``CGT``) from the reference, upper case."""
+    from cpgformer.codes import NUCLEOTIDE_LETTERS
+
+    codes = reference.windows(chrom, np.asarray(starts, dtype=np.int64) + 1, 3)
+    letters = np.frombuffer(NUCLEOTIDE_LETTERS.encode(), dtype=np.uint8)[codes.astype(np.int64)]
+    return np.ascontiguousarray(letters).view("S3").ravel().astype("U3")
+
+
+def write_allc(
+    imp: ImputedStore, out: Path, chroms: Sequence[str], opts: ExportOptions
+) -> list[Path]:
+    """Per-cell ``<cell>.allc.tsv.gz`` (BGZF) + ``.tbi`` in the directory ``out``.
+
+    Observed entries (cov > 0): their reads, flag 1. Missing entries: cov 1 and mc = [p >= 0.5],
+    or with ``allc_scale`` S: cov S and mc = round(p S); flag 0.
+    """
+    scale = opts.allc_scale
+    if scale is not None:
+        if scale < 1:
+            raise UsageError(f"--allc-scale must be >= 1, got {scale}")
+        log.warning(
+            "--allc-scale %d: imputed entries get cov %d; count-based tools (ALLCools posterior "
+            "fractions, MethylVI) will read that as real sequencing depth",
+            scale,
+            scale,
+        )
+    fasta = opts.fasta or imp.fasta_path
+    reference = None
+    if fasta:
+        from cpgformer.io.fasta import Reference
+
+        reference = Reference(fasta)
+    else:
+        log.info("no FASTA: ALLC context column is CGN")
+    out.mkdir(parents=True, exist_ok=True)
+    names = cell_file_names(imp.cells, ".allc.tsv.gz")
+    if not opts.overwrite:
+        for n in names:
+            _check_new(out / n, False)
+    written: list[Path] = []
+    n_chunks = sum(len(imp.chunks(c)) for c in chroms)
+    groups = _groups(imp.n_cells, 2, opts.max_open_files)
+    with bar(n_chunks * len(groups), desc="ALLC", unit="chunk") as progress_bar:
+        for group in groups:
+            writers = {i: AllcWriter(out / names[i]) for i in group}
+            try:
+                for c in chroms:
+                    pos = np.asarray(imp.positions(c))
+                    for a, b in imp.chunks(c):
+                        ctx: np.ndarray | str = (
+                            allc_contexts(reference, c, pos[a:b])
+                            if reference is not None
+                            else "CGN"
+                        )
+                        p = imp.values(c, a, b)
+                        mc, cov = imp.counts(c, a, b)
+                        seen = cov > 0
+                        if scale is None:
+                            imc = (p >= 0.5).astype(np.int32)
+                            icov = np.ones_like(imc)
+                        else:
+                            imc = np.rint(p * scale).astype(np.int32)
+                            icov = np.full_like(imc, scale)
+                        mc_all = np.where(seen, mc, imc)
+                        cov_all = np.where(seen, cov, icov)
+                        flag = seen.astype(np.int8)
+                        for i, w in writers.items():
+                            w.write(c, pos[a:b], ctx, mc_all[:, i], cov_all[:, i], flag[:, i])
+                        progress_bar.update(1)
+                written += [w.close() for w in writers.values()]
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                raise
+    log.info("wrote %d ALLC files (+ tabix indexes) to %s", len(written), out)
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# regions
+
+
+def fixed_bins(imp: ImputedStore, bin_size: int, chroms: Sequence[str]) -> pd.DataFrame:
+    """Bins ``[k b, (k + 1) b)`` that contain at least one imputed CpG."""
+    if bin_size < 1:
+        raise UsageError(f"--bin-size must be >= 1, got {bin_size}")
+    rows = []
+    for c in chroms:
+        pos = np.asarray(imp.positions(c), dtype=np.int64)
+        starts = np.unique(pos // bin_size) * bin_size
+        rows.append(pd.DataFrame({"chrom": c, "start": starts, "end": starts + bin_size}))
+    table = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=["chrom", "start", "end"])
+    )
+    table["name"] = (
+        table["chrom"].astype(str)
+        + ":"
+        + table["start"].astype(str)
+        + "-"
+        + table["end"].astype(str)
+    )
+    return table
+
+
+def _match_chrom(name: str, available: set[str]) -> str | None:
+    if name in available:
+        return name
+    alt = name[3:] if name.startswith("chr") else "chr" + name
+    return alt if alt in available else None
+
+
+def aggregate_regions(
+    imp: ImputedStore,
+    regions: pd.DataFrame,
+    *,
+    values: str = "imputed",
+    chroms: Sequence[str] | None = None,
+    region_batch: int = 4096,
+) -> Any:
+    """cells x regions AnnData (formats.md 7.4).
+
+    A CpG belongs to a region when its start lies in ``[region start, region end)``. Layers: ``mc``,
+    ``cov`` (summed reads), ``frac`` = mc/cov (NaN where cov = 0), ``meth_sites``/``total_sites``
+    (observed sites with label 1 / with a label), ``imp_mean``/``imp_var`` (mean and population
+    variance of the probabilities over the region's CpGs; ``values`` "imputed" keeps observed calls,
+    "denoised" uses the model for every entry; NaN for regions without CpGs); ``X`` = ``imp_mean``.
+    Regions on contigs that were not imputed are left out (logged).
+    """
+    import anndata as ad
+
+    if values not in ("imputed", "denoised"):
+        raise UsageError(f"region values must be 'imputed' or 'denoised', got {values!r}")
+    if values == "denoised" and imp.keep_observed:
+        raise UsageError(f"{imp.path} was imputed with --keep-observed: no denoised values")
+    chroms = _chroms(imp, chroms)
+    available = set(chroms)
+    mapped = regions["chrom"].astype(str).map(lambda n: _match_chrom(n, available))
+    dropped = int(mapped.isna().sum())
+    if dropped:
+        missing = sorted(set(regions["chrom"][mapped.isna()].astype(str)))
+        log.warning(
+            "%d region(s) on contigs not in the imputed store were left out (%s)",
+            dropped,
+            ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+        )
+    regions = regions.assign(store_chrom=mapped)[mapped.notna()].reset_index(drop=True)
+    n_reg, n_cells = len(regions), imp.n_cells
+    sum_p = np.zeros((n_reg, n_cells))
+    sum_p2 = np.zeros((n_reg, n_cells))
+    mc_sum = np.zeros((n_reg, n_cells), dtype=np.int64)
+    cov_sum = np.zeros((n_reg, n_cells), dtype=np.int64)
+    meth_sites = np.zeros((n_reg, n_cells), dtype=np.int64)
+    total_sites = np.zeros((n_reg, n_cells), dtype=np.int64)
+    n_cpg = np.zeros(n_reg, dtype=np.int64)
+    for c in chroms:
+        idx = np.flatnonzero(regions["store_chrom"].to_numpy() == c)
+        if idx.size == 0:
+            continue
+        pos = np.asarray(imp.positions(c), dtype=np.int64)
+        i0 = np.searchsorted(pos, regions["start"].to_numpy()[idx], "left")
+        i1 = np.searchsorted(pos, regions["end"].to_numpy()[idx], "left")
+        n_cpg[idx] = i1 - i0
+        # probabilities: per chunk prefix sums over sites
+        for a, b in imp.chunks(c):
+            hit = (i0 < b) & (i1 > a)
+            if not hit.any():
+                continue
+            p = imp.values(c, a, b).astype(np.float64)
+            if values == "imputed":
+                obs = imp.observed_values(c, a, b)
+                seen = ~np.isnan(obs)
+                p[seen] = obs[seen]
+            cs = np.zeros((b - a + 1, n_cells))
+            np.cumsum(p, axis=0, out=cs[1:])
+            cs2 = np.zeros((b - a + 1, n_cells))
+            np.cumsum(p * p, axis=0, out=cs2[1:])
+            lo = np.clip(i0[hit], a, b) - a
+            hi = np.clip(i1[hit], a, b) - a
+            sum_p[idx[hit]] += cs[hi] - cs[lo]
+            sum_p2[idx[hit]] += cs2[hi] - cs2[lo]
+        # observed calls: the nnz ranges of every region, in batches of regions
+        indptr, cell, mc, cov, label = imp.csr(c)
+        indptr = np.asarray(indptr)
+        for r0 in range(0, idx.size, region_batch):
+            sel = slice(r0, r0 + region_batch)
+            k0, k1 = indptr[i0[sel]], indptr[i1[sel]]
+            lengths = k1 - k0
+            total = int(lengths.sum())
+            if total == 0:
+                continue
+            region_of = np.repeat(np.arange(lengths.size), lengths)
+            starts_rep = np.repeat(k0 - np.cumsum(lengths) + lengths, lengths)
+            nnz = starts_rep + np.arange(total)
+            cl = np.asarray(cell[nnz], dtype=np.int64)
+            key = region_of * n_cells + cl
+            size = lengths.size * n_cells
+            lab = np.asarray(label[nnz])
+            target = idx[sel]
+
+            def acc(weights: np.ndarray, key: np.ndarray = key, size: int = size) -> np.ndarray:
+                counts = np.bincount(key, weights=weights, minlength=size)
+                return np.rint(counts).astype(np.int64).reshape(-1, n_cells)
+
+            mc_sum[target] += acc(np.asarray(mc[nnz], dtype=np.float64))
+            cov_sum[target] += acc(np.asarray(cov[nnz], dtype=np.float64))
+            meth_sites[target] += acc((lab == 1).astype(np.float64))
+            total_sites[target] += acc((lab >= 0).astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = np.where(n_cpg > 0, n_cpg, np.nan)[:, None]
+        imp_mean = sum_p / denom
+        imp_var = np.maximum(sum_p2 / denom - imp_mean**2, 0.0)
+        frac = np.where(cov_sum > 0, mc_sum / np.maximum(cov_sum, 1), np.nan)
+    var = pd.DataFrame(
+        {
+            "chrom": pd.Categorical(regions["store_chrom"].astype(str), categories=list(chroms)),
+            "start": regions["start"].to_numpy(np.int64),
+            "end": regions["end"].to_numpy(np.int64),
+            "name": regions["name"].astype(str).to_numpy(),
+            "n_cpg": n_cpg,
+        }
+    )
+    var.index = pd.Index(
+        var["chrom"].astype(str) + "_" + var["start"].astype(str) + "_" + var["end"].astype(str),
+        name="region",
+    )
+    layers = {
+        "mc": sp.csr_matrix(mc_sum.T.astype(np.int32)),
+        "cov": sp.csr_matrix(cov_sum.T.astype(np.int32)),
+        "frac": frac.T.astype(np.float32),
+        "meth_sites": meth_sites.T.astype(np.int32),
+        "total_sites": total_sites.T.astype(np.int32),
+        "imp_mean": imp_mean.T.astype(np.float32),
+        "imp_var": imp_var.T.astype(np.float32),
+    }
+    adata = ad.AnnData(
+        X=layers["imp_mean"].copy(),
+        obs=_obs(imp),
+        var=var,
+        layers=layers,
+        uns={"cpgformer": _uns(imp, region_values=values, region_rule="CpG start in [start, end)")},
+    )
+    if not adata.var_names.is_unique:
+        adata.var_names_make_unique()
+    return adata
