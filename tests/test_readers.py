@@ -116,6 +116,31 @@ def test_cpg_report_strands_zero_rows_and_context():
     assert stats.n_rows == 7 and stats.n_calls == 4
 
 
+def test_cpg_report_zero_rows_dropped_before_parsing_keep_line_numbers(tmp_path):
+    f = tmp_path / "big.CpG_report.txt.gz"
+    lines = []
+    for i in range(1, 20001):
+        mc, un = (1, 2) if i % 997 == 0 else (0, 0)
+        lines.append(f"chr1\t{i}\t{'+' if i % 2 else '-'}\t{mc}\t{un}\tCG\tCGA\n")
+    lines.append("chr1\t20001\t+\t0\t10\tCG\tCGA\n")  # 10 unmethylated reads: kept
+    f.write_bytes(gzip.compress("".join(lines).encode()))
+    stats = ReadStats()
+    got = rows(f, "bismark-cpg-report", stats=stats, chunk_rows=4000)
+    kept = [i for i in range(1, 20001) if i % 997 == 0] + [20001]
+    assert [r[5] for r in got] == kept and [r[1] for r in got] == [i - 1 for i in kept]
+    assert stats.n_skipped_zero == 20001 - len(kept) and stats.n_rows == 20001
+    # an error after thousands of zero rows still names its own line
+    lines[15000] = "chr1\t15001\t+\t1\n"
+    f.write_bytes(gzip.compress("".join(lines).encode()))
+    with pytest.raises(InputError) as err:
+        list(read_calls(f, "bismark-cpg-report"))
+    assert err.value.line == 15001
+    zero = tmp_path / "zero.CpG_report.txt"
+    zero.write_text("chr1\t5\t+\t0\t0\tCG\tCGA\nchr1\t6\t-\t0\t0\tCG\tCGA\n")
+    with pytest.raises(InputError, match="no calls .*2 zero-coverage rows"):
+        list(read_calls(zero, "bismark-cpg-report"))
+
+
 def test_merged_cpg_evidence_one_and_zero_based(tmp_path):
     got = rows(FIX / "cell_c.merged_CpG_evidence.cov", "bismark-merged-cov")
     assert got == [
@@ -344,7 +369,17 @@ def test_detect_format(name, expected, tmp_path, caplog):
         assert len(rows(neutral)) > 0
 
 
-@pytest.mark.parametrize("suffix", [".counts.bedGraph", ".logit.bedGraph", ".counts.bedGraph.gz"])
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        ".counts.bedGraph",
+        ".logit.bedGraph",
+        ".counts.bedGraph.gz",
+        ".NOMe.GpC.cov",
+        "_CHG.bedGraph",
+        "_CHH.bedGraph.gz",
+    ],
+)
 def test_rejected_methyldackel_outputs(tmp_path, suffix):
     f = tmp_path / ("cell_CpG" + suffix)
     f.write_text("chr1\t1\t2\t5\n")

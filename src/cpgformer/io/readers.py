@@ -249,6 +249,10 @@ REJECTED_SUFFIXES = {
     ".counts.bedgraph": "MethylDackel --counts output has total coverage only (no methylation)",
     ".logit.bedgraph": "MethylDackel --logit output holds logit values, not calls; rerun with the "
     "default or --fraction output",
+    ".gpc.cov": "NOMe-seq GpC accessibility calls (*.NOMe.GpC.cov) are not CpG methylation; "
+    "use the *.NOMe.CpG.cov file",
+    "_chg.bedgraph": "MethylDackel CHG-context output is not CpG methylation; use the _CpG file",
+    "_chh.bedgraph": "MethylDackel CHH-context output is not CpG methylation; use the _CpG file",
 }
 
 
@@ -1091,6 +1095,41 @@ _WS_EDGES = re.compile(rb"(?m)^[ \t]+|[ \t]+$")
 _WS_INNER = re.compile(rb"[ \t]+")
 
 
+def _drop_zero_coverage_lines(
+    block: bytes, line_nos: np.ndarray, spec: ColumnSpec
+) -> tuple[bytes, np.ndarray, int]:
+    """Drop CpG-report lines with mc = unmeth = 0 before parsing (byte pattern, vectorised).
+
+    Such a line contains ``<TAB>0<TAB>0<TAB>C`` (mc, unmeth, context): the pattern can only align
+    there when the count columns are adjacent and followed by the context column.
+    """
+    if spec.unmeth != spec.meth + 1 or spec.context != spec.meth + 2:  # type: ignore[operator]
+        return block, line_nos, 0
+    arr = np.frombuffer(block, dtype=np.uint8)
+    pattern = b"\t0\t0\tC"
+    n = arr.size - len(pattern) + 1
+    if n <= 0:
+        return block, line_nos, 0
+    hit = arr[:n] == pattern[0]
+    for k in range(1, len(pattern)):
+        hit &= arr[k : k + n] == pattern[k]
+    where = np.flatnonzero(hit)
+    if where.size == 0:
+        return block, line_nos, 0
+    ends = np.flatnonzero(arr == 10)
+    drop = np.zeros(ends.size, dtype=bool)
+    drop[np.searchsorted(ends, where)] = True
+    n_drop = int(drop.sum())
+    keep = ~drop
+    if n_drop == ends.size:
+        return b"", line_nos[:0], n_drop
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    byte_keep = np.repeat(keep, ends - starts + 1)
+    return arr[byte_keep].tobytes(), line_nos[keep], n_drop
+
+
 def _normalise_whitespace(block: bytes) -> bytes:
     """Whitespace-separated text -> tab-separated (runs of blanks become one tab, edges trimmed)."""
     return _WS_INNER.sub(b"\t", _WS_EDGES.sub(b"", block))
@@ -1166,6 +1205,12 @@ def _read_calls(
         line_nos = np.arange(first_line, first_line + n_lines, dtype=np.int64)
         if plan.sep == " ":
             block = _normalise_whitespace(block)
+        if spec.skip_zero_coverage and plan.sep != "," and spec.meth is not None:
+            block, line_nos, n_zero = _drop_zero_coverage_lines(block, line_nos, spec)
+            stats.n_skipped_zero += n_zero
+            stats.n_rows += n_zero
+            if not len(line_nos):
+                continue
         try:
             df = _parse_block(path, plan, block, line_nos, None, strict=False)
         except _SlowPath:
