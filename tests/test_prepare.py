@@ -314,3 +314,18 @@ def test_allcools_only_cg_contexts(shared, tmp_path) -> None:
     assert set(ds.chromosomes) == set(expected_sites)
     for chrom in ds.chromosomes:
         assert ds.positions(chrom).tolist() == sorted(expected_sites[chrom])
+
+
+def test_custom_columns_vmrseq_csv(tmp_path, capsys) -> None:
+    # vmrseq csv: chr,pos,strand,mc_count,total (1-based, stranded) -> pooled exactly without FASTA
+    p = tmp_path / "v1.csv"
+    p.write_text("chr,pos,strand,mc_count,total\nchr1,10,+,1,1\nchr1,11,-,0,1\nchr1,40,+,2,2\n")
+    out = tmp_path / "s"
+    args = ["-q", "prepare", "--columns", "1:2:4:5c:,:1:strand=3", str(p), "-o", str(out)]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: 1 cells, 1 chromosomes, 2 sites, 2 calls")
+    ds = open_dataset(out)
+    assert ds.positions("chr1").tolist() == [9, 39]
+    mc, cov = ds.counts("chr1", 0, 2)
+    assert mc[:, 0].tolist() == [1, 2] and cov[:, 0].tolist() == [2, 2]
+    assert ds.manifest["parameters"]["columns"] == "1:2:4:5c:,:1:strand=3"
