@@ -201,6 +201,13 @@ def test_legacy_allc_header_is_skipped(caplog):
     assert "header" in caplog.text
 
 
+def test_space_separated_header_over_tab_separated_rows(tmp_path):
+    f = tmp_path / "allc_x_1.tsv"
+    text = (FIX / "allc_cell_h_1.tsv").read_text().split("\n", 1)[1]
+    f.write_text("chr pos strand mc_class mc_count total methylated\n" + text)
+    assert rows(f, "allc") == [("1", 1, 1, 3, 3, 2, False), ("1", 2, -1, 1, 2, 3, False)]
+
+
 def test_deepcpg_one_based_plus_c_with_comments():
     chunks = list(read_calls(FIX / "cell_i.tsv", "deepcpg"))
     assert len(chunks) == 1

@@ -743,13 +743,8 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
     if not data:
         raise InputError(path, None, "no calls (empty file or only header/comment lines)")
     line_no, first = data[0]
-    sep = spec.sep
-    if sep == "\t":
-        parts = first.split("\t")
-        if len(parts) == 1 or any(part != part.strip() for part in parts):
-            sep = " "
     header_line = None
-    parts = _split(first, sep)
+    parts = first.split(spec.sep) if spec.sep != "\t" else _fields(first)
     pos_field = parts[spec.pos - 1] if len(parts) >= spec.pos else ""
     if spec.header or not _is_int(pos_field.strip()):
         header_line = line_no
@@ -757,7 +752,13 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
         if len(data) < 2:
             raise InputError(path, None, "no calls (empty file or only header/comment lines)")
         line_no, first = data[1]
-        parts = _split(first, sep)
+    sep = spec.sep
+    if sep == "\t":
+        # tab unless the first data line has no tab or pads its fields with blanks
+        tab_parts = first.split("\t")
+        if len(tab_parts) == 1 or any(part != part.strip() for part in tab_parts):
+            sep = " "
+    parts = _split(first, sep)
     ncols = len(parts)
     allowed = spec.n_columns
     if allowed is not None and ncols not in allowed:
