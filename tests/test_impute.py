@@ -407,3 +407,60 @@ def test_incomplete_or_foreign_directory_is_not_opened(tmp_path: Path) -> None:
 
     with pytest.raises(InputError):
         open_imputed(tmp_path / "y")
+
+
+# ---------------------------------------------------------------------------------------------
+# DNA embeddings and --sites all
+
+
+def test_dna_model_and_all_cpg_sites_equal_one_pass(tmp_path: Path) -> None:
+    from cpgformer.io.fasta import Reference
+
+    rng = np.random.default_rng(7)
+    seq = "".join(rng.choice(list("ACGT"), size=3000, p=[0.3, 0.2, 0.2, 0.3]))
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chrQ\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n")
+    all_pos = np.array([i for i in range(len(seq) - 1) if seq[i : i + 2] == "CG"], dtype=np.int64)
+    store_rows = np.sort(rng.choice(len(all_pos), size=len(all_pos) // 2, replace=False))
+    n, n_cells = len(store_rows), 3
+    obs = rng.random((n, n_cells)) < 0.5
+    rows, cols = np.nonzero(obs)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    label = rng.integers(0, 2, size=rows.size).astype(np.int8)
+    ch = ChromArrays(
+        "chrQ", all_pos[store_rows], indptr, cols.astype(np.int32),
+        label.astype(np.int32), np.ones(rows.size, dtype=np.int32), label,
+    )  # fmt: skip
+    write_store(tmp_path / "store", [ch], ["a", "b", "c"])
+    torch.manual_seed(2)
+    cfg = ModelConfig(
+        n_cells=n_cells, dna_window=31, hidden=8, n_heads=2, head_dim=4, n_layers=2,
+        site_window=3, state_embed=4, cell_embed=4, dna_embed=4,
+    )  # fmt: skip
+    model = CpGTransformer(cfg).eval()
+    ref = Reference(fasta)
+    opts = ImputeOptions(
+        fasta=str(fasta), tile_sites=20, chunk_sites=30, embed_chunk=7, dtype="uint8"
+    )
+    for mode, positions in (("store", all_pos[store_rows]), ("all", all_pos)):
+        opts.sites = mode
+        imp = impute(tmp_path / "store", source_for(model), tmp_path / f"out-{mode}", opts)
+        np.testing.assert_array_equal(imp.positions("chrQ"), positions)
+        full = np.full((len(positions), n_cells), -1, dtype=np.int8)
+        at = np.searchsorted(positions, all_pos[store_rows])
+        full[at[rows], cols] = label
+        np.testing.assert_array_equal(imp.states("chrQ", 0, len(positions)), full)
+        windows = torch.from_numpy(ref.windows("chrQ", positions, 31).astype(np.int64))
+        with torch.inference_mode():
+            logits = model(
+                torch.from_numpy(full.astype(np.int64) + 1)[None],
+                torch.from_numpy(positions)[None],
+                torch.arange(n_cells)[None],
+                dna=windows[None],
+            )[0].numpy()
+        expected = 1 / (1 + np.exp(-logits))
+        got = imp.values("chrQ", 0, len(positions))
+        assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-5  # uint8 quantisation
+    with pytest.raises(UsageError, match="--fasta"):
+        impute(tmp_path / "store", source_for(model), tmp_path / "nofasta")
