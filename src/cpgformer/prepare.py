@@ -286,7 +286,9 @@ class _CellReader:
         for key in list(per_chrom):
             chunk = pooling.concat_chunks(per_chrom.pop(key))  # release raw rows as we go
             report.n_calls_read += len(chunk)
-            dup = pooling.duplicate_lines(chunk.pos, chunk.strand, chunk.line)
+            pos = chunk.pos
+            ordered = len(pos) < 2 or bool(np.all(pos[1:] > pos[:-1]))  # no repeat possible
+            dup = None if ordered else pooling.duplicate_lines(pos, chunk.strand, chunk.line)
             if dup is not None:
                 i = int(np.nonzero(chunk.line == dup[1])[0][0])
                 strand = {1: "+", -1: "-"}.get(int(chunk.strand[i]), "unstranded")
