@@ -1,0 +1,189 @@
+"""``cpgformer explain``: integrated-gradient attributions and attention maps for chosen predictions."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+
+NAME = "explain"
+HELP = (
+    "explain predictions of chosen (site, cell) pairs: integrated gradients over the neighbouring "
+    "sites, cells and DNA bases, and attention maps (npz + figures)"
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = [
+    "index",
+    "chrom",
+    "position",
+    "cell",
+    "label_change",
+    "observed",
+    "probability",
+    "logit",
+    "baseline_logit",
+    "attribution_sum",
+    "convergence_delta",
+    "top_cell",
+    "top_cell_total",
+    "n_sites",
+    "npz",
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="dataset store (from cpgformer prepare)")
+    parser.add_argument(
+        "checkpoint", help="trained model (.ckpt from cpgformer train, or model file)"
+    )
+    parser.add_argument(
+        "--sites",
+        required=True,
+        metavar="FILE",
+        help="rows `chrom position cell [label_change]`: position 0-based (the + strand C, as in "
+        "the store); cell name (or 0-based index); label_change mask/-1, 0, 1 (a fraction for "
+        "continuous models) or none (default: keep the stored call); a header line is allowed",
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--n-steps",
+        type=int,
+        default=50,
+        help="integration points of integrated gradients (Gauss-Legendre; default 50)",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["unknown", "zero"],
+        default="unknown",
+        help="integrated-gradients baseline: 'unknown' = every call unknown, cell embeddings 0, "
+        "every base N (default); 'zero' = all embedding outputs 0",
+    )
+    parser.add_argument(
+        "--fasta",
+        help="reference FASTA for models that use DNA (default: the one the store records)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device to run on: cpu (default), cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--no-attention", action="store_true", help="skip the attention maps (attributions only)"
+    )
+    parser.add_argument("--no-figures", action="store_true", help="write the npz files only")
+    parser.add_argument(
+        "--format", default="png", choices=["png", "pdf", "svg"], help="figure format (png)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the output directory if it exists"
+    )
+
+
+def _summary_row(k: int, expl, npz_name: str) -> dict:  # noqa: ANN001 - SiteExplanation
+    import numpy as np
+
+    target = expl.states[expl.target_index, expl.target_cell]
+    others = np.abs(expl.cell_totals).copy()
+    top = int(np.argmax(others))
+    return {
+        "index": k,
+        "chrom": expl.chrom,
+        "position": expl.query.position,
+        "cell": expl.cells[expl.target_cell],
+        "label_change": expl.query.label_change_text,
+        "observed": "NA" if target < 0 else f"{target:g}",
+        "probability": f"{expl.probability:.6f}",
+        "logit": f"{expl.logit:.6f}",
+        "baseline_logit": f"{expl.baseline_logit:.6f}",
+        "attribution_sum": f"{expl.attribution_sum:.6f}",
+        "convergence_delta": f"{expl.convergence_delta:.3e}",
+        "top_cell": expl.cells[top],
+        "top_cell_total": f"{expl.cell_totals[top]:.6f}",
+        "n_sites": len(expl.positions),
+        "npz": npz_name,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cpgformer.checkpoint import load_checkpoint
+    from cpgformer.errors import UsageError
+    from cpgformer.explain import (
+        explain_sites,
+        plot_attention,
+        plot_attributions,
+        plot_dna_track,
+        read_sites,
+        save_npz,
+    )
+    from cpgformer.io.store import open_dataset
+    from cpgformer.utils.atomic import atomic_dir
+
+    if args.n_steps < 1:
+        raise UsageError(f"--n-steps must be >= 1, got {args.n_steps}")
+    queries = read_sites(args.sites)
+    ds = open_dataset(args.store)
+    loaded = load_checkpoint(args.checkpoint)
+    if loaded.store_fingerprint and loaded.store_fingerprint != ds.fingerprint:
+        log.warning(
+            "store fingerprint %s differs from the checkpoint's training store %s: explaining "
+            "predictions on another store of the same cells",
+            ds.fingerprint[:12],
+            loaded.store_fingerprint[:12],
+        )
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    reference = None
+    if loaded.config.has_dna:
+        fasta = args.fasta or ds.fasta_path
+        if not fasta:
+            raise UsageError(
+                "the model uses DNA windows: give the reference with --fasta (the store records none)"
+            )
+        from cpgformer.io.fasta import Reference
+
+        reference = Reference(fasta)
+    elif args.fasta:
+        log.info("the model uses no DNA: --fasta ignored")
+
+    results = explain_sites(
+        loaded.model,
+        ds,
+        queries,
+        reference=reference,
+        n_steps=args.n_steps,
+        baseline=args.baseline,
+        cells=loaded.cells,
+        attention=not args.no_attention,
+        device=device,
+    )
+    rows = []
+    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
+        for k, expl in enumerate(results):
+            stem = f"{k:03d}_{expl.name}"
+            save_npz(expl, tmp / f"{stem}.npz")
+            if not args.no_figures:
+                plot_attributions(expl, tmp / f"{stem}.attributions.{args.format}")
+                if expl.dna_attribution is not None:
+                    plot_dna_track(expl, tmp / f"{stem}.dna.{args.format}")
+                if expl.site_attention is not None or expl.cell_attention is not None:
+                    plot_attention(expl, tmp / f"{stem}.attention.{args.format}")
+            rows.append(_summary_row(k, expl, f"{stem}.npz"))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, fieldnames=SUMMARY_COLUMNS, delimiter="\t", lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+        (tmp / "summary.tsv").write_text(buffer.getvalue())
+    out = Path(args.output)
+    sys.stdout.write(f"explained {len(results)} prediction(s): {out / 'summary.tsv'}\n")
+    return 0
