@@ -281,7 +281,8 @@ class ChromModel:
     region: np.ndarray  # int64 [n_sites] region index of each site
     bulk: np.ndarray  # float32 [n_sites] bulk methylation probability
     prob: np.ndarray  # float32 [K, n_sites] per-type methylation probability
-    keep_prob: np.ndarray  # float64 [n_sites] exp(-gap / correlation_length); 0 at the first site
+    logit: np.ndarray  # float32 [K, n_sites] logit of prob (clipped to 1e-4)
+    keep_prob: np.ndarray  # float32 [n_sites] exp(-gap / correlation_length); 0 at the first site
     dmr: np.ndarray  # bool [K, n_regions] regions where type k deviates from the bulk
     fragments: tuple[np.ndarray, np.ndarray] | None  # MspI fragments (scrrbs)
     dense_anchor: np.ndarray  # int64 positions of dense sites (for enrichment)
@@ -348,7 +349,8 @@ def _chrom_model(
         region=region,
         bulk=bulk.astype(np.float32),
         prob=prob,
-        keep_prob=keep_prob,
+        logit=_logit(prob).astype(np.float32),
+        keep_prob=keep_prob.astype(np.float32),
         dmr=dmr,
         fragments=fragments,
         dense_anchor=dense_anchor,
@@ -468,19 +470,20 @@ def _cell_states(
     cm: ChromModel, cell: int, cells: CellInfo, cfg: SimulationConfig, rng: np.random.Generator
 ) -> np.ndarray:
     n = cm.n_sites
-    p = cm.prob[cells.cell_type[cell]].astype(np.float64)
-    if cells.global_offset[cell] != 0.0:
-        p = _sigmoid(_logit(p) + cells.global_offset[cell])
+    t = cells.cell_type[cell]
+    offset = np.float32(cells.global_offset[cell])
+    p = cm.prob[t] if offset == 0 else _sigmoid(cm.logit[t] + offset)
     qc = cells.qc[cell]
     if qc == "low_methylation":
-        p = p * cfg.qc_low_factor
-    keep = rng.random(n) < cm.keep_prob
-    fresh = rng.random(n)
-    idx = np.where(keep, 0, np.arange(n))
+        p = p * np.float32(cfg.qc_low_factor)
+    f32 = np.float32
+    keep = rng.random(n, dtype=f32) < cm.keep_prob
+    fresh = rng.random(n, dtype=f32)
+    idx = np.where(keep, 0, np.arange(n, dtype=np.int32))
     np.maximum.accumulate(idx, out=idx)
     u = fresh[idx]
-    redraw_u = rng.random(n)
-    redraw = rng.random(n) < (1.0 if qc == "no_correlation" else cfg.resample)
+    redraw_u = rng.random(n, dtype=f32)
+    redraw = rng.random(n, dtype=f32) < (1.0 if qc == "no_correlation" else cfg.resample)
     u = np.where(redraw, redraw_u, u)
     return (u < p).astype(np.int8)
 
@@ -703,16 +706,22 @@ def simulate(
 
 # ---------------------------------------------------------------------------------------- writing
 
-_PCT_CACHE: dict[tuple[int, int], str] = {}
 
-
-def _tail(mc: int, cov: int) -> str:
-    key = (mc, cov)
-    s = _PCT_CACHE.get(key)
-    if s is None:
-        s = f"{100.0 * mc / cov:.6f}\t{mc}\t{cov - mc}\n"
-        _PCT_CACHE[key] = s
-    return s
+def _tails(mc: np.ndarray, cov: np.ndarray) -> list[str]:
+    """``"<percent>\t<mc>\t<unmethylated>\n"`` per row, formatted once per distinct (mc, cov)."""
+    mc = np.asarray(mc, dtype=np.int64)
+    cov = np.asarray(cov, dtype=np.int64)
+    if mc.size == 0:
+        return []
+    key = mc * (int(cov.max()) + 1) + cov
+    uniq, inv = np.unique(key, return_inverse=True)
+    first = np.zeros(uniq.size, dtype=np.int64)
+    first[inv[::-1]] = np.arange(key.size)[::-1]
+    table = [
+        f"{100.0 * m / c:.6f}\t{m}\t{c - m}\n"
+        for m, c in zip(mc[first].tolist(), cov[first].tolist())
+    ]
+    return [table[i] for i in inv.tolist()]
 
 
 def format_bismark_cov(
@@ -726,9 +735,7 @@ def format_bismark_cov(
     out: list[str] = []
     for chrom, positions, site, strand, mc, cov in chrom_calls:
         coord = (positions[site] + np.where(strand > 0, 1, 2)).tolist()
-        prefix = f"{chrom}\t"
-        tails = [_tail(m, c) for m, c in zip(mc.tolist(), cov.tolist())]
-        out.extend(f"{prefix}{p}\t{p}\t{t}" for p, t in zip(coord, tails))
+        out.extend([f"{chrom}\t{p}\t{p}\t{t}" for p, t in zip(coord, _tails(mc, cov))])
     return "".join(out).encode("ascii")
 
 
@@ -926,7 +933,8 @@ def write_simulation(
             region=np.zeros(0, np.int64),
             bulk=np.zeros(0, np.float32),
             prob=prob,
-            keep_prob=np.zeros(0),
+            logit=prob,
+            keep_prob=np.zeros(0, np.float32),
             dmr=np.zeros((0, 0), bool),
             fragments=None,
             dense_anchor=np.zeros(0, np.int64),
