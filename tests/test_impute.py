@@ -464,3 +464,63 @@ def test_dna_model_and_all_cpg_sites_equal_one_pass(tmp_path: Path) -> None:
         assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-5  # uint8 quantisation
     with pytest.raises(UsageError, match="--fasta"):
         impute(tmp_path / "store", source_for(model), tmp_path / "nofasta")
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration on masked calls
+
+
+def test_masked_holdout_hides_the_seeded_calls(tmp_path: Path) -> None:
+    from cpgformer.impute import _mask_for, masked_holdout
+
+    store = make_store(tmp_path / "store", {"1": 150}, n_cells=4, fill=0.4)
+    ds = open_dataset(store)
+    model = tiny_model(4, seed=3)
+    held = masked_holdout(ds, source_for(model), ["1"], fraction=0.2, seed=5, tile_sites=32,
+                          chunk_sites=40)  # fmt: skip
+    indptr, cell, _, _, label = (np.asarray(a) for a in ds.csr("1"))
+    hide = _mask_for("1", label, 0.2, 5)
+    rows = np.repeat(np.arange(150), np.diff(indptr))
+    states = ds.states("1", 0, 150)
+    states[rows[hide], cell[hide]] = -1
+    pos = np.array(ds.positions("1"))
+    with torch.inference_mode():
+        logits = model(
+            torch.from_numpy(states.astype(np.int64) + 1)[None],
+            torch.from_numpy(pos)[None],
+            torch.arange(4)[None],
+        )[0].numpy()
+    np.testing.assert_allclose(held.masked_logits, logits[rows[hide], cell[hide]], atol=1e-5)
+    np.testing.assert_array_equal(held.masked_labels, label[hide])
+    other = ~hide & (label >= 0)
+    np.testing.assert_allclose(held.observed_logits, logits[rows[other], cell[other]], atol=1e-5)
+    assert 0.1 < hide.sum() / (label >= 0).sum() < 0.3
+
+
+def test_calibrate_command_writes_temperature(tmp_path: Path) -> None:
+    from cpgformer.checkpoint import load_checkpoint, save_checkpoint
+    from cpgformer.cli import main
+
+    store = make_store(tmp_path / "store", {"1": 400, "2": 50}, n_cells=4, fill=0.5)
+    ds = open_dataset(store)
+    model = tiny_model(4)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model, cells=ds.cells, store_fingerprint=ds.fingerprint,
+                    data={"val_chromosomes": ["chr1"]})  # fmt: skip
+    out = tmp_path / "calibrated.pt"
+    assert main(["-q", "calibrate", str(store), str(ckpt), "-o", str(out), "--mask-fraction",
+                 "0.3"]) == 0  # fmt: skip
+    loaded = load_checkpoint(out)
+    report = loaded.data["calibration"]
+    assert report["chromosomes"] == ["1"] and report["n"] > 100
+    assert loaded.temperature == pytest.approx(report["temperature"])
+    assert report["nll_after"] <= report["nll_before"] + 1e-9
+    imp = impute(store, out, tmp_path / "imp", ImputeOptions(chroms=["2"]))
+    assert imp.temperature == pytest.approx(report["temperature"])
+    x = ds.states("2", 0, 50).astype(np.int64) + 1
+    pos = np.array(ds.positions("2"))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x)[None], torch.from_numpy(pos)[None],
+                       torch.arange(4)[None])[0].numpy()  # fmt: skip
+    expected = 1 / (1 + np.exp(-logits / report["temperature"]))
+    np.testing.assert_allclose(imp.values("2", 0, 50), expected, atol=1e-3)

@@ -949,3 +949,222 @@ class ImputedStore:
 def open_imputed(path: str | os.PathLike[str]) -> ImputedStore:
     """Open a complete imputed store; an unfinished or interrupted run raises a clear ``UsageError``."""
     return ImputedStore(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# calibration on seeded masked entries
+
+
+@dataclass
+class HeldOut:
+    """Model outputs for held-out entries: ``masked`` entries were hidden from the model (input
+    unknown); ``observed`` entries are the other observed calls, predicted with their own label in
+    the input (the "denoised" outputs)."""
+
+    masked_logits: np.ndarray
+    masked_labels: np.ndarray
+    observed_logits: np.ndarray
+    observed_labels: np.ndarray
+
+
+def _mask_for(chrom: str, label: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Seeded choice of observed calls (label >= 0) to hide; independent of chunking."""
+    key = int.from_bytes(hashlib.sha256(chrom.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([seed, key])
+    return (rng.random(label.shape[0]) < fraction) & (np.asarray(label) >= 0)
+
+
+def masked_holdout(
+    store: Any,
+    model: ModelSource | str | os.PathLike[str],
+    chroms: Sequence[str],
+    *,
+    fraction: float = 0.1,
+    seed: int = 0,
+    tile_sites: int = 1024,
+    batch_size: int = 8,
+    chunk_sites: int | None = None,
+    fasta: str | None = None,
+    max_observed: int = 2_000_000,
+) -> HeldOut:
+    """Hide a seeded ``fraction`` of the observed calls of ``chroms`` and predict every call.
+
+    Returns the logits of the hidden calls with their labels (for fitting / scoring a temperature),
+    and of up to ``max_observed`` of the remaining observed calls (their denoised predictions).
+    """
+    from cpgformer.io.store import Dataset, open_dataset
+
+    ds = store if isinstance(store, Dataset) else open_dataset(store)
+    source = model if isinstance(model, ModelSource) else load_model_source(model)
+    predictor = source.predictor
+    if predictor.data_mode != "binary":
+        raise UsageError("calibration by temperature scaling applies to binary models only")
+    if not 0 < fraction < 1:
+        raise UsageError(f"mask fraction must be in (0, 1), got {fraction}")
+    cell_ids = cell_index_map(ds.cells, source.cells)
+    reference = None
+    if predictor.dna_window:
+        fasta = fasta or ds.fasta_path
+        if not fasta:
+            raise UsageError("the model uses DNA windows: give the reference with --fasta")
+        reference = _open_reference(str(fasta))
+    chunk = int(chunk_sites or default_chunk_sites(ds.n_cells))
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ml", "my", "ol", "oy")}
+    m = predictor.margin
+    for chrom in chroms:
+        if chrom not in ds.chromosomes:
+            raise UsageError(f"{ds.path}: chromosome {chrom!r} is not in the store")
+        src = _ChromSource(ds, chrom)
+        indptr, cell, _, _, label = (np.asarray(a) for a in ds.csr(chrom))
+        hide = _mask_for(chrom, label, fraction, seed)
+        windows_fn = _windows_fn(reference, src, predictor.dna_window) if reference else None
+        for a in range(0, src.n_sites, chunk):
+            b = min(src.n_sites, a + chunk)
+            lo, hi = max(0, a - m), min(src.n_sites, b + m)
+            states = src.states(lo, hi)
+            k0, k1 = int(indptr[lo]), int(indptr[hi])
+            nnz_rows = np.repeat(np.arange(hi - lo), np.diff(indptr[lo : hi + 1]))
+            hidden = hide[k0:k1]
+            states[nnz_rows[hidden], cell[k0:k1][hidden]] = MISSING
+            embedding = None
+            if windows_fn is not None:
+                embedding = embed_sites(
+                    predictor, lambda x, y, lo=lo, w=windows_fn: w(lo + x, lo + y), hi - lo
+                )
+            raw = predict_block(
+                predictor,
+                _model_input(states, False),
+                np.asarray(src.positions[lo:hi], dtype=np.int64),
+                a - lo,
+                b - lo,
+                cell_ids=cell_ids,
+                dna_embedding=embedding,
+                tile_sites=tile_sites,
+                batch_size=batch_size,
+            )
+            inside = (nnz_rows >= a - lo) & (nnz_rows < b - lo)
+            r = nnz_rows - (a - lo)
+            c = cell[k0:k1]
+            lab = label[k0:k1]
+            sel = inside & hidden
+            out["ml"].append(raw[r[sel], c[sel]])
+            out["my"].append(lab[sel])
+            sel = inside & ~hidden & (lab >= 0)
+            out["ol"].append(raw[r[sel], c[sel]])
+            out["oy"].append(lab[sel])
+
+    def cat(key: str, dtype: type) -> np.ndarray:
+        return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
+
+    ol, oy = cat("ol", np.float32), cat("oy", np.int8)
+    if ol.size > max_observed:
+        keep = np.random.default_rng(seed).choice(ol.size, max_observed, replace=False)
+        ol, oy = ol[keep], oy[keep]
+    return HeldOut(cat("ml", np.float32), cat("my", np.int8), ol, oy)
+
+
+def calibrate(
+    store: Any,
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    chroms: Sequence[str] | None = None,
+    fraction: float = 0.1,
+    seed: int = 0,
+    tile_sites: int = 1024,
+    batch_size: int = 8,
+    fasta: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Fit a temperature on seeded masked calls of ``chroms`` and write a calibrated checkpoint.
+
+    ``chroms`` default to the checkpoint's validation chromosomes. The new checkpoint (a plain model
+    file, see :func:`cpgformer.checkpoint.save_checkpoint`) carries the same weights, cells,
+    fingerprint and data parameters, and the fitted ``temperature``. Returns the report (ECE and
+    NLL before/after on the masked calls, ECE of the denoised observed calls before/after).
+    """
+    from cpgformer.checkpoint import load_checkpoint, save_checkpoint
+    from cpgformer.io.store import open_dataset
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
+    ds = open_dataset(store)
+    loaded = load_checkpoint(checkpoint)
+    if loaded.store_fingerprint and loaded.store_fingerprint != ds.fingerprint:
+        raise UsageError(
+            f"{ds.path}: store fingerprint {ds.fingerprint[:12]} differs from the checkpoint's "
+            f"({loaded.store_fingerprint[:12]}); calibrate on the training store"
+        )
+    if not chroms:
+        wanted = list((loaded.data or {}).get("val_chromosomes") or [])
+        chroms = [_store_name(ds, c) for c in wanted]
+        chroms = [c for c in chroms if c is not None]
+        if not chroms:
+            raise UsageError(
+                "the checkpoint names no validation chromosome of this store: pass --chroms"
+            )
+    source = ModelSource(
+        Predictor.from_model(loaded.model),
+        checkpoint_id=file_digest(checkpoint),
+        cells=loaded.cells,
+        store_fingerprint=loaded.store_fingerprint,
+    )
+    held = masked_holdout(
+        ds,
+        source,
+        chroms,
+        fraction=fraction,
+        seed=seed,
+        tile_sites=tile_sites,
+        batch_size=batch_size,
+        fasta=fasta,
+    )
+    if held.masked_labels.size < 100:
+        raise UsageError(
+            f"only {held.masked_labels.size} masked calls on {', '.join(chroms)}: too few to fit a "
+            "temperature (use more chromosomes or a larger --mask-fraction)"
+        )
+    temperature = fit_temperature(held.masked_logits, held.masked_labels)
+    report = calibration_report(held.masked_logits, held.masked_labels, temperature)
+    report.update(
+        {
+            "chromosomes": list(chroms),
+            "mask_fraction": fraction,
+            "seed": seed,
+            "previous_temperature": float(loaded.temperature or 1.0),
+            "n_observed": int(held.observed_labels.size),
+            "ece_observed_before": expected_calibration_error(
+                to_probabilities(held.observed_logits, "binary"), held.observed_labels
+            ),
+            "ece_observed_after": expected_calibration_error(
+                to_probabilities(held.observed_logits, "binary", temperature),
+                held.observed_labels,
+            ),
+        }
+    )
+    data = dict(loaded.data or {})
+    data["calibration"] = report
+    save_checkpoint(
+        out,
+        loaded.model,
+        cells=loaded.cells,
+        store_fingerprint=loaded.store_fingerprint,
+        data=data,
+        temperature=temperature,
+    )
+    log.info(
+        "temperature %.3f fitted on %d masked calls: ECE %.4f -> %.4f",
+        temperature,
+        report["n"],
+        report["ece_before"],
+        report["ece_after"],
+    )
+    return report
+
+
+def _store_name(ds: Any, name: str) -> str | None:
+    if name in ds.chromosomes:
+        return name
+    alt = name[3:] if name.startswith("chr") else "chr" + name
+    return alt if alt in ds.chromosomes else None
