@@ -178,3 +178,13 @@ def test_lambda_cpg_count_matches_readme(shared, tmp_path):
     assert name == "gi|9626243|ref|NC_001416.1|"
     classes = r.classify_sites(name, np.arange(48502), 1)
     assert int(np.count_nonzero(classes == SiteClass.PLUS)) == 3113
+
+
+def test_pickle_and_fork_safe(ref):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(ref))
+    assert clone.contigs == ref.contigs
+    assert decode_sequence(clone.fetch_codes("chr1", 8, 12)) == "ACGT"
+    ref._pid = -1  # as seen from a forked child: the handle is reopened, results unchanged
+    assert decode_sequence(ref.fetch_codes("chr1", 0, 30)) == CHR1

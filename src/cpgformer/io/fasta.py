@@ -103,10 +103,19 @@ class Reference:
             raise InputError(self.path, None, "no such FASTA file")
         self._cache = Path(cache) if cache is not None else cache_dir()
         self.fasta_path, index_path = self._prepare_files()
+        self.index_path = Path(index_path)
+        self._fa = self._open_index()
+        self._pid = os.getpid()
+        self._contigs = {name: len(self._fa[name]) for name in self._fa.keys()}
+        if not self._contigs:
+            raise InputError(self.path, None, "FASTA has no sequences")
+        self._alias_cache: dict[str, str | None] = {}
+
+    def _open_index(self) -> pyfaidx.Fasta:
         try:
-            self._fa = pyfaidx.Fasta(
+            return pyfaidx.Fasta(
                 str(self.fasta_path),
-                indexname=str(index_path),
+                indexname=str(self.index_path),
                 as_raw=True,
                 sequence_always_upper=False,
                 read_long_names=False,
@@ -114,11 +123,23 @@ class Reference:
             )
         except (pyfaidx.FastaIndexingError, ValueError) as exc:
             raise InputError(self.path, None, f"cannot index FASTA: {exc}") from None
-        self.index_path = Path(index_path)
-        self._contigs = {name: len(self._fa[name]) for name in self._fa.keys()}
-        if not self._contigs:
-            raise InputError(self.path, None, "FASTA has no sequences")
-        self._alias_cache: dict[str, str | None] = {}
+
+    def _handle(self) -> pyfaidx.Fasta:
+        """The pyfaidx handle of this process (a forked worker must not share the parent's file
+        offset, so it reopens the file)."""
+        if self._pid != os.getpid():
+            self._fa = self._open_index()
+            self._pid = os.getpid()
+        return self._fa
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fa"] = None
+        state["_pid"] = -1  # reopened on first use in the receiving process
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     # ---------------------------------------------------------------- files and identity
     def _prepare_files(self) -> tuple[Path, Path]:
@@ -161,8 +182,9 @@ class Reference:
         }
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._fa.close()
+        if self._fa is not None:
+            with contextlib.suppress(Exception):
+                self._fa.close()
 
     def __enter__(self) -> Reference:
         return self
@@ -229,7 +251,7 @@ class Reference:
         out = np.full(end - start, CODE_N, dtype=np.int8)
         lo, hi = max(start, 0), min(end, length)
         if hi > lo:
-            seq = self._fa[target][lo:hi]
+            seq = self._handle()[target][lo:hi]
             out[lo - start : hi - start] = encode_sequence(seq)
         return out
 
