@@ -241,8 +241,11 @@ def test_custom_spec_state_and_fraction(tmp_path):
     assert c.strand.tolist() == [0, 0, 0]
     c = next(iter(read_calls(f, spec=parse_column_spec("chrom=1:pos=2:frac=3:base=1:pooled=1"))))
     assert c.pos.tolist() == [99, 104, 102] and c.pooled
-    c = next(iter(read_calls(f, spec=parse_column_spec("1:2:3:3u:\\t:0"))))
-    assert c.mc.tolist() == [1, 0, 1] and c.cov.tolist() == [2, 0, 2]
+    f.write_text("chr2\t100\t1\t4\nchr2\t105\t0\t2\n")
+    c = next(iter(read_calls(f, spec=parse_column_spec("1:2:3:4u:\\t:0"))))
+    assert c.mc.tolist() == [1, 0] and c.cov.tolist() == [5, 2]
+    with pytest.raises(UsageError, match="used for both"):
+        parse_column_spec("1:2:3:3u:\\t:0")
 
 
 def test_parse_column_spec_fields_and_errors():

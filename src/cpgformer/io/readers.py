@@ -100,6 +100,27 @@ class ColumnSpec:
                 raise UsageError(f"column spec: column numbers are 1-based, got {name}={value}")
         if self.pooled and self.strand is not None:
             raise UsageError("column spec: pooled=1 and a strand column exclude each other")
+        used: dict[int, str] = {}
+        for name in (
+            "chrom",
+            "pos",
+            "end",
+            "meth",
+            "unmeth",
+            "cov",
+            "frac",
+            "state",
+            "strand",
+            "context",
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value in used:
+                raise UsageError(
+                    f"column spec: column {value} is used for both {used[value]} and {name}"
+                )
+            used[value] = name
 
     @property
     def max_column(self) -> int:
@@ -356,7 +377,9 @@ def parse_column_spec(text: str) -> ColumnSpec:
     if "sep" in kw:
         sep = str(kw["sep"])
         if sep not in _SEP_WORDS:
-            raise UsageError(f"column spec {text!r}: separator must be \\t or , (got {sep!r})")
+            raise UsageError(
+                f"column spec {text!r}: separator must be \\t, ',' or ';' (got {sep!r})"
+            )
         kw["sep"] = _SEP_WORDS[sep]
     for flag in ("header", "pooled"):
         if flag in kw:
