@@ -68,6 +68,8 @@ def test_registry_has_all_formats():
         "methyldackel-fraction",
         "allc",
         "deepcpg",
+        "deepcpg-bedgraph",
+        "methyldackel-methylkit",
         "tsv",
     }
 
@@ -218,6 +220,24 @@ def test_deepcpg_one_based_plus_c_with_comments():
     np.testing.assert_allclose(c.frac, [1.0, 0.0, 1.0])
 
 
+def test_methylkit_fraction_with_depth():
+    stats = ReadStats()
+    got = rows(FIX / "cell_k_CpG.methylKit", "methyldackel-methylkit", stats=stats)
+    # mc = round(coverage * freqC / 100): 3 * 1.0, 2 * 0.5, 3 * 0.3333 -> 3, 1, 1
+    assert got == [
+        ("chr1", 1, 1, 3, 3, 2, False),
+        ("chr1", 2, -1, 1, 2, 3, False),
+        ("chr1", 9, 1, 1, 3, 4, False),
+    ]
+    assert stats.counts_available and stats.header.startswith("chrBase")
+
+
+def test_deepcpg_bedgraph_is_one_based():
+    c = next(iter(read_calls(FIX / "cell_l.deepcpg.bedGraph", "deepcpg-bedgraph")))
+    assert c.pooled and c.pos.tolist() == [1, 9] and c.line.tolist() == [2, 3]
+    np.testing.assert_allclose(c.frac, [1.0, 0.25])
+
+
 def test_custom_spec_vmrseq_csv():
     spec = parse_column_spec("1:2:4:5c:,:1:strand=3")
     assert spec == ColumnSpec(chrom=1, pos=2, meth=4, cov=5, sep=",", header=True, strand=3)
@@ -364,6 +384,7 @@ def test_line_numbers_in_later_blocks(tmp_path):
         ("allc_cell_h_1.tsv", "allc"),
         ("cell_i.tsv", "deepcpg"),
         ("padded.bedGraph", "bismark-bedgraph"),
+        ("cell_k_CpG.methylKit", "methyldackel-methylkit"),
     ],
 )
 def test_detect_format(name, expected, tmp_path, caplog):

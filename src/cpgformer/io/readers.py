@@ -83,9 +83,11 @@ class ColumnSpec:
             raise UsageError(
                 "column spec: a methylated-count column needs exactly one of unmeth/cov"
             )
-        if not counts and (self.unmeth is not None or self.cov is not None):
+        if not counts and self.unmeth is not None:
+            raise UsageError("column spec: unmethylated column given without methylated column")
+        if not counts and self.cov is not None and self.frac is None:
             raise UsageError(
-                "column spec: unmethylated/total column given without methylated column"
+                "column spec: a total-coverage column needs a methylated-count or fraction column"
             )
         n_sources = int(counts) + int(self.frac is not None) + int(self.state is not None)
         if n_sources != 1:
@@ -144,7 +146,8 @@ class ColumnSpec:
 
     @property
     def counts_available(self) -> bool:
-        return self.meth is not None
+        """True when reads are counted (mc/cov are depths), False for fraction/state-only inputs."""
+        return self.meth is not None or (self.frac is not None and self.cov is not None)
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,31 @@ FORMATS: dict[str, FormatInfo] = {
             base=1,
             pooled=True,
             n_columns=(3,),
+        ),
+        _fmt(
+            "deepcpg-bedgraph",
+            "DeepCpG bedGraph export: chrom, start (1-based + C), end (the G), value in [0, 1]",
+            pos=2,
+            end=3,
+            interval="cpg1",
+            frac=4,
+            base=1,
+            pooled=True,
+            n_columns=(4,),
+        ),
+        _fmt(
+            "methyldackel-methylkit",
+            "MethylDackel --methylKit: chrBase, chr, base (1-based), strand F/R, coverage, "
+            "freqC %, freqT % (header); mc = round(coverage * freqC / 100)",
+            chrom=2,
+            pos=3,
+            strand=4,
+            cov=5,
+            frac=6,
+            frac_scale=100.0,
+            base=1,
+            header=True,
+            n_columns=(7,),
         ),
         FormatInfo("tsv", None, "generic delimited file described by a column spec (--columns)"),
     )
@@ -642,6 +670,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     lines = _head_lines(p)
     skipped, data = _data_lines(lines)
     track = " ".join(s for s in skipped if s.strip().startswith("track")).lower()
+    methylkit_header = bool(data) and data[0].strip().lower().startswith("chrbase")
     if data and not _is_int(_fields(data[0])[1] if len(_fields(data[0])) > 1 else ""):
         data = data[1:]  # header line (legacy ALLC and friends)
     if not data:
@@ -663,7 +692,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         except ValueError:
             return None
 
-    if "merged_cpg_evidence" in name:
+    if methylkit_header or name.endswith((".methylkit", ".methylkit.gz")):
+        fmt, why = "methyldackel-methylkit", "methylKit header chrBase/chr/base/strand"
+    elif "merged_cpg_evidence" in name:
         fmt, why = "bismark-merged-cov", "file name contains merged_CpG_evidence"
     elif "cpg_report" in name or "cytosine_report" in name:
         fmt, why = "bismark-cpg-report", "file name contains CpG_report"
@@ -989,9 +1020,14 @@ def _convert(
                     else "fraction outside [0, 1]"
                 ),
             )
-            frac = raw.astype(np.float32)
-            mc = np.floor(raw + 0.5).astype(np.int64)
-            cov = np.ones(n, dtype=np.int64)
+            if spec.cov is not None:  # fraction with depth (methylKit): counts from both
+                cov = col(spec.cov)
+                fail(cov < 0, f"column {spec.cov} (total count) is negative")
+                mc = np.floor(raw * cov + 0.5).astype(np.int64)
+            else:
+                frac = raw.astype(np.float32)
+                mc = np.floor(raw + 0.5).astype(np.int64)
+                cov = np.ones(n, dtype=np.int64)
         else:
             state = col(spec.state)
             fail(~((state == 0.0) | (state == 1.0)), f"column {spec.state}: state must be 0 or 1")
@@ -1026,6 +1062,11 @@ def _convert(
                     length != 1, f"expected end == start + 1 for {plan.fmt} (0-based single-C rows)"
                 )
                 pos = start
+            elif kind == "cpg1":
+                fail(length <= 0, "zero-length or inverted interval (end <= start)")
+                fail(length != 1, f"expected end == start + 1 (the C and its G) for {plan.fmt}")
+                pos = start - 1
+                pooled_rows = np.ones(n, dtype=bool)
             elif kind == "merged":
                 fail(length <= 0, "zero-length or inverted interval (end <= start)")
                 fail(
