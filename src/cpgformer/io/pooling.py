@@ -367,10 +367,15 @@ def offset_verdict(diagnostic: dict[int, float], margin: float = 0.5) -> str | N
     if best == 0 or diagnostic[best] - here < margin:
         return None
     looks = "0-based" if best == 1 else "1-based"
+    hint = (
+        "a 0-based format such as bismark-zero-cov or methyldackel"
+        if best == 1
+        else "a 1-based format such as bismark-cov or allc"
+    )
     return (
         f"coordinates look {looks}: {diagnostic[best]:.0%} of calls are CpGs when shifted by "
-        f"{best:+d} bp vs {here:.0%} as read; use --base {0 if best == 1 else 1} or the right "
-        "--input-format"
+        f"{best:+d} bp vs {here:.0%} as read; give the matching --input-format ({hint}) or a "
+        f"--columns spec with base={0 if best == 1 else 1}"
     )
 
 
