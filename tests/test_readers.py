@@ -496,6 +496,13 @@ def test_bad_content_names_file_and_line(tmp_path, fmt, text, line, message):
     assert str(e).startswith(f"{f}:{line}: ")
 
 
+def test_binary_garbage_line(tmp_path):
+    f = tmp_path / "bin.cov"
+    f.write_bytes(b"chr1\t2\t2\t100\t1\t0\nch\xff\xfe\t3\t3\t100\t1\t0\n")
+    e = _err(f, "bismark-cov")
+    assert e.line == 2 and "not UTF-8" in str(e)
+
+
 def test_truncated_gzip(tmp_path):
     data = gzip.compress("".join(f"chr1\t{i}\t{i}\t0\t0\t1\n" for i in range(1, 5000)).encode())
     f = tmp_path / "cut.cov.gz"

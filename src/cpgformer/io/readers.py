@@ -841,7 +841,10 @@ def _locate_bad_line(
     numeric = _numeric_columns(plan.spec)
     want = plan.ncols
     for raw, line_no in zip(lines, line_nos.tolist()):
-        text = raw.decode("utf-8", errors="replace")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return InputError(path, line_no, "line is not UTF-8 text (binary file?)")
         parts = _split(text, plan.sep)
         if len(parts) != want:
             return InputError(
