@@ -603,3 +603,44 @@ def test_scbs_file_all_rows_read(shared):
     assert int(first.pos[0]) == int(expected[0][1]) - 1
     assert int(first.mc[0]) == int(expected[0][4])
     assert int(first.cov[0]) == int(expected[0][4]) + int(expected[0][5])
+
+
+def _reference_parse_allc(text: str):
+    """Plain line-by-line ALLC reader: the behaviour read_calls must reproduce."""
+    out = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        f = line.split("\t")
+        if len(f) < 2 or not f[1].isdigit():  # the header line
+            continue
+        if not f[3].startswith("CG"):
+            continue
+        strand = 1 if f[2] == "+" else -1
+        out.append((f[0], int(f[1]) - 1, strand, int(f[4]), int(f[5]), number, False))
+    return out
+
+
+def test_random_allc_matches_plain_reference(tmp_path):
+    rng = np.random.default_rng(11)
+    lines = ["chr pos strand mc_class mc_count total methylated"]
+    for _ in range(3000):
+        r = rng.random()
+        if r < 0.02:
+            lines.append("# note")
+        elif r < 0.03:
+            lines.append("")
+        else:
+            cov = int(rng.integers(1, 5))
+            ctx = str(rng.choice(["CGA", "CGT", "CGN", "CAG", "CTT", "CHH"]))
+            lines.append(
+                f"{rng.choice(['chr1', 'chr2', 'chrL'])}\t{int(rng.integers(1, 10**6))}\t"
+                f"{rng.choice(['+', '-'])}\t{ctx}\t{int(rng.integers(0, cov + 1))}\t{cov}\t1"
+            )
+    text = "\r\n".join(lines) + "\r\n"
+    f = tmp_path / "random.allc.tsv.gz"
+    f.write_bytes(gzip.compress(text.encode()))
+    got = rows(f, "allc", chunk_rows=257)
+    expected = _reference_parse_allc(text)
+    assert sorted(got, key=lambda r: r[5]) == expected
