@@ -235,3 +235,36 @@ def test_random_valid_fraction_lambda(shared, tmp_path):
     assert random_valid_fraction(r, stranded=True, n=20_000) == pytest.approx(
         expected / 2, abs=0.01
     )
+
+
+def test_random_pooling_matches_plain_reference(tmp_path):
+    """Unstranded and stranded calls on a random genome vs a dict-based reference implementation."""
+    rng = np.random.default_rng(5)
+    genome = "".join(rng.choice(list("ACGT"), size=3000, p=[0.2, 0.3, 0.3, 0.2]))
+    fa = tmp_path / "g.fa"
+    fa.write_text(">g\n" + "\n".join(genome[i : i + 61] for i in range(0, 3000, 61)) + "\n")
+    ref = Reference(fa, cache=tmp_path / "cache")
+    pos = rng.integers(-2, 3003, size=1500)
+    strand = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=1500)
+    mc = rng.integers(0, 3, size=1500).astype(np.int32)
+    cov = (mc + rng.integers(0, 3, size=1500)).astype(np.int32)
+    chunk = CallChunk("g", pos, strand, mc, cov, np.arange(1, 1501))
+    got = pool_chunk(chunk, ref)
+
+    def base(i):
+        return genome[i] if 0 <= i < len(genome) else "N"
+
+    expected: dict[int, list[int]] = {}
+    n_bad = 0
+    for p, s, m, c in zip(pos.tolist(), strand.tolist(), mc.tolist(), cov.tolist()):
+        plus = base(p) == "C" and base(p + 1) == "G"
+        minus = base(p - 1) == "C" and base(p) == "G"
+        if (s >= 0 and plus) or (s <= 0 and minus and not (s == 0 and plus)):
+            site = p if (s >= 0 and plus) else p - 1
+            e = expected.setdefault(site, [0, 0])
+            e[0] += m
+            e[1] += c
+        else:
+            n_bad += 1
+    assert as_tuples(got) == [(k, v[0], v[1]) for k, v in sorted(expected.items())]
+    assert got.n_dropped == n_bad
