@@ -898,7 +898,14 @@ def plot_attributions(expl: SiteExplanation, path: str | os.PathLike[str] | None
     _cell_ticks(ax, expl.cells, expl.target_cell)
     ax.set_title("call-state attribution (integrated gradients on the logit)", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.6, pad=0.01, label="attribution")
-    ax.legend(loc="upper left", fontsize=7, markerscale=1.5, framealpha=0.7)
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=2,
+        fontsize=7,
+        markerscale=1.5,
+        frameon=False,
+    )
 
     side = fig.add_subplot(grid[0, 1], sharey=ax)
     totals = expl.cell_totals
@@ -916,7 +923,7 @@ def plot_attributions(expl: SiteExplanation, path: str | os.PathLike[str] | None
     side.axvline(0, color="grey", linewidth=0.5)
     side.set_xlabel("cell total")
     side.tick_params(labelleft=False)
-    side.legend(loc="lower right", fontsize=7)
+    side.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, frameon=False)
     fig.suptitle(_title(expl), fontsize=9)
     _save(fig, path)
     return fig
@@ -1000,9 +1007,13 @@ def plot_attention(expl: SiteExplanation, path: str | os.PathLike[str] | None = 
     fig = _new_figure(5.5 * len(panels), 1.2 + 1.6 * n_layers)
     axes = np.asarray(fig.subplots(n_layers, len(panels), squeeze=False))
     for col, (name, values) in enumerate(panels):
+        target = values[:, :, expl.target_cell, :]  # [N, H, S] or [N, H, C]
+        finite = target[np.isfinite(target)]
+        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        image = None
         for layer in range(n_layers):
             ax = axes[layer, col]
-            weights = values[layer][:, expl.target_cell, :]  # [H, S] or [H, C]
+            weights = target[layer]
             if name == "site":
                 offs = expl.site_offsets
                 assert offs is not None
@@ -1011,6 +1022,7 @@ def plot_attention(expl: SiteExplanation, path: str | os.PathLike[str] | None = 
                     weights,
                     cmap="viridis",
                     vmin=0,
+                    vmax=vmax,
                     aspect="auto",
                     interpolation="nearest",
                     extent=extent,
@@ -1019,12 +1031,18 @@ def plot_attention(expl: SiteExplanation, path: str | os.PathLike[str] | None = 
                 ax.set_title(f"layer {layer + 1}: along the site window", fontsize=8)
             else:
                 image = ax.imshow(
-                    weights, cmap="viridis", vmin=0, aspect="auto", interpolation="nearest"
+                    weights,
+                    cmap="viridis",
+                    vmin=0,
+                    vmax=vmax,
+                    aspect="auto",
+                    interpolation="nearest",
                 )
                 _cell_ticks(ax, expl.cells, expl.target_cell, axis="x")
                 ax.set_title(f"layer {layer + 1}: across cells", fontsize=8)
             ax.set_ylabel("head")
-            fig.colorbar(image, ax=ax, shrink=0.9, pad=0.01)
+            ax.set_yticks(range(weights.shape[0]), [str(h + 1) for h in range(weights.shape[0])])
+        fig.colorbar(image, ax=list(axes[:, col]), shrink=0.6, pad=0.01, label="weight")
     fig.suptitle(
         f"attention of {expl.chrom}:{expl.query.position}, cell {expl.cells[expl.target_cell]}",
         fontsize=9,
