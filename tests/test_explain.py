@@ -475,3 +475,21 @@ def test_dna_figure_and_npz_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data["dna_attribution"], expl.dna_attribution)
     assert str(data["cell"]) == "a" and int(data["position"]) == 80
     assert float(data["logit"]) == expl.logit
+
+
+def test_continuous_model_explains_fractions(tmp_path: Path) -> None:
+    store, positions = _small_store(tmp_path, n_sites=12, n_cells=3)
+    torch.manual_seed(6)
+    model = CpGTransformer(tiny_config(3, data_mode="continuous", n_layers=1)).double()
+    query = ex.SiteQuery("7", int(positions[5]), "cell_1", 0.25)
+    (expl,) = ex.explain_sites(model, open_dataset(store), [query], n_steps=64)
+    assert expl.states[expl.target_index, 1] == pytest.approx(0.25)
+    betas = open_dataset(store).betas("7", 0, 12)
+    expected = betas.copy()
+    expected[5, 1] = 0.25
+    assert list(expl.site_rows) == [3, 4, 5, 6, 7]
+    np.testing.assert_allclose(expl.states, expected[expl.site_rows])
+    # unknown calls (beta -1) sit at the baseline (the learned mask vector): zero attribution
+    assert np.all(expl.state_attribution[expl.states < 0] == 0.0)
+    difference = expl.logit - expl.baseline_logit
+    assert expl.attribution_sum - difference == pytest.approx(expl.convergence_delta, abs=1e-9)
