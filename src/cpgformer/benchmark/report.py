@@ -239,5 +239,4 @@ def write_report(
     if plots:
         _plots(out, predictions, model_names, per_cell)
     (out / "report.md").write_text(_report_md(metrics, per_cell, per_context, settings, plots))
-    log.info("benchmark report written to %s", out)
     return metrics, per_cell, per_context

@@ -277,4 +277,5 @@ def run_benchmark(
     }
     with atomic_dir(out_path, overwrite=overwrite) as tmp:
         tables = write_report(tmp, predictions, model_names, settings, plots=plots)
+    log.info("benchmark report written to %s", out_path)
     return BenchmarkResult(out_path, *tables, predictions, settings)

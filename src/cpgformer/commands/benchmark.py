@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--knn-cells", type=int, default=5, help="k of knn-cells (default 5)")
     g = parser.add_argument_group("DeepCpG training (bounded by default)")
-    g.add_argument("--deepcpg-max-steps", type=int, default=1500, help="default %(default)s")
+    g.add_argument("--deepcpg-max-steps", type=int, default=600, help="default %(default)s")
     g.add_argument("--deepcpg-max-seconds", type=float, help="wall-clock budget of training")
     g.add_argument("--deepcpg-lr", type=float, default=1e-3, help="default %(default)s")
     g.add_argument(
