@@ -148,6 +148,50 @@ def flag(real: float, sim: float, tol: float = 0.05) -> str:
     return "yes" if abs(real - sim) <= tol else "**no**"
 
 
+MOUSE_LIKE = {
+    "island_gc": 0.6,
+    "island_cpg_keep": 0.6,
+    "island_spacing": 15000.0,
+    "island_min": 800,
+    "island_max": 2500,
+    "density_midpoint": 8.0,
+    "dense_enrichment": 2.5,
+    "coverage": 0.2,
+    "extra_reads": 0.17,
+}
+"""Synthetic genome with mouse-promoter-like CpG islands (~25 CpGs per 500 bp, one per 15 kb), the
+density threshold that the real mouse cells show (methylation falls between 5 and 15 CpGs per ±250 bp)
+and a read enrichment that puts a similar share of the calls near islands as the promoter-subset data."""
+
+
+def simulate_stats(genome, label: str, common: dict, extra: dict) -> dict:
+    from cpgformer.data.simulate import simulate, write_simulation
+
+    sim = simulate(genome, **{**common, **extra})
+    ok_idx = [i for i, q in enumerate(sim.cells.qc) if q == "ok"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = write_simulation(sim, Path(tmp) / "sim")
+        files = [str(out / "cells" / f"{sim.cell_names[i]}.cov.gz") for i in ok_idx]
+        cells, rows = load_dir(files)
+    st = dataset_stats(cells, rows)
+    # methylation against the true genomic density (the real set has no sequence)
+    truth = np.concatenate([t[:, ok_idx] for t in sim.truth])
+    dens = np.concatenate(sim.density)
+    tb = np.searchsorted(TRUE_DENSITY_BINS, dens, side="right") - 1
+    st["true_meth"] = [
+        float(truth[tb == j].mean()) if np.any(tb == j) else np.nan
+        for j in range(len(TRUE_DENSITY_BINS))
+    ]
+    st["true_share"] = [float(np.mean(tb == j)) for j in range(len(TRUE_DENSITY_BINS))]
+    st["label"] = label
+    st["call"] = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in {**common, **extra}.items()
+        if k not in ("n_cells", "n_cell_types")
+    )
+    return st
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", default=str(SHARED / "data" / "scbs_tutorial"))
@@ -158,48 +202,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cell-types", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dense-enrichment", type=float, default=8.0)
-    ap.add_argument("--coverage", type=float, default=0.06)
+    ap.add_argument("--enrichment-flank", type=int, default=1000)
+    ap.add_argument("--coverage", type=float, default=0.3)
+    ap.add_argument("--coverage-sd", type=float, default=0.1)
+    ap.add_argument("--extra-reads", type=float, default=0.08)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other SimulationConfig field (float values), e.g. --set density_midpoint=15",
+    )
     ap.add_argument("--markdown", default=str(REPO / "docs" / "simulation.md"))
     ap.add_argument(
         "--figure", default=str(REPO / "docs" / "figures" / "simulation_validation.png")
     )
     args = ap.parse_args(argv)
 
-    from cpgformer.data.simulate import simulate, write_simulation
-
     real_files = sorted(glob.glob(os.path.join(args.real, "cell_*.cov.gz")))
     degraded = {"cell_10", "cell_20", "cell_30"}
     real_files = [f for f in real_files if Path(f).name.split(".")[0] not in degraded]
     real_cells, real_rows = load_dir(real_files)
     real = dataset_stats(real_cells, real_rows)
+    real["label"] = "real"
 
-    sim = simulate(
-        args.fasta,
-        n_cells=args.cells,
-        n_cell_types=args.cell_types,
-        protocol="scbs",
-        seed=args.seed,
-        qc_failures=2,
-        dense_enrichment=args.dense_enrichment,
-        coverage=args.coverage,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        out = write_simulation(sim, Path(tmp) / "sim")
-        ok = [n for n, q in zip(sim.cell_names, sim.cells.qc) if q == "ok"]
-        sim_cells, sim_rows = load_dir([str(out / "cells" / f"{n}.cov.gz") for n in ok])
-    simst = dataset_stats(sim_cells, sim_rows)
-
-    # methylation against the true genomic density (simulation only: the real set has no sequence)
-    truth = sim.truth[0][:, [i for i, q in enumerate(sim.cells.qc) if q == "ok"]]
-    dens = sim.density[0]
-    tb = np.searchsorted(TRUE_DENSITY_BINS, dens, side="right") - 1
-    true_meth = [
-        float(truth[tb == j].mean()) if np.any(tb == j) else np.nan
-        for j in range(len(TRUE_DENSITY_BINS))
+    extra = {k: float(v) for k, v in (item.split("=", 1) for item in args.set)}
+    common = {
+        "n_cells": args.cells,
+        "n_cell_types": args.cell_types,
+        "protocol": "scbs",
+        "seed": args.seed,
+        "qc_failures": 2,
+        "dense_enrichment": args.dense_enrichment,
+        "enrichment_flank": args.enrichment_flank,
+        "coverage": args.coverage,
+        "coverage_sd": args.coverage_sd,
+        "extra_reads": args.extra_reads,
+    }
+    sims = [
+        simulate_stats(args.fasta, "sim. human chr22", common, extra),
+        simulate_stats(1_000_000, "sim. mouse-like", common, {**MOUSE_LIKE, **extra}),
     ]
-    true_share = [float(np.mean(tb == j)) for j in range(len(TRUE_DENSITY_BINS))]
-
-    md = render(args, real, simst, true_meth, true_share)
+    md = render(args, real, sims)
     path = Path(args.markdown)
     text = path.read_text() if path.exists() else f"# Simulation\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
@@ -207,86 +251,107 @@ def main(argv: list[str] | None = None) -> int:
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     path.write_text(f"{head}{BEGIN}\n{md}{END}{tail}")
-    plot(args.figure, real, simst, true_meth)
+    plot(args.figure, real, sims)
     sys.stdout.write(md)
     return 0
 
 
-def render(args, real: dict, sim: dict, true_meth: list, true_share: list) -> str:
+def render(args, real: dict, sims: list[dict]) -> str:
     lines = [
         "",
         f"Generated by `benchmarks/simulate_validation.py` on {datetime.date.today().isoformat()} "
         f"({platform.node() or 'host'}, {os.cpu_count()} CPUs). Real: `scbs_tutorial`, 27 cells "
-        "(degraded cells 10, 20, 30 left out). Simulated: "
-        f"`simulate(human chr22 20–21 Mb, n_cells={args.cells}, n_cell_types={args.cell_types}, "
-        f"seed={args.seed}, qc_failures=2, dense_enrichment={args.dense_enrichment:g}, "
-        f"coverage={args.coverage:g})`, the 2 QC-failure cells left out; both sets read from their "
-        "`.cov.gz` files by the same code (strands paired, calls binarised at mc/cov ≥ 0.5).",
+        "(degraded cells 10, 20, 30 left out). Simulated, 30 cells, 3 types, the 2 QC-failure cells "
+        "left out; every set read from its `.cov.gz` files by the same code (strands paired, calls "
+        "binarised at mc/cov ≥ 0.5):",
+        "",
+    ]
+    for s in sims:
+        lines.append(f"* **{s['label']}**: `simulate({s['call']})`")
+    lines += [
+        "  on a 1 Mb synthetic genome (`genome=1_000_000`).",
+        "",
+        "Δ and “±0.05” compare each simulated set with the real one.",
         "",
         "**Neighbour concordance**: P(same state) of consecutive observed CpGs of a cell.",
         "",
-        "| distance (bp) | real | simulated | Δ | within ±0.05 | real pairs | simulated pairs |",
-        "|---|---|---|---|---|---|---|",
     ]
+    head = "| distance (bp) | real |"
+    rule = "|---|---|"
+    for s in sims:
+        head += f" {s['label']} | Δ | ±0.05 |"
+        rule += "---|---|---|"
+    lines += [head + " real pairs | " + " | ".join(f"{s['label']} pairs" for s in sims) + " |"]
+    lines += [rule + "---|" * (1 + len(sims))]
     for j, lab in enumerate(bin_labels(DISTANCE_BINS)):
-        r, s = real["concordance"][j], sim["concordance"][j]
-        lines.append(
-            f"| {lab} | {fmt(r)} | {fmt(s)} | {s - r:+.3f} | {flag(r, s)} | "
-            f"{int(real['pairs'][j]):,} | {int(sim['pairs'][j]):,} |"
+        r = real["concordance"][j]
+        row = f"| {lab} | {fmt(r)} |"
+        for s in sims:
+            v = s["concordance"][j]
+            row += f" {fmt(v)} | {v - r:+.3f} | {flag(r, v)} |"
+        row += f" {int(real['pairs'][j]):,} | " + " | ".join(
+            f"{int(s['pairs'][j]):,}" for s in sims
         )
+        lines.append(row + " |")
     lines += [
         "",
         "**Coverage** (per-cell statistics, mean over cells unless stated).",
         "",
-        "| statistic | real | simulated | Δ | within ±0.05 |",
-        "|---|---|---|---|---|",
+        "| statistic | real |" + "".join(f" {s['label']} | Δ | ±0.05 |" for s in sims),
+        "|---|---|" + "---|---|---|" * len(sims),
     ]
     for key, r in real["coverage"].items():
-        s = sim["coverage"][key]
-        if key == "cells":
-            lines.append(f"| {key} | {r} | {s} | | |")
-            continue
-        lines.append(f"| {key} | {fmt(r)} | {fmt(s)} | {s - r:+.3f} | {flag(r, s)} |")
+        row = f"| {key} | {r if key == 'cells' else fmt(r)} |"
+        for s in sims:
+            v = s["coverage"][key]
+            row += f" {v} | | |" if key == "cells" else f" {fmt(v)} | {v - r:+.3f} | {flag(r, v)} |"
+        lines.append(row)
     lines += [
         "",
         "**Methylation against local CpG density**, density = observed CpG positions (union over all "
-        "cells) within ±250 bp.",
+        "cells) within ±250 bp; share = fraction of the calls in the bin.",
         "",
-        "| density | real meth. | simulated meth. | Δ | within ±0.05 | real share of calls | "
-        "simulated share |",
-        "|---|---|---|---|---|---|---|",
+        "| density | real meth. | real share |"
+        + "".join(f" {s['label']} | Δ | ±0.05 | share |" for s in sims),
+        "|---|---|---|" + "---|---|---|---|" * len(sims),
     ]
     for j, lab in enumerate(bin_labels(DENSITY_BINS)):
-        r, s = real["density_meth"][j], sim["density_meth"][j]
-        lines.append(
-            f"| {lab} | {fmt(r)} | {fmt(s)} | {s - r:+.3f} | {flag(r, s)} | "
-            f"{real['density_share'][j]:.3f} | {sim['density_share'][j]:.3f} |"
-        )
+        r = real["density_meth"][j]
+        row = f"| {lab} | {fmt(r)} | {real['density_share'][j]:.3f} |"
+        for s in sims:
+            v = s["density_meth"][j]
+            row += f" {fmt(v)} | {v - r:+.3f} | {flag(r, v)} | {s['density_share'][j]:.3f} |"
+        lines.append(row)
     lines += [
         "",
-        "**Simulated truth against the true sequence density** (CpGs within ±250 bp in the FASTA; all "
-        "CpGs, all non-QC cells). Targets: > 30 CpGs → 1–4 %, sparse → 65–80 %.",
+        "**Simulated truth against the true sequence density** (CpGs within ±250 bp in the sequence; all "
+        "CpGs, all non-QC cells). Issue targets: > 30 CpGs → 1–4 %, sparse → 65–80 %.",
         "",
-        "| CpGs within ±250 bp | share of CpGs | true methylation |",
-        "|---|---|---|",
+        "| CpGs within ±250 bp |" + "".join(f" {s['label']}: share | true meth. |" for s in sims),
+        "|---|" + "---|---|" * len(sims),
     ]
     for j, lab in enumerate(bin_labels(TRUE_DENSITY_BINS)):
-        lines.append(f"| {lab} | {true_share[j]:.3f} | {fmt(true_meth[j])} |")
+        row = f"| {lab} |"
+        for s in sims:
+            row += f" {s['true_share'][j]:.3f} | {fmt(s['true_meth'][j])} |"
+        lines.append(row)
     lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def plot(path: str, real: dict, sim: dict, true_meth: list) -> None:
+def plot(path: str, real: dict, sims: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    styles = ["s--", "^:"]
     x = np.arange(len(DISTANCE_BINS))
     ax = axes[0]
-    ax.plot(x, real["concordance"], "o-", label="real (scbs_tutorial)")
-    ax.plot(x, sim["concordance"], "s--", label="simulated")
+    ax.plot(x, real["concordance"], "o-", color="k", label="real (scbs_tutorial)")
+    for s, st in zip(sims, styles):
+        ax.plot(x, s["concordance"], st, label=s["label"])
     ax.set_xticks(x, bin_labels(DISTANCE_BINS), rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("distance to the next observed CpG (bp)")
     ax.set_ylabel("P(same state)")
@@ -295,8 +360,9 @@ def plot(path: str, real: dict, sim: dict, true_meth: list) -> None:
     ax.set_title("neighbour concordance")
     ax = axes[1]
     xd = np.arange(len(DENSITY_BINS))
-    ax.plot(xd, real["density_meth"], "o-", label="real")
-    ax.plot(xd, sim["density_meth"], "s--", label="simulated")
+    ax.plot(xd, real["density_meth"], "o-", color="k", label="real")
+    for s, st in zip(sims, styles):
+        ax.plot(xd, s["density_meth"], st, label=s["label"])
     ax.set_xticks(xd, bin_labels(DENSITY_BINS), fontsize=8)
     ax.set_xlabel("observed CpGs within ±250 bp (union of cells)")
     ax.set_ylabel("fraction methylated")
@@ -304,9 +370,9 @@ def plot(path: str, real: dict, sim: dict, true_meth: list) -> None:
     ax.legend()
     ax.set_title("methylation vs local CpG density")
     ax = axes[2]
-    rc = real["calls_per_cell"] / np.median(real["calls_per_cell"])
-    sc = sim["calls_per_cell"] / np.median(sim["calls_per_cell"])
-    ax.hist([rc, sc], bins=np.linspace(0.3, 2.0, 18), label=["real", "simulated"])
+    data = [real["calls_per_cell"] / np.median(real["calls_per_cell"])]
+    data += [s["calls_per_cell"] / np.median(s["calls_per_cell"]) for s in sims]
+    ax.hist(data, bins=np.linspace(0.4, 1.8, 15), label=["real"] + [s["label"] for s in sims])
     ax.set_xlabel("calls per cell / median")
     ax.set_ylabel("cells")
     ax.legend()

@@ -432,3 +432,25 @@ def test_tiny_model_learns_simulated_store(shared: Path, tmp_path: Path) -> None
     model_auc = _auroc(y, np.concatenate(preds))
     baseline_auc = _auroc(y, np.concatenate(base))
     assert model_auc > baseline_auc + 0.05, (model_auc, baseline_auc)
+
+
+def test_prepare_on_simulated_files_equals_direct_store(tmp_path: Path) -> None:
+    """The written .cov.gz files go through `prepare` (FASTA strand pooling) to the same store."""
+    from cpgformer import open_dataset
+    from cpgformer.cli import main
+
+    sim = S.simulate(80_000, n_cells=4, n_cell_types=2, seed=2)
+    out = S.write_simulation(sim, tmp_path / "sim")
+    files = sorted(str(p) for p in (out / "cells").glob("*.cov.gz"))
+    code = main(
+        ["-q", "prepare", *files, "--fasta", str(out / "genome.fa"), "-o", str(tmp_path / "p")]
+    )
+    assert code == 0
+    S.simulation_to_store(sim, tmp_path / "direct")
+    a, b = open_dataset(tmp_path / "p"), open_dataset(tmp_path / "direct")
+    assert a.cells == b.cells and a.chromosomes == b.chromosomes == ["chrS"]
+    n = a.n_sites("chrS")
+    np.testing.assert_array_equal(a.positions("chrS"), b.positions("chrS"))
+    for x, y in zip(a.counts("chrS", 0, n), b.counts("chrS", 0, n)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.states("chrS", 0, n), b.states("chrS", 0, n))

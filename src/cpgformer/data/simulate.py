@@ -117,6 +117,10 @@ class SimulationConfig:
     island_spacing: float = 50_000.0
     island_min: int = 500
     island_max: int = 2000
+    island_gc: float = 0.65
+    island_cpg_keep: float = 0.9
+    background_gc: float = 0.41
+    background_cpg_keep: float = 0.22
 
     def protocol_params(self) -> Protocol:
         if self.protocol not in PROTOCOLS:
@@ -203,7 +207,8 @@ def synthetic_genome(
     """A random sequence with mammalian CpG depletion and CpG-island-like dense regions.
 
     Background: GC 41 % and only 22 % of the CpGs a random sequence would have (CpG o/e ~0.2); islands
-    (``island_min``–``island_max`` bp, one per ``island_spacing`` bp on average): GC 65 %, 90 % of CpGs kept.
+    (``island_min``–``island_max`` bp, one per ``island_spacing`` bp on average): GC 65 %, 90 % of CpGs kept
+    (the ``background_*`` and ``island_*`` fields of :class:`SimulationConfig`).
     """
     cfg = config or SimulationConfig()
     if length < 10:
@@ -216,14 +221,14 @@ def synthetic_genome(
     np.add.at(island, starts, 1)
     np.add.at(island, np.minimum(starts + lens, length), -1)
     in_island = np.cumsum(island[:-1]) > 0
-    gc = np.where(in_island, 0.65, 0.41)
+    gc = np.where(in_island, cfg.island_gc, cfg.background_gc)
     u = rng.random(length)
     seq = np.full(length, CODE_T, dtype=np.int8)
     seq[u < gc + (1 - gc) / 2] = CODE_A
     seq[u < gc] = CODE_G
     seq[u < gc / 2] = CODE_C
     cg = np.flatnonzero((seq[:-1] == CODE_C) & (seq[1:] == CODE_G))
-    keep = np.where(in_island[cg], 0.9, 0.22)
+    keep = np.where(in_island[cg], cfg.island_cpg_keep, cfg.background_cpg_keep)
     drop = cg[rng.random(cg.size) >= keep]
     seq[drop + 1] = CODE_A
     return {name: seq}
@@ -534,7 +539,7 @@ def _cell_reads(
         mean_len = 0.5 * (protocol.fragment_min + protocol.fragment_max)
         rate = -np.log1p(-f) / mean_len
         span = cm.length + protocol.fragment_max
-        n_frag = rng.poisson(rate * span * cfg.dense_enrichment)
+        n_frag = rng.poisson(rate * span)
         starts = np.sort(rng.integers(-protocol.fragment_max, cm.length, n_frag))
         lens = rng.integers(protocol.fragment_min, protocol.fragment_max + 1, n_frag)
         strand = rng.integers(0, 2, n_frag)
