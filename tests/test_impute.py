@@ -492,6 +492,7 @@ def test_masked_holdout_hides_the_seeded_calls(tmp_path: Path) -> None:
         )[0].numpy()
     np.testing.assert_allclose(held.masked_logits, logits[rows[hide], cell[hide]], atol=1e-5)
     np.testing.assert_array_equal(held.masked_labels, label[hide])
+    np.testing.assert_array_equal(held.masked_cells, cell[hide])
     other = ~hide & (label >= 0)
     np.testing.assert_allclose(held.observed_logits, logits[rows[other], cell[other]], atol=1e-5)
     assert 0.1 < hide.sum() / (label >= 0).sum() < 0.3
@@ -524,3 +525,32 @@ def test_calibrate_command_writes_temperature(tmp_path: Path) -> None:
                        torch.arange(4)[None])[0].numpy()  # fmt: skip
     expected = 1 / (1 + np.exp(-logits / report["temperature"]))
     np.testing.assert_allclose(imp.values("2", 0, 50), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("n_conv_layers,window", [(2, 41), (3, 61)])
+def test_shared_dna_convolutions_equal_per_window_cnn(n_conv_layers: int, window: int) -> None:
+    from cpgformer.codes import encode_sequence
+    from cpgformer.impute import shared_dna_embedding
+
+    rng = np.random.default_rng(n_conv_layers)
+    genome = encode_sequence("".join(rng.choice(list("ACGTN"), size=2000)))
+
+    def fetch(a: int, b: int) -> np.ndarray:  # N outside the contig, as Reference.fetch_codes
+        out = np.full(b - a, 4, dtype=np.int8)
+        lo, hi = max(a, 0), min(b, len(genome))
+        out[lo - a : hi - a] = genome[lo:hi]
+        return out
+
+    # clustered sites (shared path, every phase), isolated ones, and sites at both contig ends
+    positions = np.unique(
+        np.concatenate([[0, 3, 700, 1400], rng.integers(100, 400, size=60), [1990, 1999]])
+    )
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_cells=2, dna_window=window, n_conv_layers=n_conv_layers, dna_embed=5)
+    encoder = CpGTransformer(cfg).eval().dna_encoder
+    half = window // 2
+    windows = np.stack([fetch(int(p) - half, int(p) - half + window) for p in positions])
+    with torch.inference_mode():
+        direct = encoder(torch.from_numpy(windows.astype(np.int64)))
+        shared = shared_dna_embedding(encoder, fetch, positions, block_bp=150, max_gap=50)
+    np.testing.assert_allclose(shared.numpy(), direct.numpy(), atol=1e-5)

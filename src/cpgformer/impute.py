@@ -87,6 +87,7 @@ class Predictor:
     embed_fn: Callable[[Tensor], Tensor] | None = None
     dna_window: int = 0
     data_mode: str = "binary"
+    dna_encoder: Any = None  # the model's DNAEncoder: enables shared convolutions (faster)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> Predictor:
@@ -107,6 +108,7 @@ class Predictor:
             embed_fn=model.embed_dna if has_dna else None,  # type: ignore[attr-defined]
             dna_window=int(config.dna_window or 0),
             data_mode=str(config.data_mode),
+            dna_encoder=getattr(model, "dna_encoder", None),
         )
 
 
@@ -258,6 +260,98 @@ def embed_sites(
     if not parts:
         return torch.zeros((0, 0))
     return torch.cat(parts, dim=0)
+
+
+def _phase_maps(encoder: Any, h: Tensor, layer: int) -> dict[int, Tensor]:
+    """Feature maps of the DNA CNN over a long sequence, one per window-start phase.
+
+    ``h`` ``[1, channels, length]`` is the input of conv ``layer``. Returns phase -> map ``[ch, n]``
+    such that ``map[:, k]`` is what a window starting at ``phase + stride * k`` (in units of ``h``'s
+    positions; stride = product of the remaining poolings) has at its first output position.
+    """
+    maps: dict[int, Tensor] = {}
+    if h.shape[-1] < encoder.convs[layer].kernel_size[0]:
+        return maps  # too short for any window of these phases (none of them is used)
+    g = torch.relu(encoder.convs[layer](h))
+    pool = int(encoder.pools[layer])
+    for r in range(pool):
+        if g.shape[-1] - r < pool:
+            continue
+        pooled = torch.nn.functional.max_pool1d(g[..., r:], pool)
+        if layer + 1 < len(encoder.convs):
+            for sub, m in _phase_maps(encoder, pooled, layer + 1).items():
+                maps[r + pool * sub] = m
+        else:
+            maps[r] = pooled[0]
+    return maps
+
+
+def shared_dna_embedding(
+    encoder: Any,
+    fetch_codes: Callable[[int, int], np.ndarray],
+    positions: np.ndarray,
+    *,
+    block_bp: int = 1 << 15,
+    max_gap: int = 400,
+) -> Tensor:
+    """DNA embeddings of the windows centred on sorted ``positions``, convolutions shared.
+
+    Windows of nearby CpGs overlap; the CNN's convolutions are computed once per base over the
+    region the windows cover (one map per window-start phase modulo the product of the poolings)
+    and each window's flattened features are gathered from them, then the per-window Linear layers
+    run as usual. Same arithmetic as :meth:`DNAEncoder.forward` on each window. Sites farther than
+    ``max_gap`` bp from both neighbours are embedded directly. ``fetch_codes(start, end)`` returns
+    the nucleotide codes of ``[start, end)`` (N outside the contig).
+    """
+    width = int(encoder.dna_window)
+    half = width // 2
+    stride = int(np.prod(encoder.pools))
+    starts = np.asarray(positions, dtype=np.int64) - half
+    n = len(starts)
+    out_dim = encoder.proj.out_features
+    result = torch.empty((n, out_dim))
+    if n == 0:
+        return result
+    # runs of windows whose starts are close; each run is cut into blocks of ~block_bp
+    breaks = np.flatnonzero(np.diff(starts) > max_gap) + 1
+    runs = np.split(np.arange(n), breaks)
+    hlen = None
+    for run in runs:
+        if len(run) < 3:  # isolated sites: per-window CNN is cheaper
+            windows = np.stack([fetch_codes(int(s), int(s) + width) for s in starts[run]])
+            result[run] = encoder(torch.from_numpy(windows.astype(np.int64)))
+            continue
+        a = 0
+        while a < len(run):
+            b = int(np.searchsorted(starts[run], starts[run[a]] + block_bp, "right"))
+            b = max(b, a + 1)
+            idx = run[a:b]
+            region_start = int(starts[idx[0]])
+            codes = fetch_codes(region_start, int(starts[idx[-1]]) + width)
+            h = encoder.nucleotide_embed(torch.from_numpy(codes.astype(np.int64)))
+            maps = _phase_maps(encoder, h.t().unsqueeze(0), 0)
+            if hlen is None:
+                probe = encoder.nucleotide_embed(torch.zeros((1, width), dtype=torch.long))
+                hlen = _phase_maps(encoder, probe.transpose(1, 2), 0)[0].shape[1]
+            offsets = starts[idx] - region_start
+            feats = torch.empty((len(idx), maps[0].shape[0] * hlen))
+            for phase in np.unique(offsets % stride):
+                sel = np.flatnonzero(offsets % stride == phase)
+                k = torch.from_numpy((offsets[sel] - phase) // stride)
+                m = maps[int(phase)]
+                gathered = m[:, k[:, None] + torch.arange(hlen)]  # [ch, n, hlen]
+                feats[torch.from_numpy(sel)] = gathered.permute(1, 0, 2).reshape(len(sel), -1)
+            hidden = encoder.dropout(torch.relu(encoder.fc(feats)))
+            result[idx] = encoder.proj(hidden)
+            a = b
+    return result
+
+
+def _has_shared_path(encoder: Any) -> bool:
+    return all(
+        hasattr(encoder, name)
+        for name in ("convs", "pools", "nucleotide_embed", "fc", "proj", "dropout", "dna_window")
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,6 +550,7 @@ class ImputeOptions:
     chunk_sites: int | None = None  # default: about 4 M entries per chunk
     batch_size: int = 8
     embed_chunk: int = 1024
+    shared_dna: bool = True  # share DNA convolutions between overlapping windows
     fasta: str | None = None
     temperature: float | None = None  # None: the checkpoint's
     ignore_fingerprint: bool = False
@@ -708,6 +803,7 @@ def _windows_fn(reference: Any, src: _ChromSource, width: int) -> Callable[[int,
     def windows(a: int, b: int) -> np.ndarray:
         return reference.windows(src.chrom, np.asarray(src.positions[a:b]), width)
 
+    windows.reference = reference  # type: ignore[attr-defined]
     return windows
 
 
@@ -729,9 +825,7 @@ def _impute_chunk(
     model_input = _model_input(observed, continuous)
     embedding = None
     if windows_fn is not None:
-        embedding = embed_sites(
-            predictor, lambda x, y: windows_fn(lo + x, lo + y), hi - lo, opts.embed_chunk
-        )
+        embedding = _chunk_embedding(predictor, src, lo, hi, windows_fn, opts)
     raw = predict_block(
         predictor,
         model_input,
@@ -749,6 +843,34 @@ def _impute_chunk(
         seen = obs >= 0
         probs[seen] = obs[seen].astype(np.float32)
     return probs
+
+
+def _chunk_embedding(
+    predictor: Predictor,
+    src: _ChromSource,
+    lo: int,
+    hi: int,
+    windows_fn: Callable[[int, int], np.ndarray],
+    opts: ImputeOptions,
+) -> Tensor | None:
+    """DNA embeddings of rows ``[lo, hi)``: shared convolutions when the encoder allows it."""
+    encoder = predictor.dna_encoder
+    reference = getattr(windows_fn, "reference", None)
+    if (
+        opts.shared_dna
+        and encoder is not None
+        and reference is not None
+        and _has_shared_path(encoder)
+    ):
+        with torch.inference_mode():
+            return shared_dna_embedding(
+                encoder,
+                lambda a, b: reference.fetch_codes(src.chrom, a, b),
+                np.asarray(src.positions[lo:hi], dtype=np.int64),
+            )
+    return embed_sites(
+        predictor, lambda x, y: windows_fn(lo + x, lo + y), hi - lo, opts.embed_chunk
+    )
 
 
 def _model_input(observed: np.ndarray, continuous: bool) -> np.ndarray:
@@ -965,6 +1087,8 @@ class HeldOut:
     masked_labels: np.ndarray
     observed_logits: np.ndarray
     observed_labels: np.ndarray
+    masked_cells: np.ndarray | None = None  # store column of each masked call
+    observed_cells: np.ndarray | None = None
 
 
 def _mask_for(chrom: str, label: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -1009,7 +1133,7 @@ def masked_holdout(
             raise UsageError("the model uses DNA windows: give the reference with --fasta")
         reference = _open_reference(str(fasta))
     chunk = int(chunk_sites or default_chunk_sites(ds.n_cells))
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ml", "my", "ol", "oy")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ml", "my", "mc", "ol", "oy", "oc")}
     m = predictor.margin
     for chrom in chroms:
         if chrom not in ds.chromosomes:
@@ -1049,18 +1173,20 @@ def masked_holdout(
             sel = inside & hidden
             out["ml"].append(raw[r[sel], c[sel]])
             out["my"].append(lab[sel])
+            out["mc"].append(c[sel])
             sel = inside & ~hidden & (lab >= 0)
             out["ol"].append(raw[r[sel], c[sel]])
             out["oy"].append(lab[sel])
+            out["oc"].append(c[sel])
 
     def cat(key: str, dtype: type) -> np.ndarray:
         return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
 
-    ol, oy = cat("ol", np.float32), cat("oy", np.int8)
+    ol, oy, oc = cat("ol", np.float32), cat("oy", np.int8), cat("oc", np.int32)
     if ol.size > max_observed:
-        keep = np.random.default_rng(seed).choice(ol.size, max_observed, replace=False)
-        ol, oy = ol[keep], oy[keep]
-    return HeldOut(cat("ml", np.float32), cat("my", np.int8), ol, oy)
+        keep = np.sort(np.random.default_rng(seed).choice(ol.size, max_observed, replace=False))
+        ol, oy, oc = ol[keep], oy[keep], oc[keep]
+    return HeldOut(cat("ml", np.float32), cat("my", np.int8), ol, oy, cat("mc", np.int32), oc)
 
 
 def calibrate(
