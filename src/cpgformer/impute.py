@@ -653,9 +653,15 @@ def impute(
             "--ignore-fingerprint to apply the model to another store of the same cells"
         )
     cell_ids = cell_index_map(ds.cells, source.cells)
-    if predictor.n_cells < ds.n_cells or int(cell_ids.max(initial=-1)) >= predictor.n_cells:
+    if predictor.n_cells != ds.n_cells:
         raise UsageError(
-            f"the model's cell table has {predictor.n_cells} cells, the store {ds.n_cells}"
+            f"the model's cell table has {predictor.n_cells} cells, the store {ds.n_cells}: a model "
+            "imputes exactly the cells it was trained on"
+        )
+    if source.cells is None:
+        log.warning(
+            "the checkpoint records no cell names: assuming the store's columns are the model's "
+            "cells in the same order"
         )
     temperature = float(opts.temperature if opts.temperature else source.temperature)
     if temperature <= 0:
