@@ -306,7 +306,8 @@ def fit(
         data = DataConfig.from_dict({**saved_data, "num_workers": data.num_workers})
         ckpt_path = str(last)
         log.info("resuming %s from %s", run, last)
-    elif run.exists() and any(run.iterdir()):
+    elif _launcher_rank_zero() and run.exists() and any(run.iterdir()):
+        # (processes started by a DDP launcher find the directory their rank 0 is filling)
         raise UsageError(
             f"{run}: run directory exists and is not empty (use --resume to continue it, "
             "or choose another directory)"
@@ -380,7 +381,9 @@ def fit(
     )
     cbs: list[Any] = [checkpoint_cb, last_cb, *callbacks]
     if training.early_stopping:
-        cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=training.patience))
+        cbs.append(
+            EarlyStopping(monitor="val_loss", mode="min", patience=training.patience, strict=False)
+        )
     if progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=1))
     trainer = pl.Trainer(
@@ -422,6 +425,9 @@ def fit(
                 for row in key_map:
                     fh.write("\t".join(row) + "\n")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.global_step > max(last_cb._last_global_step_saved, 0) and not trainer.interrupted:
+        # stopped between validations (max_steps, limit on batches): keep last.ckpt current
+        trainer.save_checkpoint(str(last))
 
     best = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else None
     last_path = last if last.is_file() else None
@@ -456,6 +462,11 @@ def fit(
                 final.get("val_baseline_auroc", math.nan),
             )
     return FitResult(run, best, last_path, metrics, key_map)
+
+
+def _launcher_rank_zero() -> bool:
+    """False in a process that a distributed launcher started as another rank."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _version_key(path: Path) -> int:
