@@ -331,6 +331,17 @@ def test_cli_simulate(tmp_path: Path) -> None:
         "cell_00003.cov.gz",
     ]
     assert main(args) == 2  # exists
+    # --store writes the same store as simulation_to_store on the in-memory simulation
+    from cpgformer import open_dataset
+
+    store_args = ["simulate", "--genome-length", "20000", "-o", str(tmp_path / "s2")]
+    store_args += ["--cells", "3", "--seed", "1", "--store", str(tmp_path / "st")]
+    assert main(store_args) == 0
+    sim = S.simulate(20_000, n_cells=3, seed=1)
+    S.simulation_to_store(sim, tmp_path / "direct")
+    a, b = open_dataset(tmp_path / "st"), open_dataset(tmp_path / "direct")
+    assert a.fingerprint == b.fingerprint
+    assert a.cell_table["cell_type"].tolist() == [sim.cells.type_names[t] for t in sim.cell_types]
     assert main([*args[:4], str(tmp_path / "x"), "--cells", "0"]) == 2
 
 

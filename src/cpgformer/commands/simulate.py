@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"bp scale of the neighbour correlation (default {defaults.correlation_length:g})",
     )
     parser.add_argument(
+        "--store",
+        help="also write the observed calls as a dataset store here (same as prepare on the files)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace the output directory if it exists"
     )
 
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         seed=args.seed,
         overwrite=args.overwrite,
+        store=args.store,
         **overrides,
     )
     sys.stdout.write(f"{out}\n")

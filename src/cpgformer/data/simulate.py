@@ -434,16 +434,7 @@ class Simulation:
         ``indptr`` has ``n_sites + 1`` entries over all CpGs of the chromosome; cells sorted within a site.
         """
         c = self.calls[k]
-        n_sites = self.positions[k].size
-        key = c.site * self.n_cells + c.cell
-        uniq, inv = np.unique(key, return_inverse=True)
-        mc = np.bincount(inv, weights=c.mc, minlength=uniq.size).astype(np.int32)
-        cov = np.bincount(inv, weights=c.cov, minlength=uniq.size).astype(np.int32)
-        site = uniq // self.n_cells
-        cell = (uniq % self.n_cells).astype(np.int32)
-        indptr = np.zeros(n_sites + 1, dtype=np.int64)
-        np.cumsum(np.bincount(site, minlength=n_sites), out=indptr[1:])
-        return indptr, cell, mc, cov
+        return _pool_coo(self.positions[k].size, c.cell, c.site, c.mc, c.cov)
 
     def observed_states(self, k: int) -> np.ndarray:
         """Dense int8 [n_sites, n_cells]: -1 missing, else 1 when mc/cov >= 0.5 (strands pooled)."""
@@ -452,6 +443,63 @@ class Simulation:
         site = np.repeat(np.arange(self.positions[k].size), np.diff(indptr))
         out[site, cell] = (2 * mc >= cov).astype(np.int8)
         return out
+
+
+def _pool_coo(
+    n_sites: int, cell: np.ndarray, site: np.ndarray, mc: np.ndarray, cov: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-strand rows (any order) -> strand-pooled CSR by site ``(indptr, cell, mc, cov)``."""
+    order = np.lexsort((cell, site))
+    site, cell = site[order], cell[order]
+    first = np.ones(site.size, dtype=bool)
+    first[1:] = (site[1:] != site[:-1]) | (cell[1:] != cell[:-1])
+    starts = np.flatnonzero(first)
+    mc_out = np.add.reduceat(mc[order].astype(np.int64), starts) if starts.size else starts
+    cov_out = np.add.reduceat(cov[order].astype(np.int64), starts) if starts.size else starts
+    indptr = np.zeros(n_sites + 1, dtype=np.int64)
+    np.cumsum(np.bincount(site[starts], minlength=n_sites), out=indptr[1:])
+    return indptr, cell[starts].astype(np.int32), mc_out.astype(np.int32), cov_out.astype(np.int32)
+
+
+def _chrom_arrays(
+    name: str,
+    positions: np.ndarray,
+    pooled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+):  # -> cpgformer.io.store.ChromArrays
+    """Store arrays for one chromosome: the sites observed in at least one cell, threshold labels."""
+    from cpgformer.io.store import ChromArrays
+
+    indptr, cell, mc, cov = pooled
+    counts = np.diff(indptr)
+    keep = counts > 0
+    new_indptr = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(counts[keep], out=new_indptr[1:])
+    return ChromArrays(
+        name=name,
+        positions=positions[keep],
+        indptr=new_indptr,
+        cell=cell,
+        mc=mc,
+        cov=cov,
+        label=(2 * mc.astype(np.int64) >= cov).astype(np.int8),
+    )
+
+
+def _store_metadata(cfg: SimulationConfig, seed: int, cells: CellInfo) -> tuple[dict, dict]:
+    cell_info = {
+        "name": list(cells.names),
+        "source_file": [f"simulated:{n}" for n in cells.names],
+        "cell_type": [cells.type_names[t] for t in cells.cell_type],
+        "qc": list(cells.qc),
+    }
+    extra = {
+        "parameters": {"simulation": dataclasses.asdict(cfg), "seed": seed},
+        "inputs": ["simulated"],
+        "fasta": None,
+        "strand_rule": "pooled",
+        "binarisation": {"rule": "threshold", "min_cov": 1},
+    }
+    return extra, cell_info
 
 
 def _cell_info(n_cells: int, type_names: list[str], cfg: SimulationConfig, seed: int) -> CellInfo:
@@ -856,7 +904,9 @@ def _write_outputs(
     prep: _Prepared,
     cell_results: Iterator[tuple[int, list]],
     genome_label: str,
+    store_rows: list[list] | None = None,
 ) -> None:
+    """Write every output file; with ``store_rows`` also collect each cell's calls for a store."""
     models = prep.models
     n_cells = len(prep.cells.names)
     cells_dir = out / "cells"
@@ -869,6 +919,8 @@ def _write_outputs(
             truth.set(k, cell, states)
             items.append((models[k].name, models[k].positions, site, strand, mc, cov))
             total_rows += site.size
+            if store_rows is not None:
+                store_rows[k].append((cell, site, mc, cov))
         data = _gzip_bytes(format_bismark_cov(items))
         (cells_dir / f"{prep.cells.names[cell]}.cov.gz").write_bytes(data)
     truth.save(out / "truth.npz", models, prep.cells)
@@ -898,25 +950,47 @@ def simulate_to_directory(
     seed: int = 0,
     config: SimulationConfig | None = None,
     overwrite: bool = False,
+    store: str | os.PathLike[str] | None = None,
     **overrides: object,
 ) -> Path:
     """Simulate and stream the files of :func:`write_simulation` cell by cell (bounded memory).
 
     Memory: the chromosome models plus n_sites × n_cells / 8 bytes of packed truth; one cell at a time.
+    ``store``: also write the observed calls as a dataset store there (the same store as ``prepare`` on
+    the written files); this keeps every call in memory (~20 bytes each) until the end.
     """
     cfg = _make_config(config, protocol, dict(overrides))
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists (choose another output or remove it)")
+    for target in (out, None if store is None else Path(store)):
+        if target is not None and target.exists() and not overwrite:
+            raise UsageError(f"{target}: already exists (choose another output or remove it)")
     prep = _prepare(genome, n_cells, n_cell_types, seed, cfg)
+    store_rows: list[list] | None = None if store is None else [[] for _ in prep.models]
 
     def results() -> Iterator[tuple[int, list]]:
         for cell in progress(range(n_cells), desc="simulating cells", unit="cell"):
             yield cell, _simulate_cell(prep.models, cell, prep.cells, cfg, prep.protocol, seed)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        _write_outputs(tmp, prep, results(), _genome_label(genome))
+        _write_outputs(tmp, prep, results(), _genome_label(genome), store_rows)
     log.info("wrote simulation to %s", out)
+    if store is not None and store_rows is not None:
+        from cpgformer.io.store import write_store
+
+        def chroms() -> Iterator:
+            for k, m in enumerate(prep.models):
+                rows = store_rows[k]
+                cell = np.concatenate(
+                    [np.full(r[1].size, r[0], np.int32) for r in rows] or [np.zeros(0, np.int32)]
+                )
+                site = np.concatenate([r[1] for r in rows] or [np.zeros(0, np.int64)])
+                mc = np.concatenate([r[2] for r in rows] or [np.zeros(0, np.int32)])
+                cov = np.concatenate([r[3] for r in rows] or [np.zeros(0, np.int32)])
+                store_rows[k] = []  # release the per-cell pieces
+                yield _chrom_arrays(m.name, m.positions, _pool_coo(m.n_sites, cell, site, mc, cov))
+
+        extra, cell_info = _store_metadata(cfg, seed, prep.cells)
+        write_store(store, chroms(), prep.cells.names, extra, cell_info, overwrite=overwrite)
     return out
 
 
@@ -990,40 +1064,13 @@ def simulation_to_store(
 
     As ``prepare`` does, the store holds the sites observed in at least one cell. Returns the manifest.
     """
-    from cpgformer.io.store import ChromArrays, write_store
+    from cpgformer.io.store import write_store
 
-    def chroms() -> Iterator[ChromArrays]:
-        for k, name in enumerate(sim.chroms):
-            indptr, cell, mc, cov = sim.pooled(k)
-            counts = np.diff(indptr)
-            keep = counts > 0
-            new_indptr = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-            np.cumsum(counts[keep], out=new_indptr[1:])
-            label = (2 * mc >= cov).astype(np.int8)
-            yield ChromArrays(
-                name=name,
-                positions=sim.positions[k][keep],
-                indptr=new_indptr,
-                cell=cell,
-                mc=mc,
-                cov=cov,
-                label=label,
-            )
-
-    cell_info = {
-        "name": sim.cell_names,
-        "source_file": [f"simulated:{n}" for n in sim.cell_names],
-        "cell_type": [sim.cells.type_names[t] for t in sim.cells.cell_type],
-        "qc": list(sim.cells.qc),
-    }
-    extra = {
-        "parameters": {"simulation": dataclasses.asdict(sim.config), "seed": sim.seed},
-        "inputs": ["simulated"],
-        "fasta": None,
-        "strand_rule": "pooled",
-        "binarisation": {"rule": "threshold", "min_cov": 1},
-    }
-    return write_store(path, chroms(), sim.cell_names, extra, cell_info, overwrite=overwrite)
+    chroms = (
+        _chrom_arrays(name, sim.positions[k], sim.pooled(k)) for k, name in enumerate(sim.chroms)
+    )
+    extra, cell_info = _store_metadata(sim.config, sim.seed, sim.cells)
+    return write_store(path, chroms, sim.cell_names, extra, cell_info, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------- statistics
