@@ -205,3 +205,12 @@ def test_two_contig_names_for_one_fasta_contig(tmp_path, capsys) -> None:
     p.write_text(cov_text(GOOD + [("1", 2, 1, 0)]))
     msg = run_bad(tmp_path, capsys, ["--fasta", fa, p], p)
     assert "both match FASTA contig 'chr1'" in msg
+
+
+def test_error_from_a_worker_process(tmp_path, capsys) -> None:
+    good = [tmp_path / f"ok{i}.cov" for i in range(3)]
+    for g in good:
+        g.write_text(cov_text(GOOD))
+    bad = tmp_path / "bad.cov"
+    bad.write_text(cov_text(GOOD) + "chr1\t7\t7\t0.0\tx\t1\n")
+    run_bad(tmp_path, capsys, ["--jobs", "2", *good, bad], bad, line=5)

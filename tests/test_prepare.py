@@ -225,7 +225,8 @@ def test_matches_plain_reference_and_spilling_is_invisible(tmp_path) -> None:
     paths, truth = _random_cov_files(tmp_path, rng)
     small = prepare(paths, tmp_path / "small", PrepareOptions(spill_bytes=1 << 16))
     big = prepare(paths, tmp_path / "big")
-    assert small["fingerprint"] == big["fingerprint"]
+    two = prepare(paths, tmp_path / "two", PrepareOptions(jobs=2))
+    assert small["fingerprint"] == big["fingerprint"] == two["fingerprint"]
     ds = open_dataset(tmp_path / "small")
     assert ds.chromosomes == ["chr1", "chr2", "chr10"]
     n = 0

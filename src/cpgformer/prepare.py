@@ -58,6 +58,7 @@ class PrepareOptions:
     pair_adjacent: bool = False
     cell_names: list[str] | None = None
     spill_bytes: int = DEFAULT_SPILL_BYTES
+    jobs: int = 1
 
     def check(self) -> None:
         if self.binarize not in BINARIZE_RULES:
@@ -72,6 +73,8 @@ class PrepareOptions:
             raise UsageError(f"--min-valid-frac must be in [0, 1], got {self.min_valid_frac}")
         if self.spill_bytes < 1 << 16:
             raise UsageError("spill buffer must be at least 64 KiB")
+        if self.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
 
     def as_manifest(self) -> dict:
         return {
@@ -523,6 +526,68 @@ def _merge_chrom(
 # --------------------------------------------------------------------------------------------------
 
 
+_WORKER: _CellReader | None = None
+
+
+def _init_worker(opts: PrepareOptions) -> None:
+    global _WORKER
+    spec = None
+    if opts.columns is not None:
+        from cpgformer.io.readers import parse_column_spec
+
+        spec = parse_column_spec(opts.columns)
+    _WORKER = _CellReader(opts, _reference(opts.fasta), spec)
+
+
+def _worker_read(path: Path, name: str) -> tuple:
+    """Run in a worker process; errors come back as data (our exceptions do not pickle)."""
+    assert _WORKER is not None
+    try:
+        return ("ok", *_WORKER.read(path, name))
+    except InputError as exc:
+        return ("input", exc.path, exc.line, exc.message)
+    except UsageError as exc:
+        return ("usage", str(exc))
+
+
+def _read_all(
+    paths: list[Path], names: list[str], opts: PrepareOptions, reader: _CellReader
+) -> Iterator[tuple[list[CellCalls], FileReport]]:
+    """Per-file results in input order; with ``jobs > 1`` files are read by worker processes.
+
+    At most ``2 * jobs`` files are in flight, so memory stays bounded by a few files' rows.
+    """
+    if opts.jobs == 1 or len(paths) == 1:
+        for path, name in zip(paths, names):
+            yield reader.read(path, name)
+        return
+    import collections
+    import concurrent.futures as cf
+
+    jobs = min(opts.jobs, len(paths))
+    with cf.ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(opts,)) as pool:
+        pending: collections.deque = collections.deque()
+        todo = iter(zip(paths, names))
+        try:
+            while True:
+                while len(pending) < 2 * jobs:
+                    item = next(todo, None)
+                    if item is None:
+                        break
+                    pending.append(pool.submit(_worker_read, *item))
+                if not pending:
+                    return
+                result = pending.popleft().result()
+                if result[0] == "input":
+                    raise InputError(result[1], result[2], result[3])
+                if result[0] == "usage":
+                    raise UsageError(result[1])
+                yield result[1], result[2]
+        finally:
+            for f in pending:
+                f.cancel()
+
+
 def _check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     if not inputs:
         raise UsageError("no input files given")
@@ -615,10 +680,10 @@ def prepare(
     reports: list[FileReport] = []
     with atomic_dir(output, overwrite=overwrite) as tmp:
         spill = _Spill(tmp / "spill", opts.spill_bytes)
-        for i, (path, name) in enumerate(
-            progress(list(zip(paths, names)), desc="reading cells", unit="file")
+        results = _read_all(paths, names, opts, reader)
+        for i, (calls, report) in enumerate(
+            progress(results, desc="reading cells", total=len(paths), unit="file")
         ):
-            calls, report = reader.read(path, name)
             spill.add(i, calls)
             reports.append(report)
             del calls

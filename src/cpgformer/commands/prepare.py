@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=128,
         help="memory buffer for pooled calls before spilling to disk, MiB (128)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes reading files in parallel (1); memory grows by about one file per job",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument(
         "--json", action="store_true", help="print a JSON summary of the new store on stdout"
@@ -116,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         pair_adjacent=args.pair_adjacent,
         cell_names=names,
         spill_bytes=args.spill_mb << 20,
+        jobs=args.jobs,
     )
     manifest = prepare(args.inputs, args.output, opts, overwrite=args.overwrite)
     summary = {
