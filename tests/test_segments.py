@@ -76,3 +76,32 @@ def test_split_by_fraction_is_seeded_and_partitions() -> None:
     assert sorted(keys) == [s.start for s in segs]
     with pytest.raises(UsageError):
         split_segments(segs, val_fraction=0.6, test_fraction=0.5)
+
+
+def test_batch_sampler_ranks_disjoint_equal_length_batches() -> None:
+    from cpgformer.data.datamodule import SegmentBatchSampler
+
+    lengths = [16] * 7 + [5, 9]  # two short chromosomes give shorter segments
+    for world in (1, 2, 3):
+        val = [
+            SegmentBatchSampler(lengths, 2, shuffle=False, rank=r, world_size=world)
+            for r in range(world)
+        ]
+        seen = [i for s in val for batch in s for i, _, _ in batch]
+        assert sorted(seen) == list(range(9))  # validation: every segment exactly once
+        for s in val:
+            assert len(list(s)) == len(s)
+            for batch in s:
+                assert len({lengths[i] for i, _, _ in batch}) == 1
+        train = [
+            SegmentBatchSampler(
+                lengths, 2, shuffle=True, seed=1, rank=r, world_size=world, pad=True
+            )
+            for r in range(world)
+        ]
+        counts = {len(list(s)) for s in train}
+        assert len(counts) == 1 and counts == {len(train[0])}  # equal steps on every rank
+    s = SegmentBatchSampler(lengths, 2, shuffle=True, seed=1)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first and all(e == 1 for b in s for _, e, _ in b)

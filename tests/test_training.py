@@ -316,3 +316,98 @@ def test_killed_run_resumes_at_saved_step_with_same_optimiser_state(tmp_path: Pa
     steps = sorted({int(float(r["step"])) for r in _csv_rows(run / "metrics.csv") if r["lr"]})
     assert steps[0] == 0 and steps[-1] == 11  # the merged log spans both processes
     assert not math.isnan(summary["metrics"]["val_loss"])
+
+
+def test_train_flags_config_file_and_precedence(tmp_path: Path) -> None:
+    import argparse
+
+    from cpgformer.commands import train as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": {"hidden": 32, "n_layers": 2},
+                "mask_rule": "observed",
+                "training": {"lr": 0.01, "seed": 3},
+            }
+        )
+    )
+    args = parser.parse_args(
+        [
+            "S",
+            "-o",
+            "R",
+            "--config",
+            str(cfg),
+            "--n-layers",
+            "3",
+            "--no-layernorm",
+            "--val-chromosomes",
+            "chr7",
+            "chr8",
+            "--resample-cells",
+            "2",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+        ]
+    )
+    model, data, training, given = cmd.build_configs(args, n_cells=6, has_fasta=False)
+    assert (model.n_cells, model.hidden, model.n_layers, model.layernorm) == (6, 32, 3, False)
+    assert model.dna_window == 0  # no FASTA -> no DNA branch by default
+    assert given == {"hidden": 32, "n_layers": 3, "layernorm": False}
+    assert data.mask_rule == "observed" and data.val_chromosomes == ("chr7", "chr8")
+    assert data.resample_cells == 2 and data.seed == 3 and training.seed == 3
+    assert (training.lr, training.devices, training.strategy) == (0.01, "2", "ddp")
+    model, data, training, _ = cmd.build_configs(parser.parse_args(["S", "-o", "R"]), 4, True)
+    assert model.dna_window == 1001 and data == DataConfig() and training == TrainConfig()
+    with pytest.raises(UsageError):
+        cmd.build_configs(parser.parse_args(["S", "-o", "R", "--mode", "bogus"]), 4, False)
+
+
+def test_resample_cells_and_dna_windows(tmp_path: Path) -> None:
+    from cpgformer.data.datamodule import SegmentDataModule
+    from cpgformer.io.fasta import Reference
+
+    fasta = _write_fasta(tmp_path / "ref.fa", {"1": 4000, "5": 4000})
+    store = make_store(tmp_path / "s", {"1": 48, "5": 16}, 6, seed=7, fasta=str(fasta))
+    dm = SegmentDataModule(
+        store,
+        DataConfig(
+            segment_length=16,
+            batch_size=2,
+            resample_cells=3,
+            val_chromosomes=("5",),
+            test_chromosomes=(),
+        ),
+        dna_window=11,
+        rank=0,
+        world_size=1,
+    )
+    batches = list(dm.train_dataloader())
+    assert [b.batch_size for b in batches] == [2, 1]
+    ds = dm.store
+    for b in batches:
+        assert b.states.shape[2] == 3 and b.cell_ids.shape == (b.batch_size, 3)
+        assert torch.equal(b.cell_ids[0], b.cell_ids[-1])  # one cell subset per batch
+        for k in range(b.batch_size):
+            start = int(b.starts[k])
+            full = ds.states("1", start, start + 16)[:, b.cell_ids[k].numpy()]
+            observed = b.targets[k].numpy()
+            assert np.array_equal(observed, full.astype(np.float32))
+            pos = ds.positions("1")[start : start + 16]
+            assert torch.equal(b.positions[k], torch.from_numpy(pos - pos[0]))
+            expected = Reference(fasta).windows("1", np.asarray(pos), 11)
+            assert np.array_equal(b.dna[k].numpy(), expected)
+    val = next(iter(dm.val_dataloader()))
+    assert val.states.shape[2] == 6  # validation always uses every cell
+    with pytest.raises(UsageError, match="FASTA"):
+        SegmentDataModule(
+            make_store(tmp_path / "n", {"1": 16, "5": 16}, 2),
+            DataConfig(segment_length=16, val_chromosomes=("5",), test_chromosomes=()),
+            dna_window=11,
+        )
