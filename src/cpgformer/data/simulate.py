@@ -39,6 +39,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from cpgformer.codes import CODE_A, CODE_C, CODE_G, CODE_T, encode_sequence
 from cpgformer.errors import InputError, UsageError
 from cpgformer.utils.atomic import atomic_dir
 from cpgformer.utils.progress import progress
+
+if TYPE_CHECKING:
+    from cpgformer.io.store import ChromArrays
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +469,7 @@ def _chrom_arrays(
     name: str,
     positions: np.ndarray,
     pooled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-):  # -> cpgformer.io.store.ChromArrays
+) -> ChromArrays:
     """Store arrays for one chromosome: the sites observed in at least one cell, threshold labels."""
     from cpgformer.io.store import ChromArrays
 
@@ -977,7 +981,7 @@ def simulate_to_directory(
     if store is not None and store_rows is not None:
         from cpgformer.io.store import write_store
 
-        def chroms() -> Iterator:
+        def chroms() -> Iterator[ChromArrays]:
             for k, m in enumerate(prep.models):
                 rows = store_rows[k]
                 cell = np.concatenate(
