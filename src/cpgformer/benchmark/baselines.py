@@ -36,7 +36,7 @@ from torch import nn
 from cpgformer.benchmark.holdout import ChromData
 from cpgformer.codes import CODE_N, MISSING, N_NUCLEOTIDE_CODES
 from cpgformer.errors import UsageError
-from cpgformer.utils.progress import progress
+from cpgformer.utils.progress import bar, progress
 
 log = logging.getLogger(__name__)
 
@@ -436,6 +436,7 @@ class DeepCpG(Baseline):
         period = 0
         t0 = time.monotonic()
         stop = False
+        pbar = bar(total=cfg.max_steps, desc="deepcpg training", unit="step")
         for _epoch in range(cfg.max_epochs):
             order = rng.permutation(train_ex.shape[0])
             for b in range(0, order.shape[0], cfg.batch_size):
@@ -452,6 +453,7 @@ class DeepCpG(Baseline):
                     loss.backward()
                     opt.step()
                 step += 1
+                pbar.update(1)
                 out_of_time = (
                     cfg.max_seconds is not None and time.monotonic() - t0 > cfg.max_seconds
                 )
@@ -466,7 +468,7 @@ class DeepCpG(Baseline):
                             "val": val,
                         }
                     )
-                    log.debug("deepcpg step %d: val loss %.4f", step, val)
+                    log.info("deepcpg step %d: validation loss %.4f", step, val)
                     if val < best[0] - 1e-6:
                         best = (val, {k: v.clone() for k, v in self.net.state_dict().items()})
                         bad = 0
@@ -477,6 +479,7 @@ class DeepCpG(Baseline):
                         break
             if stop:
                 break
+        pbar.close()
         if best[1] is not None:
             self.net.load_state_dict(best[1])
         self.net.eval()
