@@ -118,31 +118,69 @@ def test_skew_places_window_slots_on_the_band() -> None:
     assert torch.equal(skewed, expected)
 
 
-def test_checkpointed_cell_attention_with_dropout(monkeypatch) -> None:
-    """In training with dropout, chunked + recomputed cell attention gives the gradients of the plain
-    computation with the same dropout masks."""
-    torch.manual_seed(5)
-    q, k, v = (
-        torch.randn(2, 6, 9, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)
-    )
+def test_cell_attention_with_dropout_matches_autograd(monkeypatch) -> None:
+    """The chunked, recomputing cell attention with dropout gives the output and gradients of plain
+    autograd math with the same dropout masks."""
     monkeypatch.setattr(attn, "CELL_CHUNK_ELEMENTS", 2 * 9 * 9 * 3)  # 3 rows per chunk
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 6, 9, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    weights = torch.randn(2, 6, 9, 2, 4, generator=g, dtype=torch.float64)
     torch.manual_seed(11)
     out = attn.cell_attention_fast(q, k, v, dropout=0.3, training=True)
-    (out**2).sum().backward()
+    (out * weights).sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    # same masks: run the plain core chunk by chunk with the same RNG sequence
+    # plain autograd with the same masks (same seed draw, same chunking)
     torch.manual_seed(11)
-    rows = 12
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    threshold = round(0.3 * 65536)
+    qt, kt, vt = (t.reshape(12, 9, 2, 4).transpose(1, 2) for t in (q, k, v))
     parts = []
-    qt, kt, vt = (t.reshape(rows, 9, 2, 4).transpose(1, 2) for t in (q, k, v))
-    for qc, kc, vc in zip(qt.split(3), kt.split(3), vt.split(3)):
-        parts.append(attn._cell_core(qc, kc, vc, 0.3, True))
+    for index, (qc, kc, vc) in enumerate(zip(qt.split(3), kt.split(3), vt.split(3))):
+        probs = torch.matmul(qc, kc.transpose(-1, -2)).softmax(-1)
+        dropped = attn._drop_mask(probs.shape, threshold, seed + index, probs.device)
+        kept = probs.masked_fill(dropped, 0) * (65536 / (65536 - threshold))
+        parts.append(torch.matmul(kept, vc))
     plain = torch.cat(parts).transpose(1, 2).reshape(2, 6, 9, 2, 4)
-    (plain**2).sum().backward()
+    (plain * weights).sum().backward()
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
     for got, want in zip(grads, (q.grad, k.grad, v.grad)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    no_dropout = attn.cell_attention_fast(q, k, v, dropout=0.0, training=True)
+    with torch.no_grad():
+        no_dropout = attn.cell_attention_fast(q, k, v, dropout=0.0, training=True)
     assert (out - no_dropout).abs().max().item() > 1e-3  # dropout really applied
+    dropped_fraction = (
+        attn._drop_mask((100_000,), threshold, 1, torch.device("cpu")).double().mean()
+    )
+    assert abs(dropped_fraction.item() - 0.3) < 0.01
+
+
+def test_fast_dropout_rate_scale_and_seed() -> None:
+    x = torch.ones(200_000, dtype=torch.float64)
+    torch.manual_seed(0)
+    a = attn.fast_dropout(x, 0.2)
+    torch.manual_seed(0)
+    b = attn.fast_dropout(x, 0.2)
+    assert torch.equal(a, b)  # seeded by the default generator
+    kept = a != 0
+    assert abs(kept.double().mean().item() - 0.8) < 0.005
+    threshold = round(0.2 * 65536)
+    assert torch.allclose(a[kept], torch.full_like(a[kept], 65536 / (65536 - threshold)))
+    assert abs(a.mean().item() - 1.0) < 0.01  # expectation preserved
+    assert torch.equal(attn.fast_dropout(x, 0.2, training=False), x)
+    assert torch.equal(attn.fast_dropout(x, 0.0), x)
+
+
+def test_training_mode_dropout_is_active_and_differentiable() -> None:
+    torch.manual_seed(6)
+    model = _tiny_model("axial", "binary", True, n_cells=4, dtype=torch.float32)
+    model.train()
+    states, positions, cell_ids, dna = _inputs(model, batch=1, length=20, cells=4)
+    first = model(states, positions, cell_ids, dna=dna)
+    second = model(states, positions, cell_ids, dna=dna)
+    assert (first - second).abs().max().item() > 1e-4
+    first.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

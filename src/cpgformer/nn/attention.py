@@ -24,7 +24,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from cpgformer.nn.posenc import RelativePositions
 
@@ -32,9 +31,8 @@ BLOCK = 16
 """Query sites per block in the fast band attention."""
 SDPA_MIN_CELLS = 40
 """Cell attention uses ``scaled_dot_product_attention`` from this many cells, matmul-softmax below."""
-CELL_CHUNK_ELEMENTS = 1 << 24
-"""With attention dropout in training, cell attention is recomputed in backward (activation
-checkpointing) in chunks of at most this many score entries, so stored activations stay linear in C."""
+CELL_CHUNK_ELEMENTS = 1 << 22
+"""Cell attention with dropout runs in chunks of at most this many score entries."""
 
 
 def _dropout(probs: Tensor, p: float, training: bool) -> Tensor:
@@ -147,6 +145,14 @@ def _halo_blocks(t: Tensor, n_blocks: int, halo: int) -> Tensor:
     return t.unfold(1, BLOCK + 2 * halo, BLOCK).transpose(-1, -2)
 
 
+def _by_sequence(t: Tensor, left: int, total: int) -> Tensor:
+    """``[B, L, C, H, d]`` -> ``[B, C, H, total, d]`` zero padded with ``left`` sites before: one copy."""
+    batch, length, cells, heads, dim = t.shape
+    out = t.new_zeros(batch, cells, heads, total, dim)
+    out[:, :, :, left : left + length] = t.permute(0, 2, 3, 1, 4)
+    return out
+
+
 def _skew(window_scores: Tensor, fill: float = 0.0) -> Tensor:
     """``[..., BLOCK, W]`` (query j, slot o) -> ``[..., BLOCK, BLOCK + W - 1]`` with entry (j, j + o).
 
@@ -193,60 +199,112 @@ def site_attention_fast(
     width = 2 * half_window + 1
     n = batch * cells * heads
     n_blocks = _n_blocks(length)
+    padded_length = n_blocks * BLOCK
+    span = BLOCK + 2 * half_window
     lowest = torch.finfo(q.dtype).min
     # position term once per (site, head): [C, d] @ [d, W] with cells as the M dimension;
     # slots outside the segment, then (by the skew) outside the band, get the lowest score
     position = torch.einsum("blcnd,blwnd->bcnlw", q + position_bias, rel).reshape(n, length, width)
     position = _mask_outside_segment(position, half_window, lowest)
     position = _skew(_query_blocks(position, n_blocks), lowest)  # [N, nblk, BLOCK, S]
-    queries = _query_blocks(
-        (q + content_bias).permute(0, 2, 3, 1, 4).reshape(n, length, dim), n_blocks
-    )
-    keys = _halo_blocks(k.permute(0, 2, 3, 1, 4).reshape(n, length, dim), n_blocks, half_window)
-    values = _halo_blocks(v.permute(0, 2, 3, 1, 4).reshape(n, length, dim), n_blocks, half_window)
+    queries = _by_sequence(q + content_bias, 0, padded_length).view(n, n_blocks, BLOCK, dim)
+    keys = _by_sequence(k, half_window, padded_length + 2 * half_window)
+    keys = keys.view(n, -1, dim).unfold(1, span, BLOCK).transpose(-1, -2)
+    values = _by_sequence(v, half_window, padded_length + 2 * half_window)
+    values = values.view(n, -1, dim).unfold(1, span, BLOCK).transpose(-1, -2)
     probs = (torch.matmul(queries, keys.transpose(-1, -2)) + position).softmax(-1)
     if training and dropout > 0:  # the survivors' scale goes on the (smaller) output
         keep, scale = _keep_mask(probs.shape, dropout, probs.device)
         z = torch.matmul(probs.masked_fill(~keep, 0), values) * scale
     else:
         z = torch.matmul(probs, values)  # [N, nblk, BLOCK, d]
-    z = z.view(n, n_blocks * BLOCK, dim)[:, :length]
-    return z.reshape(batch, cells, heads, length, dim).permute(0, 3, 1, 2, 4)
+    z = z.view(batch, cells, heads, padded_length, dim)[:, :, :, :length]
+    return z.permute(0, 3, 1, 2, 4)  # a view; the caller's reshape makes the one copy
+
+
+def _drop_mask(shape: torch.Size, threshold: int, seed: int, device: torch.device) -> Tensor:
+    """Bool mask (True = dropped, probability ``threshold / 2^16``) from a seeded generator."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)
+    return words.view(torch.int16)[:n].view(shape) < threshold - 32768
+
+
+class _CellAttentionWithDropout(torch.autograd.Function):
+    """Cell attention with dropout on the probabilities, storing only q, k, v and the log-sum-exp.
+
+    Forward and backward run in chunks of rows; backward recomputes the probabilities from the
+    log-sum-exp and regenerates the dropout mask from the chunk's seed (drawn from the default
+    generator, so seeded runs are reproducible). Stored activations are linear in C.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dropout: float, chunk: int) -> Tensor:  # noqa: ANN001
+        threshold = min(max(round(dropout * 65536), 1), 65535)
+        scale = 65536 / (65536 - threshold)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        outputs, lses = [], []
+        for index, (qc, kc, vc) in enumerate(zip(q.split(chunk), k.split(chunk), v.split(chunk))):
+            scores = torch.matmul(qc, kc.transpose(-1, -2))
+            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+            probs = scores.sub_(lse).exp_()
+            probs.masked_fill_(_drop_mask(probs.shape, threshold, seed + index, q.device), 0)
+            outputs.append(torch.matmul(probs, vc))
+            lses.append(lse)
+        ctx.save_for_backward(q, k, v, torch.cat(lses))
+        ctx.params = (threshold, scale, seed, chunk)
+        return torch.cat(outputs).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        q, k, v, lse = ctx.saved_tensors
+        threshold, scale, seed, chunk = ctx.params
+        grads_q, grads_k, grads_v = [], [], []
+        pieces = zip(
+            q.split(chunk), k.split(chunk), v.split(chunk), lse.split(chunk), grad.split(chunk)
+        )
+        for index, (qc, kc, vc, lc, gc) in enumerate(pieces):
+            probs = torch.matmul(qc, kc.transpose(-1, -2)).sub_(lc).exp_()
+            dropped = _drop_mask(probs.shape, threshold, seed + index, q.device)
+            gc = gc * scale
+            grads_v.append(torch.matmul(probs.masked_fill(dropped, 0).transpose(-1, -2), gc))
+            grad_probs = torch.matmul(gc, vc.transpose(-1, -2)).masked_fill_(dropped, 0)
+            row = (grad_probs * probs).sum(-1, keepdim=True)
+            grad_scores = probs.mul_(grad_probs.sub_(row))
+            grads_q.append(torch.matmul(grad_scores, kc))
+            grads_k.append(torch.matmul(grad_scores.transpose(-1, -2), qc))
+        return torch.cat(grads_q), torch.cat(grads_k), torch.cat(grads_v), None, None
 
 
 def _cell_core(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
     """``[R, H, C, d]`` inputs -> ``[R, H, C, d]``.
 
-    Without dropout and from ``SDPA_MIN_CELLS`` cells: ``scaled_dot_product_attention`` (never stores
-    C x C); otherwise matmul-softmax (SDPA with dropout falls back to the same math on CPU anyway).
+    Training with dropout: :class:`_CellAttentionWithDropout` (memory linear in C). Otherwise
+    ``scaled_dot_product_attention`` from ``SDPA_MIN_CELLS`` cells (never stores C x C) and plain
+    matmul-softmax below.
     """
     p = dropout if training else 0.0
-    if p == 0 and q.shape[-2] >= SDPA_MIN_CELLS:
+    if p > 0:
+        chunk = max(1, CELL_CHUNK_ELEMENTS // (q.shape[1] * q.shape[2] * q.shape[2]))
+        return _CellAttentionWithDropout.apply(q, k, v, p, chunk)
+    if q.shape[-2] >= SDPA_MIN_CELLS:
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
-    probs = fast_dropout(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), p, p > 0)
-    return torch.matmul(probs, v)
+    return torch.matmul(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), v)
 
 
 def cell_attention_fast(
     q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0, training: bool = False
 ) -> Tensor:
-    """Attention across cells, SDPA for many cells, matmul-softmax for few."""
+    """Attention across cells: SDPA for many cells, matmul-softmax for few; with dropout in
+    training a chunked function that recomputes probabilities in backward."""
     batch, length, cells, heads, dim = q.shape
     rows = batch * length
     qt = q.reshape(rows, cells, heads, dim).transpose(1, 2)
     kt = k.reshape(rows, cells, heads, dim).transpose(1, 2)
     vt = v.reshape(rows, cells, heads, dim).transpose(1, 2)
-    stored = training and dropout > 0 and torch.is_grad_enabled()
-    if stored and rows * heads * cells * cells > CELL_CHUNK_ELEMENTS:
-        # dropout forces the math path, which stores C x C probabilities: recompute them in backward
-        chunk = max(1, CELL_CHUNK_ELEMENTS // (heads * cells * cells))
-        parts = [
-            checkpoint(_cell_core, qc, kc, vc, dropout, training, use_reentrant=False)
-            for qc, kc, vc in zip(qt.split(chunk), kt.split(chunk), vt.split(chunk))
-        ]
-        z = torch.cat(parts, dim=0)
-    else:
-        z = _cell_core(qt, kt, vt, dropout, training)
+    z = _cell_core(qt, kt, vt, dropout, training)
     return z.transpose(1, 2).reshape(batch, length, cells, heads, dim)
 
 
@@ -326,9 +384,18 @@ class Attention(nn.Module):
     ) -> Tensor:
         """``x`` ``[B, L, C, D]`` -> ``[B, L, C, D]``."""
         batch, length, cells, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, length, cells, 3, self.heads, self.head_dim).unbind(3)
-        q = q * self.head_dim**-0.5
         fast = impl == "fast"
+        scale = self.head_dim**-0.5
+        if fast:  # fold the query scaling into the projection (saves a pass over q)
+            inner = self.heads * self.head_dim
+            factor = torch.ones(3 * inner, dtype=x.dtype, device=x.device)
+            factor[:inner] = scale
+            qkv = F.linear(x, self.qkv.weight * factor.unsqueeze(1), self.qkv.bias * factor)
+            q, k, v = qkv.view(batch, length, cells, 3, self.heads, self.head_dim).unbind(3)
+        else:
+            qkv = self.qkv(x).view(batch, length, cells, 3, self.heads, self.head_dim)
+            q, k, v = qkv.unbind(3)
+            q = q * scale
         if self.kind == "cells":
             fn = cell_attention_fast if fast else cell_attention_reference
             z = fn(q, k, v, self.dropout, self.training)
