@@ -141,6 +141,7 @@ def test_few_invalid_rows_are_dropped_not_fatal(tmp_path, capsys) -> None:
     )
     ds = open_dataset(out)
     assert ds.manifest["inputs"][0]["dropped"] == {"out_of_range": 1}
+    assert ds.manifest["inputs"][0]["unknown_contigs"] == {}
     assert ds.manifest["n_calls"] == 4
 
 
@@ -214,3 +215,16 @@ def test_error_from_a_worker_process(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.cov"
     bad.write_text(cov_text(GOOD) + "chr1\t7\t7\t0.0\tx\t1\n")
     run_bad(tmp_path, capsys, ["--jobs", "2", *good, bad], bad, line=5)
+
+
+def test_unknown_contig_rows_are_listed(tmp_path) -> None:
+    fa = tmp_path / "ref.fa"
+    fa.write_text(FASTA)
+    p = tmp_path / "cell.cov"
+    p.write_text(cov_text(GOOD + [("chrL", 3, 1, 0), ("chrL", 9, 1, 0)]))
+    out = tmp_path / "store"
+    args = ["-q", "prepare", "--fasta", str(fa), "--min-valid-frac", "0.6", str(p), "-o", str(out)]
+    assert main(args) == 0
+    inp = open_dataset(out).manifest["inputs"][0]
+    assert inp["unknown_contigs"] == {"chrL": 2}
+    assert inp["dropped"] == {"unknown_contig": 2}

@@ -206,7 +206,7 @@ class FileReport:
     n_adjacent_pairs: int = 0
     counts_available: bool = True
     dropped: dict[str, int] = field(default_factory=dict)
-    contigs: dict[str, int] = field(default_factory=dict)
+    unknown_contigs: dict[str, int] = field(default_factory=dict)  # with a FASTA: name -> rows
     header: str | None = None
 
     def as_dict(self) -> dict:
@@ -222,6 +222,7 @@ class FileReport:
             "n_adjacent_pairs": self.n_adjacent_pairs,
             "counts_available": self.counts_available,
             "dropped": dict(self.dropped),
+            "unknown_contigs": dict(self.unknown_contigs),
             "header": self.header,
         }
 
@@ -307,8 +308,13 @@ class _CellReader:
                 chunk = _drop_rows(chunk, ~zero)
                 if not len(chunk):
                     continue
-            if self.reference is not None and first_bad is None:
-                first_bad = self._first_bad_line(chunk)
+            if self.reference is not None:
+                if self.reference.resolve(chunk.chrom) is None:
+                    report.unknown_contigs[chunk.chrom] = report.unknown_contigs.get(
+                        chunk.chrom, 0
+                    ) + len(chunk)
+                if first_bad is None:
+                    first_bad = self._first_bad_line(chunk)
             pooled = pooling.pool_chunk(chunk, self.reference, self.opts.pair_adjacent)
             for reason, n in pooled.n_dropped_by_reason.items():
                 invalid[reason] += int(n)
