@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -69,6 +71,12 @@ def test_round_trip_values(store) -> None:
     assert all(isinstance(a, np.memmap) for a in (indptr, cell, mc, cov, label))
     assert indptr.tolist() == [0, 2, 2, 4, 6] and cell.tolist() == [0, 2, 0, 1, 1, 2]
     assert cell.dtype == np.int32 and label.dtype == np.int8 and indptr.dtype == np.int64
+
+
+def test_store_directory_mode_follows_umask(store) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(store.stat().st_mode) == 0o777 & ~umask
 
 
 def test_dense_views(store) -> None:

@@ -30,7 +30,13 @@ import numpy as np
 
 from cpgformer import codes
 from cpgformer.errors import InputError, UsageError
-from cpgformer.io.store import ChromArrays, Dataset, open_dataset, write_store
+from cpgformer.io.store import (
+    ChromArrays,
+    Dataset,
+    open_dataset,
+    set_default_dir_mode,
+    write_store,
+)
 from cpgformer.utils.atomic import atomic_dir
 from cpgformer.utils.progress import progress
 
@@ -391,6 +397,7 @@ def export_npz(
     out = Path(output)
     summary: dict = {"values": values, "chromosomes": len(ds.chromosomes), "X": source is not None}
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        set_default_dir_mode(tmp)
         yw = _NpzWriter(tmp / "y.npz")
         pw = _NpzWriter(tmp / "pos.npz")
         try:

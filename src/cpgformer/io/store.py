@@ -180,6 +180,13 @@ def _cell_frame(
     return df
 
 
+def set_default_dir_mode(path: str | os.PathLike[str]) -> None:
+    """Give a directory the mode a plain ``mkdir`` would (temporary dirs are created 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
 def write_store_into(
     directory: str | os.PathLike[str],
     chroms: Iterable[ChromArrays],
@@ -210,6 +217,7 @@ def write_store_into(
     cov_sum = np.zeros(n_cells, dtype=np.float64)
     chrom_meta: list[dict] = []
     seen_chroms: set[str] = set()
+    set_default_dir_mode(out)
     (out / "chroms").mkdir(parents=True, exist_ok=True)
     for k, ch in enumerate(chroms):
         if ch.name in seen_chroms:
