@@ -184,3 +184,30 @@ def test_training_mode_dropout_is_active_and_differentiable() -> None:
     assert (first - second).abs().max().item() > 1e-4
     first.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _saved_bytes_per_token_layer(cells: int, length: int = 32) -> float:
+    torch.manual_seed(0)
+    model = CpGTransformer(ModelConfig(n_cells=cells, dna_window=0, n_layers=2)).train()
+    x = torch.randn(1, length, cells, 64, requires_grad=True)
+    positions = torch.arange(length).unsqueeze(0) * 100
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not (t.requires_grad and t.grad_fn is None):  # parameters are not activations
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model.transform(x, positions)
+    out.sum().backward()
+    return sum(storages.values()) / (length * cells * 2)
+
+
+def test_activation_memory_per_token_does_not_grow_with_cells() -> None:
+    """Training-mode (dropout 0.2) activations kept for backward: <= 12 KB per token per layer,
+    independent of C (no C x C tensor is stored, not even above the SDPA threshold)."""
+    few = _saved_bytes_per_token_layer(8)
+    many = _saved_bytes_per_token_layer(attn.SDPA_MIN_CELLS + 24)
+    assert few <= 12_000 and many <= 12_000
+    assert many <= few * 1.1
