@@ -228,3 +228,20 @@ def test_unknown_contig_rows_are_listed(tmp_path) -> None:
     inp = open_dataset(out).manifest["inputs"][0]
     assert inp["unknown_contigs"] == {"chrL": 2}
     assert inp["dropped"] == {"unknown_contig": 2}
+
+
+def test_zero_based_coordinates_in_a_one_based_format(tmp_path, capsys) -> None:
+    fa = tmp_path / "ref.fa"
+    fa.write_text(FASTA)
+    # ALLC is 1-based; these rows carry 0-based positions of the C (+) and of the G (-)
+    p = tmp_path / "cell.allc.tsv"
+    rows = [
+        ("chr1", 1, "+"),
+        ("chr1", 2, "-"),
+        ("chr1", 5, "+"),
+        ("chr1", 9, "+"),
+        ("chr2", 2, "+"),
+    ]
+    p.write_text("".join(f"{c}\t{q}\t{s}\tCGN\t1\t1\t1\n" for c, q, s in rows))
+    msg = run_bad(tmp_path, capsys, ["--fasta", fa, p], p)
+    assert "coordinates look 0-based" in msg
