@@ -65,9 +65,10 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    from cpgformer.utils import progress
+    if quiet:
+        from cpgformer.utils import progress
 
-    progress.set_enabled(not quiet)
+        progress.set_enabled(False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
