@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     result = fit(
         args.store,
         args.output,
-        None if args.resume else model,
+        None if args.resume or args.init_from else model,
         data,
         training,
         resume=args.resume,

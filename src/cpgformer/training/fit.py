@@ -316,19 +316,23 @@ def fit(
     source_state = None
     if init_from is not None:
         source_state, source_config, kind = load_source(init_from, init_hparams)
+        given = dict(init_hparams or {})
         if config is not None:
-            differs = {
-                k: (v, getattr(source_config, k))
-                for k, v in config.to_dict().items()
-                if k not in ("n_cells", "attention_impl") and getattr(source_config, k) != v
-            }
-            if differs and kind == "ours":
-                log.warning(
-                    "architecture taken from %s, ignoring: %s",
-                    init_from,
-                    ", ".join(f"{k}={a!r} (file: {b!r})" for k, (a, b) in differs.items()),
-                )
-        runtime = {"attention_impl": config.attention_impl} if config is not None else {}
+            given = {**config.to_dict(), **given}
+        differs = {
+            k: (v, getattr(source_config, k))
+            for k, v in given.items()
+            if hasattr(source_config, k)
+            and k not in ("n_cells", "attention_impl")
+            and getattr(source_config, k) != v
+        }
+        if differs and kind == "ours":
+            log.warning(
+                "architecture taken from %s, ignoring: %s",
+                init_from,
+                ", ".join(f"{k}={a!r} (file: {b!r})" for k, (a, b) in differs.items()),
+            )
+        runtime = {"attention_impl": given["attention_impl"]} if "attention_impl" in given else {}
         config = dataclasses.replace(source_config, n_cells=ds.n_cells, **runtime)
         log.info("initialising from %s checkpoint %s", kind, init_from)
     if config is None:
