@@ -285,7 +285,7 @@ def test_copied_cell_gets_the_largest_cell_attribution(tmp_path: Path) -> None:
 
     rows = [row for row in range(50, 350, 37) if labels[row, 3] >= 0][:4]
     queries = [ex.SiteQuery("chr1", int(positions[r]), "c3", -1.0) for r in rows]
-    results = ex.explain_sites(model, open_dataset(store), queries, n_steps=32, attention=False)
+    results = ex.explain_sites(model, open_dataset(store), queries, n_steps=64, attention=False)
     for row, expl in zip(rows, results):
         assert expl.states[expl.target_index, 3] == -1  # the copy's own call was masked
         # the model recovers the hidden call from the copied cell ...
@@ -293,7 +293,9 @@ def test_copied_cell_gets_the_largest_cell_attribution(tmp_path: Path) -> None:
         # ... and the copied cell gets by far the largest attribution
         totals = np.abs(expl.cell_totals)
         assert int(np.argmax(totals)) == 1, totals
-        assert totals[1] > 2 * np.delete(totals, 1).max(), totals
+        assert totals[1] > 5 * np.delete(totals, 1).max(), totals
+        # pointing the right way: towards methylated when the copied call is methylated
+        assert (expl.cell_totals[1] > 0) == bool(labels[row, 1])
         assert abs(expl.convergence_delta) < 0.05 * abs(expl.logit - expl.baseline_logit)
 
 

@@ -289,8 +289,9 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------------
 
 BASELINES = ("unknown", "zero")
-"""``unknown``: state embedding of input code 0, cell embedding 0, nucleotide embedding of N (default).
-``zero``: every embedding output 0 (the original script's choice)."""
+"""``unknown`` (default): state embedding of input code 0, cell embedding 0, nucleotide embedding of
+N, with a two-stage path (cells first, then the data); ``zero``: every embedding output 0, one
+straight path (the original script's choice). See :func:`integrated_gradients`."""
 
 _TOKENS_PER_CHUNK = 300_000
 _DNA_WINDOWS_PER_CHUNK = 512
@@ -369,9 +370,16 @@ def integrated_gradients(
 
     Inputs are one segment in model coding (``states [1, L, C]``, ``positions [1, L]``,
     ``cell_ids [1, C]``, ``dna [1, L, W]`` or ``None``), see :class:`cpgformer.nn.CpGTransformer`.
-    The path integral runs over the outputs of the state, cell and nucleotide embedding modules
-    jointly, from the ``baseline`` (see :data:`BASELINES`) to the actual embeddings, with Captum's
-    Gauss-Legendre rule of ``n_steps`` points. The model runs in eval mode (no dropout).
+    The path integral runs over the outputs of the state, cell and nucleotide embedding modules,
+    with Captum's Gauss-Legendre rule of ``n_steps`` points per stage; the model runs in eval mode.
+
+    ``baseline="unknown"`` (default): every call unknown (state embedding of input code 0), every
+    base N, cell embeddings 0. The path has two stages: (1) the cell embeddings go from 0 to their
+    values while every call is unknown and every base N (what each cell's identity alone does to
+    the prediction: its prior), then (2) calls and bases go from unknown to observed with the cells
+    fixed (what the observed data add). Both stages are straight lines, so completeness holds for
+    the whole path: all attributions add up to ``logit - baseline_logit``.
+    ``baseline="zero"``: one straight line from all-zero embedding outputs (the original script).
     """
     import torch
     from captum.attr import IntegratedGradients
@@ -390,52 +398,66 @@ def integrated_gradients(
     if use_dna and dna is None:
         raise UsageError("this model uses DNA: DNA windows (a reference FASTA) are required")
     with _eval_mode(model), torch.no_grad():
-        state_in = model.state_embed(states)  # [1, L, C, Es]
-        cell_in = model.cell_embed(cell_ids)  # [1, C, Ec]
+        actual = {"state": model.state_embed(states), "cell": model.cell_embed(cell_ids)}
         if baseline == "unknown":
-            state_base = model.state_embed(torch.zeros_like(states))
+            base = {"state": model.state_embed(torch.zeros_like(states))}
         else:
-            state_base = torch.zeros_like(state_in)
-        inputs = [state_in, cell_in]
-        baselines = [state_base, torch.zeros_like(cell_in)]
+            base = {"state": torch.zeros_like(actual["state"])}
+        base["cell"] = torch.zeros_like(actual["cell"])
+        dna_model = None
         if use_dna:
             width = dna.shape[-1]
             codes = dna.reshape(length, width).long()
-            dna_in = encoder.nucleotide_embed(codes).unsqueeze(0)  # [1, L, W, 4]
+            actual["dna"] = encoder.nucleotide_embed(codes).unsqueeze(0)  # [1, L, W, 4]
             if baseline == "unknown":
-                dna_base = encoder.nucleotide_embed(torch.full_like(codes, CODE_N)).unsqueeze(0)
+                base["dna"] = encoder.nucleotide_embed(torch.full_like(codes, CODE_N)).unsqueeze(0)
             else:
-                dna_base = torch.zeros_like(dna_in)
-            inputs.append(dna_in)
-            baselines.append(dna_base)
+                base["dna"] = torch.zeros_like(actual["dna"])
             dna_model = dna.long()
-        else:
-            dna_model = None
+    names = ["state", "cell", "dna"] if use_dna else ["state", "cell"]
 
-    def forward(*embeddings: Any) -> Any:
-        n = embeddings[0].shape[0]
-        replacements = [(model.state_embed, embeddings[0]), (model.cell_embed, embeddings[1])]
-        if use_dna:
-            flat = embeddings[2].reshape(n * length, *embeddings[2].shape[2:])
-            replacements.append((encoder.nucleotide_embed, flat))
-        with _replaced_outputs(replacements):
-            logits = model(
-                states.expand(n, -1, -1),
-                positions.expand(n, -1),
-                cell_ids.expand(n, -1),
-                dna=None if dna_model is None else dna_model.expand(n, -1, -1),
-            )
-        return logits[:, target_site, target_cell]
+    def make_forward(varying: Sequence[str], fixed: dict[str, Any]) -> Any:
+        def forward(*embeddings: Any) -> Any:
+            n = embeddings[0].shape[0]
+            values = dict(zip(varying, embeddings))
+            for name in names:
+                if name not in values:
+                    values[name] = fixed[name].expand(n, *fixed[name].shape[1:])
+            replacements = [
+                (model.state_embed, values["state"]),
+                (model.cell_embed, values["cell"]),
+            ]
+            if use_dna:
+                flat = values["dna"].reshape(n * length, *values["dna"].shape[2:])
+                replacements.append((encoder.nucleotide_embed, flat))
+            with _replaced_outputs(replacements):
+                logits = model(
+                    states.expand(n, -1, -1),
+                    positions.expand(n, -1),
+                    cell_ids.expand(n, -1),
+                    dna=None if dna_model is None else dna_model.expand(n, -1, -1),
+                )
+            return logits[:, target_site, target_cell]
+
+        return forward
 
     if internal_batch_size is None:
         internal_batch_size = max(1, _TOKENS_PER_CHUNK // max(1, length * n_cells))
         if use_dna:
             internal_batch_size = min(internal_batch_size, max(1, _DNA_WINDOWS_PER_CHUNK // length))
     internal_batch_size = min(internal_batch_size, n_steps)
+    if baseline == "unknown":
+        # stage 1: cells from 0 with no data; stage 2: data from unknown with the actual cells
+        stages = [(["cell"], {**base}), ([n for n in names if n != "cell"], {**actual})]
+    else:
+        stages = [(list(names), {})]
+    results: dict[str, Any] = {}
+    delta = 0.0
     with _eval_mode(model):
+        full = make_forward(names, {})
         with torch.no_grad():
-            logit = float(forward(*inputs)[0])
-            baseline_logit = float(forward(*baselines)[0])
+            logit = float(full(*(actual[n] for n in names))[0])
+            baseline_logit = float(full(*(base[n] for n in names))[0])
             plain = float(
                 model(states, positions, cell_ids, dna=dna_model)[0, target_site, target_cell]
             )
@@ -444,29 +466,28 @@ def integrated_gradients(
                 f"embedding replacement changed the model output ({logit} vs {plain}): the "
                 "model's embedding modules are not used as explain.py expects"
             )
-        ig = IntegratedGradients(forward)
-        attributions, delta = ig.attribute(
-            tuple(inputs),
-            baselines=tuple(baselines),
-            n_steps=n_steps,
-            method="gausslegendre",
-            internal_batch_size=internal_batch_size,
-            return_convergence_delta=True,
-        )
+        for varying, fixed in stages:
+            ig = IntegratedGradients(make_forward(varying, fixed))
+            attributions, stage_delta = ig.attribute(
+                tuple(actual[n] for n in varying),
+                baselines=tuple(base[n] for n in varying),
+                n_steps=n_steps,
+                method="gausslegendre",
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=True,
+            )
+            delta += float(stage_delta.reshape(-1)[0])
+            for name, value in zip(varying, attributions):
+                results[name] = value[0].sum(-1).detach().double().cpu().numpy()
     for param in model.parameters():
         param.grad = None
-    state_attr = attributions[0][0].sum(-1).detach().double().cpu().numpy()
-    cell_attr = attributions[1][0].sum(-1).detach().double().cpu().numpy()
-    dna_attr = None
-    if use_dna:
-        dna_attr = attributions[2][0].sum(-1).detach().double().cpu().numpy()
     return Attributions(
-        state=state_attr,
-        cell=cell_attr,
-        dna=dna_attr,
+        state=results["state"],
+        cell=results["cell"],
+        dna=results.get("dna"),
         logit=logit,
         baseline_logit=baseline_logit,
-        convergence_delta=float(delta.reshape(-1)[0]),
+        convergence_delta=delta,
     )
 
 
@@ -856,6 +877,7 @@ def plot_attributions(expl: SiteExplanation, path: str | os.PathLike[str] | None
     """Heatmap cells x sites of the call-state attributions (observed calls marked: filled dot
     methylated, open dot unmethylated), with the per-cell totals beside it. Returns the figure."""
     from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
 
     attr = expl.state_attribution.T  # [C, L]
     n_cells, n_sites = attr.shape
@@ -893,6 +915,7 @@ def plot_attributions(expl: SiteExplanation, path: str | os.PathLike[str] | None
     ax.add_patch(
         Rectangle((-0.5, expl.target_cell - 0.5), 1, 1, fill=False, edgecolor="gold", linewidth=2)
     )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("site offset from the target (CpG sites)")
     ax.set_ylabel("cell")
     _cell_ticks(ax, expl.cells, expl.target_cell)
@@ -934,6 +957,8 @@ def plot_dna_track(
 ) -> Any:
     """DNA attribution of the target site's window: the whole window, a zoom of +-``zoom`` bp
     with the bases written out, and the summed per-base attribution of every site in the field."""
+    from matplotlib.ticker import MaxNLocator
+
     from cpgformer.codes import NUCLEOTIDE_LETTERS
 
     if expl.dna_attribution is None or expl.dna is None:
@@ -986,6 +1011,7 @@ def plot_dna_track(
     )
     axes[2].set_xlabel("bp offset from each site's C")
     axes[2].set_ylabel("site offset")
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_title("per-base attribution of every site's DNA window", fontsize=9)
     fig.colorbar(image, ax=axes[2], shrink=0.8, pad=0.01)
     fig.suptitle(_title(expl), fontsize=9)
@@ -996,6 +1022,8 @@ def plot_dna_track(
 def plot_attention(expl: SiteExplanation, path: str | os.PathLike[str] | None = None) -> Any:
     """Per layer: attention of the target (site, cell) along the site window (heads x offsets) and
     across cells (heads x cells)."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = [
         (name, values)
         for name, values in (("site", expl.site_attention), ("cell", expl.cell_attention))
@@ -1027,6 +1055,7 @@ def plot_attention(expl: SiteExplanation, path: str | os.PathLike[str] | None = 
                     interpolation="nearest",
                     extent=extent,
                 )
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel("site offset" if layer == n_layers - 1 else "")
                 ax.set_title(f"layer {layer + 1}: along the site window", fontsize=8)
             else:
