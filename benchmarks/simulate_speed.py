@@ -130,7 +130,7 @@ Commands (`benchmarks/simulate_speed.py --cells {args.cells} --protocol {args.pr
 {chr(10).join(rows)}
 
 One process, one cell at a time: memory is the chromosome model plus the packed truth (n_sites ×
-n_cells / 8 bytes, here ~25 MB); with `--store` every call is also kept (~20 bytes each) until the
+n_cells / 8 bytes, here ~25 MB); with `--store` every call is also kept (16 bytes each) until the
 store is written at the end. Time goes to drawing states and reads, formatting the text, gzip level 1
 and creating 10,000 files.
 """

@@ -489,6 +489,47 @@ def _chrom_arrays(
     )
 
 
+class _StoreCollector:
+    """Strand-pooled calls of every cell (4 × int32 per call), kept until the store is written."""
+
+    def __init__(self, models: list[ChromModel]) -> None:
+        self.models = models
+        self.parts: list[list[tuple]] = [[] for _ in models]
+
+    def add(self, k: int, cell: int, site: np.ndarray, mc: np.ndarray, cov: np.ndarray) -> None:
+        """One cell's rows of chromosome ``k`` (sorted by site, then strand)."""
+        if site.size == 0:
+            return
+        first = np.ones(site.size, dtype=bool)
+        first[1:] = site[1:] != site[:-1]
+        starts = np.flatnonzero(first)
+        self.parts[k].append(
+            (
+                cell,
+                site[starts].astype(np.int32),
+                np.add.reduceat(mc, starts).astype(np.int32),
+                np.add.reduceat(cov, starts).astype(np.int32),
+            )
+        )
+
+    def chrom_arrays(self, k: int) -> ChromArrays:
+        """CSR by site (cells ascending within a site: cells were added in order); frees the parts."""
+        parts, self.parts[k] = self.parts[k], []
+        m = self.models[k]
+        sizes = np.array([p[1].size for p in parts], dtype=np.int64)
+        cell = np.repeat(np.array([p[0] for p in parts], dtype=np.int32), sizes)
+        site = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.int32)])
+        mc = np.concatenate([p[2] for p in parts] or [np.zeros(0, np.int32)])
+        cov = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int32)])
+        del parts
+        order = np.argsort(site, kind="stable")
+        site, cell, mc, cov = site[order], cell[order], mc[order], cov[order]
+        del order
+        indptr = np.zeros(m.n_sites + 1, dtype=np.int64)
+        np.cumsum(np.bincount(site, minlength=m.n_sites), out=indptr[1:])
+        return _chrom_arrays(m.name, m.positions, (indptr, cell, mc, cov))
+
+
 def _store_metadata(cfg: SimulationConfig, seed: int, cells: CellInfo) -> tuple[dict, dict]:
     cell_info = {
         "name": list(cells.names),
@@ -908,7 +949,7 @@ def _write_outputs(
     prep: _Prepared,
     cell_results: Iterator[tuple[int, list]],
     genome_label: str,
-    store_rows: list[list] | None = None,
+    store_rows: _StoreCollector | None = None,
 ) -> None:
     """Write every output file; with ``store_rows`` also collect each cell's calls for a store."""
     models = prep.models
@@ -924,7 +965,7 @@ def _write_outputs(
             items.append((models[k].name, models[k].positions, site, strand, mc, cov))
             total_rows += site.size
             if store_rows is not None:
-                store_rows[k].append((cell, site, mc, cov))
+                store_rows.add(k, cell, site, mc, cov)
         data = _gzip_bytes(format_bismark_cov(items))
         (cells_dir / f"{prep.cells.names[cell]}.cov.gz").write_bytes(data)
     truth.save(out / "truth.npz", models, prep.cells)
@@ -961,7 +1002,7 @@ def simulate_to_directory(
 
     Memory: the chromosome models plus n_sites × n_cells / 8 bytes of packed truth; one cell at a time.
     ``store``: also write the observed calls as a dataset store there (the same store as ``prepare`` on
-    the written files); this keeps every call in memory (~20 bytes each) until the end.
+    the written files); this keeps every call in memory (16 bytes each) until the end.
     """
     cfg = _make_config(config, protocol, dict(overrides))
     out = Path(out_dir)
@@ -969,7 +1010,7 @@ def simulate_to_directory(
         if target is not None and target.exists() and not overwrite:
             raise UsageError(f"{target}: already exists (choose another output or remove it)")
     prep = _prepare(genome, n_cells, n_cell_types, seed, cfg)
-    store_rows: list[list] | None = None if store is None else [[] for _ in prep.models]
+    store_rows = None if store is None else _StoreCollector(prep.models)
 
     def results() -> Iterator[tuple[int, list]]:
         for cell in progress(range(n_cells), desc="simulating cells", unit="cell"):
@@ -981,20 +1022,10 @@ def simulate_to_directory(
     if store is not None and store_rows is not None:
         from cpgformer.io.store import write_store
 
-        def chroms() -> Iterator[ChromArrays]:
-            for k, m in enumerate(prep.models):
-                rows = store_rows[k]
-                cell = np.concatenate(
-                    [np.full(r[1].size, r[0], np.int32) for r in rows] or [np.zeros(0, np.int32)]
-                )
-                site = np.concatenate([r[1] for r in rows] or [np.zeros(0, np.int64)])
-                mc = np.concatenate([r[2] for r in rows] or [np.zeros(0, np.int32)])
-                cov = np.concatenate([r[3] for r in rows] or [np.zeros(0, np.int32)])
-                store_rows[k] = []  # release the per-cell pieces
-                yield _chrom_arrays(m.name, m.positions, _pool_coo(m.n_sites, cell, site, mc, cov))
-
+        collector = store_rows
+        chroms = (collector.chrom_arrays(k) for k in range(len(prep.models)))
         extra, cell_info = _store_metadata(cfg, seed, prep.cells)
-        write_store(store, chroms(), prep.cells.names, extra, cell_info, overwrite=overwrite)
+        write_store(store, chroms, prep.cells.names, extra, cell_info, overwrite=overwrite)
     return out
 
 
