@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--val-batches", type=int, default=30)
     parser.add_argument("--out", default="docs/bench/masking-rule.md")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temp dir)")
-    parser.add_argument("extra", nargs="*", help="more `cpgformer train` flags (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="masking-rule-"))
     rules = ("original", "observed")
     rows = []
@@ -94,7 +95,7 @@ def main() -> None:
             "--val-check-interval",
             str(max(1, args.steps // 3)),
             "--no-early-stopping",
-            *args.extra,
+            *extra,
         ]
         t0 = time.time()
         subprocess.run(cmd, check=True)
