@@ -407,6 +407,12 @@ class SegmentDataModule(pl.LightningDataModule):
             self.rank = trainer.global_rank if trainer is not None else 0
         if self.world_size is None:
             self.world_size = trainer.world_size if trainer is not None else 1
+        n_val = len(self.splits["val"])
+        if n_val < self.world_size:
+            raise UsageError(
+                f"{n_val} validation segment(s) for {self.world_size} processes: every process "
+                "needs at least one (use more validation chromosomes or fewer devices)"
+            )
 
     def batch_sampler(self, split: str) -> SegmentBatchSampler:
         segs = self.splits[split]
