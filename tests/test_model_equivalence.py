@@ -107,15 +107,32 @@ def test_window_wider_than_block_halo() -> None:
     _assert_same(model, _inputs(model, batch=1, length=50, cells=3), torch.float64)
 
 
-def test_skew_places_window_slots_on_the_band() -> None:
-    block, width = attn.BLOCK, 5
-    scores = torch.arange(1, block * width + 1, dtype=torch.float64).view(block, width)
-    skewed = attn._skew(scores)
-    expected = torch.zeros(block, block + width - 1, dtype=torch.float64)
-    for j in range(block):
+def test_band_layout_and_its_gradient() -> None:
+    """Window slot (i, o) lands at block i // BLOCK, row i % BLOCK, key column row + o; slots whose key
+    is outside the segment and off-band entries hold the fill; backward gathers the band back."""
+    length, half = 20, 2
+    width = 2 * half + 1
+    scores = torch.arange(1, length * width + 1, dtype=torch.float64).view(1, length, width)
+    scores.requires_grad_(True)
+    fill = -1000.0
+    band = attn._OnBand.apply(scores, half, fill)
+    n_blocks = -(-length // attn.BLOCK)
+    expected = torch.full(
+        (1, n_blocks, attn.BLOCK, attn.BLOCK + width - 1), fill, dtype=torch.float64
+    )
+    for i in range(length):
         for o in range(width):
-            expected[j, j + o] = scores[j, o]
-    assert torch.equal(skewed, expected)
+            if 0 <= i + o - half < length:
+                expected[0, i // attn.BLOCK, i % attn.BLOCK, i % attn.BLOCK + o] = scores[0, i, o]
+    assert torch.equal(band.detach(), expected)
+    weights = torch.randn(band.shape, dtype=torch.float64)
+    (band * weights).sum().backward()
+    want = torch.zeros(1, length, width, dtype=torch.float64)
+    for i in range(length):
+        for o in range(width):
+            if 0 <= i + o - half < length:
+                want[0, i, o] = weights[0, i // attn.BLOCK, i % attn.BLOCK, i % attn.BLOCK + o]
+    assert torch.equal(scores.grad, want)
 
 
 def test_cell_attention_with_dropout_matches_autograd(monkeypatch) -> None:

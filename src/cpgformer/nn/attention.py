@@ -153,34 +153,42 @@ def _by_sequence(t: Tensor, left: int, total: int) -> Tensor:
     return out
 
 
-def _skew(window_scores: Tensor, fill: float = 0.0) -> Tensor:
-    """``[..., BLOCK, W]`` (query j, slot o) -> ``[..., BLOCK, BLOCK + W - 1]`` with entry (j, j + o).
+class _OnBand(torch.autograd.Function):
+    """Window-slot scores ``[N, L, W]`` -> block layout ``[N, nblk, BLOCK, BLOCK + W - 1]``.
 
-    Entries outside each query's band are ``fill``. Pure padding and reshaping (no gather).
+    Entry (block b, query j, key slot j + o) holds slot o of site ``b*BLOCK + j``; every other entry,
+    and every slot whose key lies outside ``[0, L)``, holds ``fill`` (the lowest finite value, which
+    masks it in the softmax). Backward gathers the band back with the same reshape trick instead of
+    autograd's zero-filled pad/slice gradients.
     """
-    *lead, block, width = window_scores.shape
-    span = block + width - 1
-    padded = F.pad(window_scores, (0, block), value=fill)  # row length span + 1
-    flat = padded.reshape(*lead, block * (span + 1))[..., : block * span]
-    return flat.view(*lead, block, span)
 
+    @staticmethod
+    def forward(ctx, scores: Tensor, half_window: int, fill: float) -> Tensor:  # noqa: ANN001
+        n, length, width = scores.shape
+        n_blocks = _n_blocks(length)
+        span = BLOCK + width - 1
+        buffer = scores.new_full((n, n_blocks * BLOCK, span + 1), fill)
+        buffer[:, :length, :width] = scores
+        head = min(half_window, length)
+        for row in range(head):  # slots before the segment start
+            buffer[:, row, : half_window - row] = fill
+        for row in range(max(length - half_window, 0), length):  # slots past the segment end
+            buffer[:, row, length - row + half_window : width] = fill
+        flat = buffer.view(n, n_blocks, BLOCK * (span + 1))[..., : BLOCK * span]
+        ctx.shape = (n, length, width, n_blocks, span, half_window)
+        return flat.reshape(n, n_blocks, BLOCK, span)
 
-def _mask_outside_segment(position: Tensor, half_window: int, fill: float) -> Tensor:
-    """Set window slots ``[..., L, W]`` whose key site lies outside ``[0, L)`` to ``fill``.
-
-    Only the first and last ``w`` sites have such slots, so only those rows are touched (in place).
-    """
-    length = position.shape[-2]
-    index = torch.arange(length, device=position.device).unsqueeze(1) + torch.arange(
-        -half_window, half_window + 1, device=position.device
-    )
-    invalid = (index < 0) | (index >= length)  # [L, W]
-    if 2 * half_window >= length:
-        return position.masked_fill(invalid, fill)
-    head, tail = slice(0, half_window), slice(length - half_window, length)
-    position[..., head, :] = position[..., head, :].masked_fill(invalid[head], fill)
-    position[..., tail, :] = position[..., tail, :].masked_fill(invalid[tail], fill)
-    return position
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        n, length, width, n_blocks, span, half_window = ctx.shape
+        flat = F.pad(grad.reshape(n, n_blocks, BLOCK * span), (0, BLOCK))
+        band = flat.view(n, n_blocks * BLOCK, span + 1)[:, :length, :width]
+        out = band.contiguous()
+        for row in range(min(half_window, length)):
+            out[:, row, : half_window - row] = 0
+        for row in range(max(length - half_window, 0), length):
+            out[:, row, length - row + half_window : width] = 0
+        return out, None, None
 
 
 def site_attention_fast(
@@ -205,8 +213,7 @@ def site_attention_fast(
     # position term once per (site, head): [C, d] @ [d, W] with cells as the M dimension;
     # slots outside the segment, then (by the skew) outside the band, get the lowest score
     position = torch.einsum("blcnd,blwnd->bcnlw", q + position_bias, rel).reshape(n, length, width)
-    position = _mask_outside_segment(position, half_window, lowest)
-    position = _skew(_query_blocks(position, n_blocks), lowest)  # [N, nblk, BLOCK, S]
+    position = _OnBand.apply(position, half_window, lowest)  # [N, nblk, BLOCK, S]
     queries = _by_sequence(q + content_bias, 0, padded_length).view(n, n_blocks, BLOCK, dim)
     keys = _by_sequence(k, half_window, padded_length + 2 * half_window)
     keys = keys.view(n, -1, dim).unfold(1, span, BLOCK).transpose(-1, -2)
@@ -281,17 +288,21 @@ class _CellAttentionWithDropout(torch.autograd.Function):
 def _cell_core(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
     """``[R, H, C, d]`` inputs -> ``[R, H, C, d]``.
 
-    Training with dropout: :class:`_CellAttentionWithDropout` (memory linear in C). Otherwise
-    ``scaled_dot_product_attention`` from ``SDPA_MIN_CELLS`` cells (never stores C x C) and plain
-    matmul-softmax below.
+    From ``SDPA_MIN_CELLS`` cells: in training with dropout :class:`_CellAttentionWithDropout`
+    (memory linear in C), otherwise ``scaled_dot_product_attention`` (never stores C x C). Below:
+    plain matmul-softmax (its stored C x C probabilities are smaller than the other activations).
     """
     p = dropout if training else 0.0
+    if q.shape[-2] < SDPA_MIN_CELLS:
+        probs = torch.matmul(q, k.transpose(-1, -2)).softmax(-1)
+        if p > 0:
+            keep, scale = _keep_mask(probs.shape, p, probs.device)
+            return torch.matmul(probs.masked_fill(~keep, 0), v) * scale
+        return torch.matmul(probs, v)
     if p > 0:
         chunk = max(1, CELL_CHUNK_ELEMENTS // (q.shape[1] * q.shape[2] * q.shape[2]))
         return _CellAttentionWithDropout.apply(q, k, v, p, chunk)
-    if q.shape[-2] >= SDPA_MIN_CELLS:
-        return F.scaled_dot_product_attention(q, k, v, scale=1.0)
-    return torch.matmul(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), v)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
 
 
 def cell_attention_fast(
@@ -327,10 +338,7 @@ def site_cell_attention_fast(
     n_blocks = _n_blocks(length)
     lowest = torch.finfo(q.dtype).min
     position = torch.einsum("blcnd,blwnd->bnclw", q + position_bias, rel)
-    position = _mask_outside_segment(
-        position.reshape(n * cells, length, width), half_window, lowest
-    )
-    position = _skew(_query_blocks(position, n_blocks), lowest)
+    position = _OnBand.apply(position.reshape(n * cells, length, width), half_window, lowest)
     position = position.view(n, cells, n_blocks, BLOCK, span).permute(0, 2, 3, 1, 4).unsqueeze(-1)
     queries = (q + content_bias).permute(0, 3, 1, 2, 4).reshape(n, length, cells * dim)
     queries = _query_blocks(queries, n_blocks).reshape(n, n_blocks, BLOCK * cells, dim)
