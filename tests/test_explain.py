@@ -495,3 +495,16 @@ def test_continuous_model_explains_fractions(tmp_path: Path) -> None:
     assert np.all(expl.state_attribution[expl.states < 0] == 0.0)
     difference = expl.logit - expl.baseline_logit
     assert expl.attribution_sum - difference == pytest.approx(expl.convergence_delta, abs=1e-9)
+
+
+def test_large_integration_error_is_reported(tmp_path: Path, caplog) -> None:
+    store, positions = _small_store(tmp_path)
+    torch.manual_seed(7)
+    model = CpGTransformer(tiny_config(4))
+    with torch.no_grad():
+        model.head.weight.mul_(30.0)
+    query = ex.SiteQuery("7", int(positions[10]), "cell_0", None)
+    with caplog.at_level("WARNING", logger="cpgformer.explain"):
+        (rough,) = ex.explain_sites(model, open_dataset(store), [query], n_steps=1)
+    assert abs(rough.convergence_delta) > 0.05 * abs(rough.logit - rough.baseline_logit)
+    assert "use more steps (--n-steps, now 1)" in caplog.text

@@ -799,6 +799,18 @@ def explain_sites(
                 site_offsets=None if maps is None else maps.offsets,
             )
         )
+        change = attrs.logit - attrs.baseline_logit
+        if abs(attrs.convergence_delta) > 0.05 * max(abs(change), 0.1):
+            log.warning(
+                "%s:%d cell %s: integration error %.2e is large against the explained change "
+                "%.3f; use more steps (--n-steps, now %d)",
+                query.chrom,
+                query.position,
+                dataset.cells[target_cell],
+                attrs.convergence_delta,
+                change,
+                n_steps,
+            )
         log.info(
             "%s:%d cell %s: logit %+.3f (baseline %+.3f), attributions sum %+.3f, delta %.2e",
             query.chrom,

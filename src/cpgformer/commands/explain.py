@@ -54,14 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-steps",
         type=int,
         default=50,
-        help="integration points of integrated gradients (Gauss-Legendre; default 50)",
+        help="integration points of integrated gradients per path stage (Gauss-Legendre; "
+        "default 50); raise it when summary.tsv shows a large convergence_delta",
     )
     parser.add_argument(
         "--baseline",
         choices=["unknown", "zero"],
         default="unknown",
         help="integrated-gradients baseline: 'unknown' = every call unknown, cell embeddings 0, "
-        "every base N (default); 'zero' = all embedding outputs 0",
+        "every base N, integrated cells first, then the data (default); 'zero' = all embedding "
+        "outputs 0, one straight path (the original script's choice)",
     )
     parser.add_argument(
         "--fasta",
