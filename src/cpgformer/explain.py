@@ -5,7 +5,7 @@ model's receptive field: ``model.receptive_field_sites`` sites on each side of t
 at chromosome ends, exactly what a whole-chromosome pass sees: the band attention has no rows
 there) times all cells, plus the DNA window of every site when the model uses DNA.
 
-Integrated gradients are taken on the outputs of the three input embeddings, jointly:
+Integrated gradients are taken on the outputs of the three input embeddings:
 
 * call-state embedding, one vector per (site, cell) -- baseline: the embedding of the model's own
   "unknown" input (code 0, what a missing or masked call looks like to the model);
@@ -13,6 +13,8 @@ Integrated gradients are taken on the outputs of the three input embeddings, joi
 * nucleotide embedding inside the DNA encoder, one vector per base of every site's DNA window --
   baseline: the embedding of N (the model's "unknown base", also what pads chromosome ends).
 
+The default path has two straight stages: the cell embeddings first (every call unknown, every base
+N), then the calls and bases (cells at their values); see :func:`integrated_gradients`.
 Attributions are summed over the embedding channels, so there is one number per (site, cell) for the
 states, one per cell for the cell embedding and one per base for the DNA. By the completeness
 property of integrated gradients, all attributions together add up to ``logit - baseline_logit``
