@@ -134,6 +134,10 @@ n_cells / 8 bytes, here ~25 MB); with `--store` every call is also kept (16 byte
 store is written at the end. Time goes to drawing states and reads, formatting the text, gzip level 1
 and creating 10,000 files.
 """
+    text += """
+Start-up: the child's peak RSS and CPU time include the CLI start-up itself (`cli.py` imports every
+command module; compare `/usr/bin/time cpgformer --help`).
+"""
     path = Path(args.markdown)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
