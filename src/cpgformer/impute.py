@@ -1158,9 +1158,7 @@ def masked_holdout(
             states[nnz_rows[hidden], cell[k0:k1][hidden]] = MISSING
             embedding = None
             if windows_fn is not None:
-                embedding = embed_sites(
-                    predictor, lambda x, y, lo=lo, w=windows_fn: w(lo + x, lo + y), hi - lo
-                )
+                embedding = _chunk_embedding(predictor, src, lo, hi, windows_fn, ImputeOptions())
             raw = predict_block(
                 predictor,
                 _model_input(states, False),
