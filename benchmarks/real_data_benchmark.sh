@@ -10,6 +10,9 @@
 # Usage:  bash benchmarks/real_data_benchmark.sh [OUT_DIR]     (default OUT_DIR: bench_real)
 # Knobs (environment): TRAIN_STEPS (default 3000), TRAIN_ARGS (extra `cpgformer train` flags, e.g.
 # "--accelerator gpu"), BENCH_ARGS (extra `cpgformer benchmark` flags), CPGFORMER_SHARED.
+# QUICK=1: the reduced run of docs/bench/benchmark.md (small model: 2 layers, hidden 32, segments of
+# 256 sites, 300 steps; DeepCpG 100 steps at width 128; CaMelia 100 rounds on <= 10,000 rows/cell),
+# ~40 min on the loaded shared 2-core CPU.
 # Bounded CPU training: TRAIN_STEPS=3000 segments of 1024 sites x 27 cells is about 1-2 h on an idle
 # 2-core CPU; on one GPU it is minutes. The benchmark itself (all baselines, bounded DeepCpG) takes
 # ~10-15 min on an idle 2-core CPU.
@@ -19,6 +22,14 @@ OUT=${1:-bench_real}
 SHARED=${CPGFORMER_SHARED:-../shared}
 DATA="$SHARED/data/scbs_tutorial"
 TRAIN_STEPS=${TRAIN_STEPS:-3000}
+MODEL_ARGS="--warmup-steps 300 --lr 5e-4 --val-check-interval 250 --limit-val-batches 20 --patience 6"
+if [ "${QUICK:-0}" = 1 ]; then
+  TRAIN_STEPS=300
+  MODEL_ARGS="--hidden 32 --n-layers 2 --segment-length 256 --warmup-steps 30 --lr 2e-3"
+  MODEL_ARGS+=" --val-check-interval 100 --limit-val-batches 10"
+  BENCH_ARGS="--deepcpg-max-steps 100 --deepcpg-hidden 128 --camelia-iterations 100 \
+--camelia-max-train-rows 10000 ${BENCH_ARGS:-}"
+fi
 CPGFORMER=${CPGFORMER:-.venv/bin/cpgformer}
 mkdir -p "$OUT"
 
@@ -36,8 +47,7 @@ if [ ! -f "$OUT/run/checkpoints/best.ckpt" ]; then
   # shellcheck disable=SC2086
   "$CPGFORMER" train "$OUT/store" -o "$OUT/run" \
     --val-chromosomes 5 --test-chromosomes 10 \
-    --max-steps "$TRAIN_STEPS" --warmup-steps 300 --lr 5e-4 \
-    --val-check-interval 250 --limit-val-batches 20 --patience 6 --seed 0 ${TRAIN_ARGS:-}
+    --max-steps "$TRAIN_STEPS" $MODEL_ARGS --seed 0 ${TRAIN_ARGS:-}
 fi
 
 echo "== benchmark"

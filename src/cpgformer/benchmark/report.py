@@ -129,7 +129,7 @@ def _plots(
     pivot = per_cell.pivot(index="cell", columns="model", values="auroc")
     pivot = pivot[[m for m in model_names if m in pivot.columns]]
     n_cells, n_models = pivot.shape
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * n_cells * max(1, n_models) / 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(18.0, max(6.0, 0.1 * n_cells * max(1, n_models) + 2)), 4.5))
     width = 0.8 / max(1, n_models)
     x = np.arange(n_cells)
     for k, name in enumerate(pivot.columns):
