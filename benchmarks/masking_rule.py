@@ -103,7 +103,7 @@ def main() -> None:
         ckpt = run / "checkpoints" / "last.ckpt"
         data = load_checkpoint(ckpt).data
         scores = {r: evaluate(ckpt, args.store, r, data, args.val_batches) for r in rules}
-        rows.append((rule, seconds, scores, shlex.join(cmd[2:])))
+        rows.append((rule, seconds, scores, shlex.join(cmd[3:])))
     lines = [
         "# Mask count rule: original vs. observed (same steps, same fixed validation masks)",
         "",
