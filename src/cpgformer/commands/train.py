@@ -17,10 +17,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from cpgformer.data.datamodule import DataConfig
+from cpgformer.data.config import DataConfig
 from cpgformer.errors import UsageError
 from cpgformer.nn import ModelConfig
-from cpgformer.training.fit import TrainConfig
+from cpgformer.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

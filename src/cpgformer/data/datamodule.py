@@ -17,7 +17,6 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,8 +25,8 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from cpgformer.data.batch import Batch, SegmentItem, collate
+from cpgformer.data.config import DataConfig
 from cpgformer.data.masking import (
-    DEFAULT_MASK_RULE,
     EmpiricalSampler,
     MaskingConfig,
     perturb,
@@ -43,56 +42,6 @@ from cpgformer.data.segments import (
 from cpgformer.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """Data parameters of a training run (saved in every checkpoint)."""
-
-    segment_length: int = 1024
-    batch_size: int = 1
-    val_chromosomes: tuple[str, ...] = ("chr5",)
-    test_chromosomes: tuple[str, ...] = ("chr10",)
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    mask_rule: str = DEFAULT_MASK_RULE
-    mask_fraction: float = 0.25
-    random_fraction: float = 0.2
-    resample_cells: int | None = None
-    num_workers: int = 0
-    seed: int = 0
-    label_sample_size: int = 2500
-
-    def __post_init__(self) -> None:
-        self.val_chromosomes = tuple(self.val_chromosomes or ())
-        self.test_chromosomes = tuple(self.test_chromosomes or ())
-        if self.segment_length < 1:
-            raise UsageError(f"segment length must be >= 1, got {self.segment_length}")
-        if self.batch_size < 1:
-            raise UsageError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.resample_cells is not None and self.resample_cells < 1:
-            raise UsageError(f"--resample-cells must be >= 1, got {self.resample_cells}")
-        if self.num_workers < 0:
-            raise UsageError("--num-workers must be >= 0")
-        MaskingConfig(self.mask_rule, self.mask_fraction, self.random_fraction)  # validates
-
-    @property
-    def masking(self) -> MaskingConfig:
-        return MaskingConfig(self.mask_rule, self.mask_fraction, self.random_fraction)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["val_chromosomes"] = list(self.val_chromosomes)
-        d["test_chromosomes"] = list(self.test_chromosomes)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown data config field(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 class _EpochHolder:

@@ -27,7 +27,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 from cpgformer.data.datamodule import DataConfig, SegmentDataModule
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
+from cpgformer.training.config import TrainConfig
 from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
 from cpgformer.utils.atomic import atomic_file, atomic_path
 
@@ -43,41 +44,6 @@ log = logging.getLogger(__name__)
 
 CELL_EMBEDDING_KEYS = ("cell_embed.weight",)
 """Parameters that index the cell table: re-initialised on transfer to another set of cells."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and trainer parameters (defaults = the published training script)."""
-
-    lr: float = 5e-4
-    warmup_steps: int = 1000
-    lr_decay: float = 0.9
-    max_epochs: int = 1000
-    max_steps: int = -1
-    patience: int = 10
-    early_stopping: bool = True
-    limit_train_batches: float | None = None
-    limit_val_batches: float | None = None
-    val_check_interval: float | None = None
-    log_every_n_steps: int = 50
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    tensorboard: bool = True
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown training config field(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 @dataclass
