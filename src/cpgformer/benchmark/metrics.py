@@ -142,40 +142,21 @@ def read_tss_bed(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """TSS positions per chromosome from a BED file (sorted int64 arrays).
 
     One TSS per line: the start of 1-bp (or zero-length) intervals; for longer intervals the 5' end
-    (``end - 1`` on the ``-`` strand, column 6, else ``start``). ``track``/``browser``/``#`` lines are
-    skipped.
+    (``end - 1`` on the ``-`` strand, column 6, else ``start``). Parsed by
+    :func:`cpgformer.io.writers.read_bed_regions` (``track``/``browser``/``#`` lines skipped).
     """
-    import gzip
+    from cpgformer.io.writers import read_bed_regions
 
-    opener = gzip.open if str(path).endswith(".gz") else open
-    per_chrom: dict[str, list[int]] = {}
-    try:
-        handle = opener(path, "rt")
-    except OSError as exc:
-        raise InputError(path, None, f"cannot read TSS BED: {exc.strerror or exc}") from exc
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) < 3:
-                fields = line.split()
-            if len(fields) < 3:
-                raise InputError(path, lineno, f"expected >= 3 BED columns, got {len(fields)}")
-            try:
-                start, end = int(fields[1]), int(fields[2])
-            except ValueError:
-                raise InputError(
-                    path, lineno, f"BED start/end must be integers, got {fields[1]!r} {fields[2]!r}"
-                ) from None
-            if end < start or start < 0:
-                raise InputError(path, lineno, f"invalid BED interval {start}-{end}")
-            strand = fields[5] if len(fields) >= 6 else "."
-            tss = end - 1 if (end - start > 1 and strand == "-") else start
-            per_chrom.setdefault(fields[0], []).append(tss)
-    if not per_chrom:
+    bed = read_bed_regions(path)
+    if bed.empty:
         raise InputError(path, None, "no TSS records")
-    return {c: np.unique(np.asarray(v, dtype=np.int64)) for c, v in per_chrom.items()}
+    start, end = bed["start"].to_numpy(), bed["end"].to_numpy()
+    minus = bed["strand"].to_numpy() == "-"
+    tss = np.where((end - start > 1) & minus, end - 1, start)
+    return {
+        str(chrom): np.unique(tss[idx]).astype(np.int64)
+        for chrom, idx in bed.groupby("chrom", sort=False).indices.items()
+    }
 
 
 def match_tss_chromosomes(

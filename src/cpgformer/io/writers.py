@@ -180,12 +180,13 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Regions of a BED file (0-based half-open; optional 4th column = name; ``.gz`` allowed).
 
     Returns a DataFrame with ``chrom`` (str), ``start``, ``end`` (int64), ``name`` (str; the
-    ``chrom:start-end`` label when the file has no name column). ``track``/``browser``/``#`` lines
+    ``chrom:start-end`` label when the file has no name column) and ``strand`` (column 6, else
+    ``.``). ``track``/``browser``/``#`` lines
     are skipped; malformed lines raise :class:`InputError` naming the line.
     """
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
-    chroms, starts, ends, names = [], [], [], []
+    chroms, starts, ends, names, strands = [], [], [], [], []
     try:
         with opener(path, "rt") as fh:
             for lineno, line in enumerate(fh, start=1):
@@ -202,7 +203,7 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
                     raise InputError(
                         path,
                         lineno,
-                        f"start/end must be integers, got {fields[1]!r}, {fields[2]!r}",
+                        f"BED start/end must be integers, got {fields[1]!r}, {fields[2]!r}",
                     ) from None
                 if start < 0 or end < start:
                     raise InputError(path, lineno, f"invalid interval [{start}, {end})")
@@ -212,6 +213,7 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
                 names.append(
                     fields[3] if len(fields) > 3 and fields[3] else f"{fields[0]}:{start}-{end}"
                 )
+                strands.append(fields[5] if len(fields) > 5 else ".")
     except OSError as exc:
         raise InputError(path, None, f"cannot read BED file: {exc}") from None
     return pd.DataFrame(
@@ -220,5 +222,6 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
             "start": np.asarray(starts, dtype=np.int64),
             "end": np.asarray(ends, dtype=np.int64),
             "name": pd.Series(names, dtype=str),
+            "strand": pd.Series(strands, dtype=str),
         }
     )
