@@ -83,10 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CpgformerError as exc:
         if args.verbose:
             log.exception("failed")
-        print(f"cpgformer {args.command}: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"cpgformer {args.command}: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
-        print(f"cpgformer {args.command}: interrupted", file=sys.stderr)
+        sys.stderr.write(f"cpgformer {args.command}: interrupted\n")
         return 130
     return int(code or 0)
 
