@@ -345,3 +345,39 @@ def test_cli_impute_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code = main(["-q", "impute", str(other), str(ckpt), "-o", str(tmp_path / "o2"),
                  "--ignore-fingerprint"])  # fmt: skip
     assert code == 2 and "cells differ" in capsys.readouterr().err
+
+
+def test_impute_device_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cpgformer.checkpoint import save_checkpoint
+    from cpgformer.impute import resolve_device
+    from cpgformer.nn import CpGTransformer, ModelConfig
+
+    store = random_store(tmp_path / "store", n_cells=3)
+    ds = open_dataset(store)
+    torch.manual_seed(1)
+    cfg = ModelConfig(
+        n_cells=3, dna_window=0, hidden=8, n_heads=2, head_dim=4, n_layers=1, site_window=3,
+        state_embed=4, cell_embed=4,
+    )  # fmt: skip
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(
+        ckpt, CpGTransformer(cfg).eval(), cells=ds.cells, store_fingerprint=ds.fingerprint
+    )
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["-q", "impute", str(store), str(ckpt), "-o", str(a)]) == 0
+    assert main(["-q", "impute", str(store), str(ckpt), "-o", str(b), "--device", "cpu"]) == 0
+    for chrom in open_imputed(a).chromosomes:
+        n = open_dataset(store).n_sites(chrom)
+        np.testing.assert_array_equal(
+            open_imputed(a).values(chrom, 0, n), open_imputed(b).values(chrom, 0, n)
+        )
+    capsys.readouterr()
+    code = main(
+        ["-q", "impute", str(store), str(ckpt), "-o", str(tmp_path / "c"), "--device", "gpu0"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "not a torch device" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            resolve_device("cuda")

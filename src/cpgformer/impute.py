@@ -90,26 +90,53 @@ class Predictor:
     dna_encoder: Any = None  # the model's DNAEncoder: enables shared convolutions (faster)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> Predictor:
-        """Wrap a ``CpGTransformer`` (switched to eval mode: no dropout at inference)."""
+    def from_model(
+        cls, model: torch.nn.Module, device: str | torch.device | None = None
+    ) -> Predictor:
+        """Wrap a ``CpGTransformer`` (switched to eval mode: no dropout at inference).
+
+        ``device``: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default: where its
+        parameters are). Inputs are moved there and outputs come back to the CPU.
+        """
         model.eval()
         config = model.config  # type: ignore[attr-defined]
+        dev = resolve_device(device) if device is not None else next(model.parameters()).device
+        model.to(dev)
 
         def predict(
             states: Tensor, positions: Tensor, cell_ids: Tensor, dna_embedding: Tensor | None
         ) -> Tensor:
-            return model(states, positions, cell_ids, dna_embedding=dna_embedding)
+            emb = None if dna_embedding is None else dna_embedding.to(dev)
+            out = model(states.to(dev), positions.to(dev), cell_ids.to(dev), dna_embedding=emb)
+            return out.cpu()
+
+        def embed(windows: Tensor) -> Tensor:
+            return model.embed_dna(windows.to(dev)).cpu()  # type: ignore[attr-defined]
 
         has_dna = bool(config.dna_window)
         return cls(
             predict_fn=predict,
             margin=int(model.receptive_field_sites),  # type: ignore[attr-defined]
             n_cells=int(config.n_cells),
-            embed_fn=model.embed_dna if has_dna else None,  # type: ignore[attr-defined]
+            embed_fn=embed if has_dna else None,
             dna_window=int(config.dna_window or 0),
             data_mode=str(config.data_mode),
-            dna_encoder=getattr(model, "dna_encoder", None),
+            # shared convolutions run on the CPU; on an accelerator the per-window CNN is used
+            dna_encoder=getattr(model, "dna_encoder", None) if dev.type == "cpu" else None,
         )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device, checked to be usable (``UsageError`` naming what is missing otherwise)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"--device: not a torch device: {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available in this torch build/machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available on this machine")
+    return dev
 
 
 @dataclass
@@ -133,7 +160,9 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def load_model_source(path: str | os.PathLike[str]) -> ModelSource:
+def load_model_source(
+    path: str | os.PathLike[str], device: str | torch.device | None = None
+) -> ModelSource:
     """Load a checkpoint (``cpgformer.checkpoint.load_checkpoint``) as a :class:`ModelSource`."""
     from cpgformer.checkpoint import load_checkpoint
 
@@ -142,7 +171,7 @@ def load_model_source(path: str | os.PathLike[str]) -> ModelSource:
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     temperature = getattr(loaded, "temperature", None)
     return ModelSource(
-        predictor=Predictor.from_model(loaded.model),
+        predictor=Predictor.from_model(loaded.model, device),
         checkpoint_id=file_digest(path),
         cells=list(loaded.cells) if loaded.cells is not None else None,
         store_fingerprint=loaded.store_fingerprint,
@@ -623,17 +652,20 @@ def impute(
     model: ModelSource | str | os.PathLike[str],
     out: str | os.PathLike[str],
     options: ImputeOptions | None = None,
+    *,
+    device: str | torch.device | None = None,
 ) -> ImputedStore:
     """Impute every (site, cell) of ``store`` with ``model`` into the imputed store ``out``.
 
     ``store``: a path or an open :class:`cpgformer.io.store.Dataset`; ``model``: a checkpoint path or a
-    :class:`ModelSource`. Resumes an interrupted run with the same settings; see the module docstring.
+    :class:`ModelSource`; ``device``: where a checkpoint's model runs (default CPU; the output does
+    not depend on it beyond floating-point rounding, so a run may resume on another device). Resumes an interrupted run with the same settings; see the module docstring.
     """
     from cpgformer.io.store import Dataset, open_dataset
 
     opts = options or ImputeOptions()
     ds = store if isinstance(store, Dataset) else open_dataset(store)
-    source = model if isinstance(model, ModelSource) else load_model_source(model)
+    source = model if isinstance(model, ModelSource) else load_model_source(model, device)
     predictor = source.predictor
     out = Path(out)
     if opts.dtype not in DTYPES:

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps"
+    )
+    parser.add_argument(
         "--ignore-fingerprint",
         action="store_true",
         help="impute a store other than the training store (cells must still match)",
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         ignore_fingerprint=args.ignore_fingerprint,
         overwrite=args.overwrite,
     )
-    imp = impute(args.store, args.checkpoint, args.output, options)
+    imp = impute(args.store, args.checkpoint, args.output, options, device=args.device)
     sys.stdout.write(
         f"{imp.path}\t{imp.manifest['n_sites']} sites x {imp.n_cells} cells\t"
         f"{len(imp.chromosomes)} chromosome(s)\n"
