@@ -1,7 +1,11 @@
 """Speed and memory of the CpG Transformer: fast path vs a port of the original's formulation.
 
-Measured in one process, fp32, CPU, batch 1 segment of L sites x C cells, default architecture
-(4 layers, hidden 64, 8 heads x 8, window 21, axial unless --mode):
+Fast path and port run the same weights on the same inputs, fp32, CPU, batch 1 segment of L sites
+x C cells, default architecture (4 layers, hidden 64, 8 heads x 8, window 21, axial unless --mode).
+Every timing runs in a fresh process, as a training or imputation job would (the allocator's state
+left by one workload changes the next one's speed by up to 2x: the port's large temporaries are
+page-faulted in on every step with glibc's default malloc settings), and fast and port alternate
+for ``--rounds`` rounds; the best time of each is reported:
 
 * stack: the transformer layers only (token embeddings in, hidden states out) — this is where the
   two formulations differ; training step = forward + backward with attention dropout 0.2 (train mode),
@@ -22,8 +26,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +43,7 @@ CLOCK = time.perf_counter
 
 
 def _timeit(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall (or CPU) time of ``repeats`` calls after one untimed call."""
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -128,43 +135,76 @@ def default_sites(cells: int, sites: int, budget_gb: float) -> int:
     return length
 
 
-def bench(cells: int, sites: int, repeats: int, mode: str, whole_model: bool) -> dict:
+def _setup(cells: int, sites: int, mode: str):
+    """The benchmark's model and inputs, identical in every process (fixed seeds)."""
     torch.manual_seed(0)
     config = ModelConfig(n_cells=cells, mode=mode)
     model = CpGTransformer(config)
     states, positions, cell_ids, dna = _inputs(config, sites, cells, with_dna=True)
-    tokens = sites * cells
-    row: dict = {"cells": cells, "sites": sites, "tokens": tokens}
     with torch.no_grad():
         dna_embedding = model.embed_dna(dna.view(sites, -1)).view(1, sites, -1)
         x0 = model.embed_tokens(states, cell_ids, dna_embedding)
-    x = x0.clone().requires_grad_(False)
-    for impl, fn in _stack_runners(model, x, positions).items():
-        model.train()
-        row[f"stack_train_{impl}"] = tokens / _timeit(_train_step(model, fn), repeats)
-        model.eval()
-        row[f"stack_infer_{impl}"] = tokens / _timeit(_infer(fn), repeats)
+    return model, x0, (states, positions, cell_ids, dna)
+
+
+def _runner(model: CpGTransformer, x0: torch.Tensor, inputs, part: str, impl: str):
+    states, positions, cell_ids, dna = inputs
+    if part == "stack":
+        return _stack_runners(model, x0, positions)[impl]
+    if impl == "fast":
+        return lambda: model(states, positions, cell_ids, dna=dna)
+    return lambda: port_forward(model, states, positions, cell_ids, dna=dna)
+
+
+def worker(spec: str, repeats: int, mode: str) -> dict:
+    """Time one workload (``part:phase:impl:cells:sites``) in this process: one untimed call, then
+    the best of ``repeats`` — the steady state of a training (or imputation) loop."""
+    part, phase, impl, cells, sites = spec.split(":")
+    model, x0, inputs = _setup(int(cells), int(sites), mode)
+    fn = _runner(model, x0, inputs, part, impl)
+    model.train(phase == "train")
+    step = _train_step(model, fn) if phase == "train" else _infer(fn)
+    return {"seconds": _timeit(step, repeats)}
+
+
+def _in_subprocess(spec: str, args: argparse.Namespace) -> float:
+    command = [sys.executable, __file__, "--worker", spec, "--repeats", str(args.repeats)]
+    command += ["--mode", args.mode]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.cpu_time:
+        command.append("--cpu-time")
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def bench(cells: int, sites: int, args: argparse.Namespace) -> dict:
+    """Timings: every (part, phase, implementation) in its own fresh process — as a training or
+    imputation job runs — alternating fast and port for ``args.rounds`` rounds; best of all.
+    Memory: in this process, with the torch profiler."""
+    tokens = sites * cells
+    row: dict = {"cells": cells, "sites": sites, "tokens": tokens}
+    parts = ["stack"] if args.no_model else ["stack", "model"]
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for part in parts:
+            for phase in ("train", "infer"):
+                for impl in ("fast", "port"):
+                    seconds = _in_subprocess(f"{part}:{phase}:{impl}:{cells}:{sites}", args)
+                    key = f"{part}_{phase}_{impl}"
+                    best[key] = min(best.get(key, float("inf")), seconds)
+    row.update({key: tokens / seconds for key, seconds in best.items()})
+    model, x0, inputs = _setup(cells, sites, args.mode)
+    positions = inputs[1]
+    for impl in ("fast", "port"):
         model.train()
         x_grad = x0.clone().requires_grad_(True)
         runner = _stack_runners(model, x_grad, positions)[impl]
-        row[f"act_kb_{impl}"] = _retained_bytes(runner) / tokens / config.n_layers / 1e3
+        row[f"act_kb_{impl}"] = _retained_bytes(runner) / tokens / model.config.n_layers / 1e3
         model.zero_grad(set_to_none=True)
+        fn = _stack_runners(model, x0, positions)[impl]
         row[f"peak_mb_{impl}"] = _peak_bytes(_train_step(model, fn)) / 1e6
         gc.collect()
-    if whole_model:
-
-        def fast_model() -> torch.Tensor:
-            return model(states, positions, cell_ids, dna=dna)
-
-        def port_model() -> torch.Tensor:
-            return port_forward(model, states, positions, cell_ids, dna=dna)
-
-        for impl, fn in {"fast": fast_model, "port": port_model}.items():
-            model.train()
-            row[f"model_train_{impl}"] = tokens / _timeit(_train_step(model, fn), repeats)
-            model.eval()
-            row[f"model_infer_{impl}"] = tokens / _timeit(_infer(fn), repeats)
-            gc.collect()
     return row
 
 
@@ -227,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[20, 122, 1000])
     parser.add_argument("--sites", type=int, default=1024, help="segment length L (upper bound)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per block (best is reported)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of alternating fast/port processes"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="axial")
     parser.add_argument(
         "--memory-budget-gb",
@@ -252,18 +298,23 @@ def main(argv: list[str] | None = None) -> int:
     global CLOCK
     if args.cpu_time:
         CLOCK = time.process_time
+    if args.worker:
+        sys.stdout.write(json.dumps(worker(args.worker, args.repeats, args.mode)) + "\n")
+        return 0
     rows = []
     for cells in args.cells:
         sites = default_sites(cells, args.sites, args.memory_budget_gb)
         sys.stderr.write(f"C={cells} L={sites} ...\n")
-        rows.append(bench(cells, sites, args.repeats, args.mode, not args.no_model))
+        rows.append(bench(cells, sites, args))
         gc.collect()
     dna = None if args.no_dna else bench_dna(args.dna_sites, args.repeats)
     header = (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, "
         f"mode {args.mode}, 4 layers, {'process CPU' if args.cpu_time else 'wall'} time; date {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-        f"best of {args.repeats}.\nCommand: python benchmarks/model_speed.py "
+        f"each timing in a fresh process (one untimed call, best of {args.repeats}), fast and port "
+        f"alternating, best of {args.rounds} rounds; glibc malloc "
+        f"{'tuned by GLIBC_TUNABLES' if os.environ.get('GLIBC_TUNABLES') else 'defaults'}.\nCommand: python benchmarks/model_speed.py "
         + " ".join(argv if argv is not None else sys.argv[1:])
     )
     text = header + "\n\n" + table(rows, dna, not args.no_model) + "\n"

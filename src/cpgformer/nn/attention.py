@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cpgformer.nn.cores import CellCore, SiteBandCore, dropout_threshold, keep_mask
 from cpgformer.nn.posenc import RelativePositions
 
 BLOCK = 16
 """Query sites per block in the fast band attention."""
 SDPA_MIN_CELLS = 40
 """Cell attention uses ``scaled_dot_product_attention`` from this many cells, matmul-softmax below."""
-CELL_CHUNK_ELEMENTS = 1 << 22
-"""Cell attention with dropout runs in chunks of at most this many score entries."""
 
 
 def _dropout(probs: Tensor, p: float, training: bool) -> Tensor:
@@ -40,27 +39,14 @@ def _dropout(probs: Tensor, p: float, training: bool) -> Tensor:
     return F.dropout(probs, p, training=True) if training and p > 0 else probs
 
 
-def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
-    """Keep decisions with drop probability ``p`` rounded to 2^-16, and the survivors' scale."""
-    threshold = min(max(round(p * 65536), 0), 65535)
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    keep = words.view(torch.int16)[:n].view(shape) >= threshold - 32768
-    return keep, 65536 / (65536 - threshold)
-
-
 def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """Dropout with keep decisions from 16-bit slices of 64-bit random words.
-
-    The CPU generator costs ~4x less per decision than ``torch.rand`` and ~10x less than the
-    ``bernoulli_`` of ``F.dropout``; the drop probability is rounded to a multiple of 2^-16
-    (0.2 -> 0.199997) and survivors are scaled by the exact ``1 / (1 - p)`` of that rounded value,
-    so the expectation is unchanged. Seeded by the default generator like ``F.dropout``.
-    """
+    """Dropout with the cheap keep decisions of :func:`cpgformer.nn.cores.keep_mask` (the drop
+    probability rounded to a multiple of 1/256, survivors scaled by the exact inverse keep rate of
+    the rounded value, so the expectation is unchanged). Seeded by the default generator."""
     if not training or p <= 0:
         return x
-    keep, scale = _keep_mask(x.shape, p, x.device)
-    return x.masked_fill(~keep, 0) * scale
+    threshold, scale = dropout_threshold(p)
+    return x * keep_mask(x.shape, threshold, x.dtype, x.device).mul_(scale)
 
 
 def _band(length: int, half_window: int, device: torch.device) -> Tensor:
@@ -145,11 +131,11 @@ def _halo_blocks(t: Tensor, n_blocks: int, halo: int) -> Tensor:
     return t.unfold(1, BLOCK + 2 * halo, BLOCK).transpose(-1, -2)
 
 
-def _by_sequence(t: Tensor, left: int, total: int) -> Tensor:
-    """``[B, L, C, H, d]`` -> ``[B, C, H, total, d]`` zero padded with ``left`` sites before: one copy."""
+def _by_heads(t: Tensor, left: int, total: int) -> Tensor:
+    """``[B, L, C, H, d]`` -> ``[B, H, C, total, d]`` zero padded with ``left`` sites before: one copy."""
     batch, length, cells, heads, dim = t.shape
-    out = t.new_zeros(batch, cells, heads, total, dim)
-    out[:, :, :, left : left + length] = t.permute(0, 2, 3, 1, 4)
+    out = t.new_zeros(batch, heads, cells, total, dim)
+    out[:, :, :, left : left + length] = t.permute(0, 3, 2, 1, 4)
     return out
 
 
@@ -191,6 +177,37 @@ class _OnBand(torch.autograd.Function):
         return out, None, None
 
 
+def _band_encodings(rel: Tensor, n_blocks: int) -> Tensor:
+    """Window encodings ``[B, L, W, H, d]`` -> band layout ``[B, H, nblk*BLOCK, d, BLOCK + W - 1]``:
+    slot o of site i sits in column ``i % BLOCK + o``; zeros elsewhere and on padded sites.
+
+    The skew is done here, on tensors without a cell axis, so the position scores come out of
+    their matmul already on the band."""
+    batch, length, width, heads, dim = rel.shape
+    padded = n_blocks * BLOCK
+    span = BLOCK + width - 1
+    rel = F.pad(rel, (0, 0, 0, 0, 0, 0, 0, padded - length)).permute(0, 3, 1, 4, 2)
+    rel = rel.reshape(batch, heads, n_blocks, BLOCK, dim, width)
+    # skew: pad each row to span + 1 slots; read back with rows of span slots, row j then starts
+    # j slots earlier, i.e. its slot o lands in column j + o (the rest reads zero padding)
+    rel = F.pad(rel, (0, span + 1 - width)).transpose(-1, -2).flatten(-3)
+    band = rel[..., : BLOCK * span * dim].reshape(batch, heads, padded, span, dim)
+    return band.transpose(-1, -2).contiguous()
+
+
+def _band_mask(length: int, half_window: int, n_blocks: int, dtype: torch.dtype, device) -> Tensor:  # noqa: ANN001
+    """``[nblk, BLOCK, BLOCK + 2w]``: 0 where (query row, key column) is a window slot whose key
+    lies inside the segment, the lowest finite value elsewhere (masks it in the softmax)."""
+    width = 2 * half_window + 1
+    span = BLOCK + width - 1
+    site = torch.arange(n_blocks * BLOCK, device=device).unsqueeze(1)
+    offset = torch.arange(span, device=device).unsqueeze(0) - site % BLOCK
+    key = site + offset - half_window
+    valid = (offset >= 0) & (offset < width) & (key >= 0) & (key < length)
+    mask = torch.zeros(valid.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~valid, torch.finfo(dtype).min).view(n_blocks, BLOCK, span)
+
+
 def site_attention_fast(
     q: Tensor,
     k: Tensor,
@@ -203,105 +220,36 @@ def site_attention_fast(
     training: bool = False,
 ) -> Tensor:
     """Blocked band attention along sites; ``rel`` ``[B, L, W, H, d]`` = projected window encodings."""
-    batch, length, cells, heads, dim = q.shape
-    width = 2 * half_window + 1
-    n = batch * cells * heads
+    length = q.shape[1]
     n_blocks = _n_blocks(length)
     padded_length = n_blocks * BLOCK
-    span = BLOCK + 2 * half_window
-    lowest = torch.finfo(q.dtype).min
-    # position term once per (site, head): [C, d] @ [d, W] with cells as the M dimension;
-    # slots outside the segment, then (by the skew) outside the band, get the lowest score
-    position = torch.einsum("blcnd,blwnd->bcnlw", q + position_bias, rel).reshape(n, length, width)
-    position = _OnBand.apply(position, half_window, lowest)  # [N, nblk, BLOCK, S]
-    queries = _by_sequence(q + content_bias, 0, padded_length).view(n, n_blocks, BLOCK, dim)
-    keys = _by_sequence(k, half_window, padded_length + 2 * half_window)
-    keys = keys.view(n, -1, dim).unfold(1, span, BLOCK).transpose(-1, -2)
-    values = _by_sequence(v, half_window, padded_length + 2 * half_window)
-    values = values.view(n, -1, dim).unfold(1, span, BLOCK).transpose(-1, -2)
-    probs = (torch.matmul(queries, keys.transpose(-1, -2)) + position).softmax(-1)
-    if training and dropout > 0:  # the survivors' scale goes on the (smaller) output
-        keep, scale = _keep_mask(probs.shape, dropout, probs.device)
-        z = torch.matmul(probs.masked_fill(~keep, 0), values) * scale
-    else:
-        z = torch.matmul(probs, values)  # [N, nblk, BLOCK, d]
-    z = z.view(batch, cells, heads, padded_length, dim)[:, :, :, :length]
-    return z.permute(0, 3, 1, 2, 4)  # a view; the caller's reshape makes the one copy
-
-
-def _drop_mask(shape: torch.Size, threshold: int, seed: int, device: torch.device) -> Tensor:
-    """Bool mask (True = dropped, probability ``threshold / 2^16``) from a seeded generator."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None, generator=generator)
-    return words.view(torch.int16)[:n].view(shape) < threshold - 32768
-
-
-class _CellAttentionWithDropout(torch.autograd.Function):
-    """Cell attention with dropout on the probabilities, storing only q, k, v and the log-sum-exp.
-
-    Forward and backward run in chunks of rows; backward recomputes the probabilities from the
-    log-sum-exp and regenerates the dropout mask from the chunk's seed (drawn from the default
-    generator, so seeded runs are reproducible). Stored activations are linear in C.
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dropout: float, chunk: int) -> Tensor:  # noqa: ANN001
-        threshold = min(max(round(dropout * 65536), 1), 65535)
-        scale = 65536 / (65536 - threshold)
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        outputs, lses = [], []
-        for index, (qc, kc, vc) in enumerate(zip(q.split(chunk), k.split(chunk), v.split(chunk))):
-            scores = torch.matmul(qc, kc.transpose(-1, -2))
-            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-            probs = scores.sub_(lse).exp_()
-            probs.masked_fill_(_drop_mask(probs.shape, threshold, seed + index, q.device), 0)
-            outputs.append(torch.matmul(probs, vc))
-            lses.append(lse)
-        ctx.save_for_backward(q, k, v, torch.cat(lses))
-        ctx.params = (threshold, scale, seed, chunk)
-        return torch.cat(outputs).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        q, k, v, lse = ctx.saved_tensors
-        threshold, scale, seed, chunk = ctx.params
-        grads_q, grads_k, grads_v = [], [], []
-        pieces = zip(
-            q.split(chunk), k.split(chunk), v.split(chunk), lse.split(chunk), grad.split(chunk)
-        )
-        for index, (qc, kc, vc, lc, gc) in enumerate(pieces):
-            probs = torch.matmul(qc, kc.transpose(-1, -2)).sub_(lc).exp_()
-            dropped = _drop_mask(probs.shape, threshold, seed + index, q.device)
-            gc = gc * scale
-            grads_v.append(torch.matmul(probs.masked_fill(dropped, 0).transpose(-1, -2), gc))
-            grad_probs = torch.matmul(gc, vc.transpose(-1, -2)).masked_fill_(dropped, 0)
-            row = (grad_probs * probs).sum(-1, keepdim=True)
-            grad_scores = probs.mul_(grad_probs.sub_(row))
-            grads_q.append(torch.matmul(grad_scores, kc))
-            grads_k.append(torch.matmul(grad_scores.transpose(-1, -2), qc))
-        return torch.cat(grads_q), torch.cat(grads_k), torch.cat(grads_v), None, None
+    mask = _band_mask(length, half_window, n_blocks, q.dtype, q.device)
+    z = SiteBandCore.apply(
+        _by_heads(q, 0, padded_length),
+        _by_heads(k, half_window, padded_length + 2 * half_window),
+        _by_heads(v, half_window, padded_length + 2 * half_window),
+        _band_encodings(rel, n_blocks),
+        content_bias,
+        position_bias,
+        mask,
+        dropout if training else 0.0,
+    )
+    return z[:, :, :, :length].permute(0, 3, 2, 1, 4)  # a view; the caller's reshape copies
 
 
 def _cell_core(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
     """``[R, H, C, d]`` inputs -> ``[R, H, C, d]``.
 
-    From ``SDPA_MIN_CELLS`` cells: in training with dropout :class:`_CellAttentionWithDropout`
-    (memory linear in C), otherwise ``scaled_dot_product_attention`` (never stores C x C). Below:
-    plain matmul-softmax (its stored C x C probabilities are smaller than the other activations).
+    Training (gradients or dropout): :class:`~cpgformer.nn.cores.CellCore` (chunked, hand-written
+    backward; stores no C x C tensor). Inference: plain
+    matmul-softmax below ``SDPA_MIN_CELLS`` cells, ``scaled_dot_product_attention`` from there.
     """
     p = dropout if training else 0.0
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if needs_grad or p > 0:
+        return CellCore.apply(q, k, v, p)
     if q.shape[-2] < SDPA_MIN_CELLS:
-        probs = torch.matmul(q, k.transpose(-1, -2)).softmax(-1)
-        if p > 0:
-            keep, scale = _keep_mask(probs.shape, p, probs.device)
-            return torch.matmul(probs.masked_fill(~keep, 0), v) * scale
-        return torch.matmul(probs, v)
-    if p > 0:
-        chunk = max(1, CELL_CHUNK_ELEMENTS // (q.shape[1] * q.shape[2] * q.shape[2]))
-        return _CellAttentionWithDropout.apply(q, k, v, p, chunk)
+        return torch.matmul(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), v)
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)
 
 

@@ -1,0 +1,350 @@
+"""Attention cores of the fast path with hand-written backward, run in cache-sized chunks.
+
+Both cores compute ``z = dropout(softmax(scores)) @ values`` for many small independent problems
+(one per sequence x query block along sites, one per site x head across cells). Autograd would
+store and revisit every intermediate of a dozen elementwise passes over the score tensor, each
+pass streaming tens of MB through memory; here forward and backward walk the problems in chunks
+of about ``CHUNK_ELEMENTS`` score entries, so that every pass over a chunk's scores stays in
+cache, and the backward uses the identity ``sum_j dP_ij P_ij = dz_i . z_i`` (the row term of the
+softmax gradient from the outputs, as in FlashAttention) instead of another pass.
+
+* :class:`SiteBandCore` — the blocked band attention along sites: query blocks of ``block`` sites
+  against their key span of ``block + 2w`` sites, with the position scores already laid out on
+  the band (``attention._band_encodings``).
+* :class:`CellCore` — full attention across cells (memory linear in C).
+
+The site core stores its probabilities and dropout draws (5 bytes per band entry, independent of
+C); the cell core stores nothing of size C x C: its backward recomputes each chunk's probabilities
+and redraws the chunk's dropout mask from a seed. Seeds come from the default generator, so seeded
+runs are reproducible.
+
+Dropout masks come from :func:`keep_mask`: one byte of a 64-bit random word per decision (the CPU
+generator costs ~4 ns per word, so ~0.5 ns per decision against ~5 ns for ``F.dropout``'s
+``bernoulli_``). The drop probability is therefore rounded to a multiple of 1/256 (0.2 -> 51/256 =
+0.1992) and survivors are scaled by the exact inverse keep rate of the rounded value, so the
+expected output is unchanged. The plain autograd equivalents (same masks) are in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch import Tensor
+
+CHUNK_ELEMENTS = 1 << 18
+"""Score entries per chunk (1 MiB of fp32: the chunk's passes stay in L2/L3 cache)."""
+
+
+def dropout_threshold(p: float) -> tuple[int, float]:
+    """``p`` rounded to a multiple of 1/256, as a count of 256ths, and the survivors' scale
+    ``1 / (1 - rounded p)``. A positive ``p`` never rounds to zero."""
+    threshold = min(max(round(p * 256), 1 if p > 0 else 0), 255)
+    return threshold, 256 / (256 - threshold)
+
+
+def random_draws(
+    shape: torch.Size | tuple[int, ...], device: torch.device, seed: int | None = None
+) -> Tensor:
+    """Uniform int8 draws (one byte of a 64-bit random word each), from the default generator or
+    from a fresh generator seeded with ``seed`` (so that the same draws can be made again)."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    n = math.prod(shape)
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)
+    return words.view(torch.int8)[:n].view(shape)
+
+
+def keep_from_draws(draws: Tensor, threshold: int, dtype: torch.dtype) -> Tensor:
+    """Float mask: 1 where a draw is kept (probability ``1 - threshold / 256``), 0 elsewhere."""
+    out = torch.empty(draws.shape, dtype=dtype, device=draws.device)
+    return torch.ge(draws, threshold - 128, out=out)
+
+
+def keep_mask(
+    shape: torch.Size | tuple[int, ...],
+    threshold: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int | None = None,
+) -> Tensor:
+    """Float mask of 1 (kept, probability ``1 - threshold / 256``) and 0 (dropped), from
+    :func:`random_draws`."""
+    return keep_from_draws(random_draws(shape, device, seed), threshold, dtype)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _run_chunks(work: Callable[[int, Any], Any], items: list[Any]) -> list[Any]:
+    """``work(index, item)`` for every item, on ``torch.get_num_threads()`` threads.
+
+    The chunks' ops are small (most below PyTorch's intra-op grain size, or tiny GEMMs), so one op
+    at a time leaves the other cores idle; independent chunks on a thread pool use them. Each
+    chunk's result is computed exactly as on one thread (seeded masks, no shared accumulators), so
+    the outputs do not depend on the thread count.
+    """
+    global _POOL
+    threads = torch.get_num_threads()
+    if threads <= 1 or len(items) <= 1:
+        with torch.no_grad():
+            return [work(index, item) for index, item in enumerate(items)]
+    if _POOL is None or _POOL._max_workers != threads:  # noqa: SLF001
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cpgformer-core")
+    inference = torch.is_inference_mode_enabled()  # grad modes are per thread: carry it over
+
+    def run(pair: tuple[int, Any]) -> Any:
+        with torch.inference_mode(inference), torch.no_grad():
+            return work(*pair)
+
+    return list(_POOL.map(run, enumerate(items)))
+
+
+def _chunks(total: int, per_item: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // max(per_item, 1))
+    return [slice(start, min(start + step, total)) for start in range(0, total, step)]
+
+
+# ----------------------------------------------------------------------------------------------
+# band attention along sites
+
+
+def _windows(t: Tensor, span: int, block: int) -> Tensor:
+    """``[n, nblk*block + span - block, d]`` -> ``[n*nblk, span, d]`` (copy): the key span of each
+    query block."""
+    n = t.shape[0]
+    win = t.unfold(1, span, block).transpose(-1, -2)  # [n, nblk, span, d], a view
+    return win.reshape(n * win.shape[1], span, t.shape[2])
+
+
+def _fold_windows(grad: Tensor, out: Tensor, span: int, block: int) -> None:
+    """Add window gradients ``[n, nblk, span, d]`` back onto ``out`` ``[n, nblk*block + span - block, d]``
+    (the adjoint of :func:`_windows`), in non-overlapping pieces of ``block`` rows."""
+    n, n_blocks = grad.shape[:2]
+    pieces = -(-span // block)
+    length = out.shape[1]
+    padded = out.new_zeros(n, (n_blocks + pieces - 1) * block, out.shape[2])
+    grid = padded.view(n, n_blocks + pieces - 1, block, out.shape[2])
+    for piece in range(pieces):
+        rows = min(block, span - piece * block)
+        grid[:, piece : piece + n_blocks, :rows].add_(
+            grad[:, :, piece * block : piece * block + rows]
+        )
+    out.add_(padded[:, :length])
+
+
+def _site_chunks(cells: int, n_blocks: int, block: int, span: int) -> list[slice]:
+    """Cells split into equal chunks of at most ``CHUNK_ELEMENTS`` band scores each."""
+    most = max(1, CHUNK_ELEMENTS // (n_blocks * block * span))
+    count = -(-cells // most)
+    step = -(-cells // count)
+    return [slice(start, min(start + step, cells)) for start in range(0, cells, step)]
+
+
+class SiteBandCore(torch.autograd.Function):
+    """Band attention along sites for every (batch, head, cell) sequence, position term included.
+
+    Inputs: ``q [B, H, C, nblk*block, d]`` (scaled queries, zero past the segment),
+    ``keys``/``values [B, H, C, nblk*block + 2w, d]`` (w zero rows before site 0), ``band
+    [B, H, nblk*block, d, block + 2w]`` (projected relative encodings skewed onto the band,
+    transposed), the content and position biases ``u``, ``v [H, d]`` and ``mask
+    [nblk, block, block + 2w]`` (0 on valid slots, the lowest finite value elsewhere) ->
+    ``z [B, H, C, nblk*block, d]``.
+
+    For a chunk of cells of one (batch, head): position scores = (q + v) @ band per site, with the
+    chunk's cells as the matmul's M dimension (never repeated per cell, never stored for all
+    cells); content scores = (q + u) @ key window per query block. Stores only its inputs and
+    output; backward recomputes each chunk and redraws its dropout mask from the chunk's seed.
+    """
+
+    @staticmethod
+    def _probs(tensors, b: int, h: int, s: slice) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+        """One chunk's (probabilities [rows, block, S], key windows [rows, S, d], queries)."""
+        q, keys, band, u, v, mask = tensors
+        dim = q.shape[-1]
+        n_blocks, block, span = mask.shape
+        count = s.stop - s.start
+        rows = count * n_blocks
+        q_chunk = q[b, h, s]  # [n, Lp, d]
+        position = torch.bmm((q_chunk + v[h]).transpose(0, 1), band[b, h])  # [Lp, n, S]
+        position = position.transpose(0, 1).reshape(rows, block, span)
+        k_win = _windows(keys[b, h, s], span, block)  # [rows, S, d]
+        queries = (q_chunk + u[h]).view(rows, block, dim)
+        scores = torch.baddbmm(position, queries, k_win.transpose(1, 2))
+        scores.view(count, n_blocks, block, span).add_(mask)
+        return scores.softmax(-1), k_win, queries
+
+    @staticmethod
+    def forward(  # noqa: ANN001, PLR0913
+        ctx,
+        q: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        band: Tensor,
+        u: Tensor,
+        v: Tensor,
+        mask: Tensor,
+        dropout: float,
+    ) -> Tensor:
+        batch, heads, cells, padded_length, dim = q.shape
+        n_blocks, block, span = mask.shape
+        threshold, scale = dropout_threshold(dropout)
+        grad = any(ctx.needs_input_grad)
+        tensors = (q, keys, band, u, v, mask)
+        z = torch.empty_like(q)
+        items = [
+            (b, h, s)
+            for b in range(batch)
+            for h in range(heads)
+            for s in _site_chunks(cells, n_blocks, block, span)
+        ]
+        seeds = torch.randint(0, 2**62, (len(items),)).tolist() if threshold else []
+
+        def work(index: int, item: tuple[int, int, slice]) -> list[Tensor]:
+            b, h, s = item
+            rows = (s.stop - s.start) * n_blocks
+            probs, _, _ = SiteBandCore._probs(tensors, b, h, s)
+            kept = [probs] if grad else []
+            dropped = probs
+            if threshold:
+                draws = random_draws(probs.shape, probs.device, seeds[index])
+                dropped = probs * keep_from_draws(draws, threshold, probs.dtype)
+                kept += [draws] if grad else []
+            v_win = _windows(values[b, h, s], span, block)  # [rows, S, d]
+            out = torch.bmm(dropped, v_win, out=z[b, h, s].view(rows, block, dim))
+            if threshold:
+                out.mul_(scale)
+            return kept
+
+        stored = [t for kept in _run_chunks(work, items) for t in kept]
+        if grad:
+            ctx.save_for_backward(q, keys, values, band, u, v, mask, z, *stored)
+        ctx.params = (threshold, scale, items)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        q, keys, values, band, u, v, mask, z, *stored = ctx.saved_tensors
+        threshold, scale, items = ctx.params
+        batch, heads, cells, padded_length, dim = q.shape
+        n_blocks, block, span = mask.shape
+        per_item = 2 if threshold else 1
+        grad = grad.contiguous()
+        d_q = torch.empty_like(q)
+        d_keys = torch.zeros_like(keys)
+        d_values = torch.zeros_like(values)
+
+        def work(index: int, item: tuple[int, int, slice]) -> tuple[Tensor, Tensor, Tensor]:
+            b, h, s = item
+            count = s.stop - s.start
+            rows = count * n_blocks
+            probs = stored[per_item * index]
+            dropped = probs
+            if threshold:
+                dropped = probs * keep_from_draws(stored[2 * index + 1], threshold, probs.dtype)
+            q_chunk = q[b, h, s]
+            queries = (q_chunk + u[h]).view(rows, block, dim)
+            query_position = q_chunk + v[h]
+            k_win = _windows(keys[b, h, s], span, block)  # [rows, S, d]
+            v_win = _windows(values[b, h, s], span, block)
+            dz = grad[b, h, s].reshape(rows, block, dim)
+            row = (dz * z[b, h, s].view(rows, block, dim)).sum(-1, keepdim=True)
+            if threshold:
+                dz = dz * scale
+            d_v_win = torch.bmm(dropped.transpose(1, 2), dz)  # [rows, S, d]
+            d_scores = torch.bmm(dz, v_win.transpose(1, 2)).mul_(dropped)
+            d_scores.addcmul_(probs, row, value=-1)
+            d_queries = torch.bmm(d_scores, k_win).view(count, -1, dim)
+            d_k_win = torch.bmm(d_scores.transpose(1, 2), queries)  # [rows, S, d]
+            _fold_windows(d_k_win.view(count, n_blocks, span, dim), d_keys[b, h, s], span, block)
+            _fold_windows(d_v_win.view(count, n_blocks, span, dim), d_values[b, h, s], span, block)
+            # position term: scores[c, i, :] += (q + v)[c, i] @ band[i]
+            d_position = d_scores.view(count, padded_length, span).transpose(0, 1)
+            d_query_position = torch.bmm(d_position, band[b, h].transpose(1, 2)).transpose(0, 1)
+            d_band = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
+            torch.add(d_queries, d_query_position, out=d_q[b, h, s])
+            return d_band, d_queries.sum((0, 1)), d_query_position.sum((0, 1))
+
+        d_band = torch.zeros_like(band)
+        d_u = torch.zeros_like(u)
+        d_v = torch.zeros_like(v)
+        for (b, h, _), (band_part, u_part, v_part) in zip(items, _run_chunks(work, items)):
+            d_band[b, h] += band_part
+            d_u[h] += u_part
+            d_v[h] += v_part
+        return d_q, d_keys, d_values, d_band, d_u, d_v, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# attention across cells
+
+
+class CellCore(torch.autograd.Function):
+    """``q, k, v [R, H, C, d]`` (``q`` pre-scaled) -> ``z [R, H, C, d]``: softmax attention across the
+    C cells of each row and head, with dropout on the probabilities.
+
+    Stores q, k, v and z only (nothing of size C x C); backward recomputes each chunk's
+    probabilities and redraws its dropout mask from the chunk's seed."""
+
+    @staticmethod
+    def _probs(
+        q: Tensor, k_t: Tensor, s: slice, threshold: int, seed: int
+    ) -> tuple[Tensor, Tensor]:
+        probs = torch.matmul(q[s], k_t[s]).softmax(-1)
+        dropped = probs
+        if threshold:
+            dropped = probs * keep_mask(probs.shape, threshold, probs.dtype, q.device, seed)
+        return probs, dropped
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dropout: float) -> Tensor:  # noqa: ANN001
+        rows, heads, cells, dim = q.shape
+        q = q.contiguous()
+        k_t = k.transpose(-1, -2).contiguous()  # [R, H, d, C]
+        v = v.contiguous()
+        threshold, scale = dropout_threshold(dropout)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if threshold else 0
+        z = q.new_empty(rows, heads, cells, dim)
+
+        def work(index: int, s: slice) -> None:
+            _, dropped = CellCore._probs(q, k_t, s, threshold, seed + index)
+            out = torch.matmul(dropped, v[s], out=z[s])
+            if threshold:
+                out.mul_(scale)
+
+        _run_chunks(work, _chunks(rows, heads * cells * cells))
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(q, k_t, v, z)
+        ctx.params = (threshold, scale, seed)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        q, k_t, v, z = ctx.saved_tensors
+        threshold, scale, seed = ctx.params
+        rows, heads, cells, dim = q.shape
+        grad = grad.contiguous()
+        v_t = v.transpose(-1, -2).contiguous()
+        d_q = torch.empty_like(q)
+        d_k_t = torch.empty_like(k_t)
+        d_v_t = torch.empty_like(v_t)
+
+        def work(index: int, s: slice) -> None:
+            probs, dropped = CellCore._probs(q, k_t, s, threshold, seed + index)
+            dz = grad[s]
+            row = (dz * z[s]).sum(-1, keepdim=True)
+            if threshold:
+                dz = dz * scale
+            torch.matmul(dz.transpose(-1, -2), dropped, out=d_v_t[s])
+            d_scores = torch.matmul(dz, v_t[s]).mul_(dropped).addcmul_(probs, row, value=-1)
+            torch.matmul(d_scores, k_t[s].transpose(-1, -2), out=d_q[s])
+            torch.matmul(q[s].transpose(-1, -2), d_scores, out=d_k_t[s])
+
+        _run_chunks(work, _chunks(rows, heads * cells * cells))
+        return d_q, d_k_t.transpose(-1, -2), d_v_t.transpose(-1, -2), None

@@ -1,0 +1,205 @@
+"""The chunked attention cores (hand-written backward) equal plain autograd math, dropout included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cpgformer.nn import cores
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Recorder:
+    """Wraps a function of ``cores`` (``keep_mask`` or ``random_draws``) and keeps every tensor it
+    hands out, in call order."""
+
+    def __init__(self, name: str = "keep_mask") -> None:
+        self.masks: list[torch.Tensor] = []
+        self._real = getattr(cores, name)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        mask = self._real(*args, **kwargs)
+        self.masks.append(mask.clone())
+        return mask
+
+
+def _site_inputs(batch: int, cells: int, length: int, half: int, block: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    dtype, heads, dim = torch.float64, 2, 3
+    n_blocks = -(-length // block)
+    span = block + 2 * half
+    q = torch.zeros(batch, heads, cells, n_blocks * block, dim, dtype=dtype)
+    q[..., :length, :] = torch.randn(batch, heads, cells, length, dim, generator=g, dtype=dtype)
+    keys = torch.zeros(batch, heads, cells, n_blocks * block + 2 * half, dim, dtype=dtype)
+    values = torch.zeros_like(keys)
+    shape = (batch, heads, cells, length, dim)
+    keys[..., half : half + length, :] = torch.randn(shape, generator=g, dtype=dtype)
+    values[..., half : half + length, :] = torch.randn(shape, generator=g, dtype=dtype)
+    band = torch.randn(batch, heads, n_blocks * block, dim, span, generator=g, dtype=dtype)
+    u, v = (torch.randn(heads, dim, generator=g, dtype=dtype) for _ in range(2))
+    # the slots outside each query's window or the segment are masked, as the band layout does
+    site = torch.arange(n_blocks * block).view(-1, 1)
+    offset = torch.arange(span).view(1, span) - site % block
+    key = site + offset - half
+    valid = (offset >= 0) & (offset <= 2 * half) & (key >= 0) & (key < length)
+    mask = torch.zeros(valid.shape, dtype=dtype).masked_fill(~valid, torch.finfo(dtype).min)
+    inputs = [t.requires_grad_(True) for t in (q, keys, values, band, u, v)]
+    return inputs, mask.view(n_blocks, block, span)
+
+
+def _site_plain(q, keys, values, band, u, v, mask, keep, scale):
+    """Plain autograd: [B, H, C, nblk, block, span] scores, dense everything."""
+    batch, heads, cells, padded, dim = q.shape
+    n_blocks, block, span = mask.shape
+    position = torch.einsum("bhcid,bhids->bhcis", q + v.view(1, heads, 1, 1, dim), band)
+    queries = (q + u.view(1, heads, 1, 1, dim)).view(batch, heads, cells, n_blocks, block, dim)
+    k = keys.unfold(3, span, block)  # [B, H, C, nblk, d, span]
+    val = values.unfold(3, span, block).transpose(-1, -2)
+    scores = torch.matmul(queries, k) + position.view(batch, heads, cells, n_blocks, block, span)
+    probs = (scores + mask).softmax(-1)
+    if keep is not None:
+        probs = probs * keep.view(probs.shape) * scale
+    return torch.matmul(probs, val).reshape(batch, heads, cells, padded, dim)
+
+
+def _grads(out, inputs, weights):
+    for t in inputs:
+        t.grad = None
+    (out * weights).sum().backward()
+    return [t.grad.clone() for t in inputs]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("chunk", [1 << 18, 97])
+def test_site_band_core_equals_autograd(monkeypatch, dropout: float, chunk: int) -> None:
+    monkeypatch.setattr(cores, "CHUNK_ELEMENTS", chunk)  # 97: one cell per chunk
+    recorder = _Recorder("random_draws")
+    monkeypatch.setattr(cores, "random_draws", recorder)
+    inputs, mask = _site_inputs(batch=2, cells=3, length=29, half=3, block=8, seed=1)
+    out = cores.SiteBandCore.apply(*inputs, mask, dropout)
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    weights[..., 29:, :] = 0  # padded sites are discarded by the caller
+    got = _grads(out, inputs, weights)
+    keep, scale = None, 1.0
+    if dropout:
+        chunks = 2 * 2 * (3 if chunk == 97 else 1)  # batch x heads x cell chunks
+        assert len(recorder.masks) == chunks  # drawn once, stored for backward
+        threshold = cores.dropout_threshold(dropout)[0]
+        keep = torch.cat(
+            [cores.keep_from_draws(m, threshold, torch.float64).reshape(-1) for m in recorder.masks]
+        )
+        scale = cores.dropout_threshold(dropout)[1]
+        assert 0.6 < keep.double().mean().item() < 0.8
+    plain = _site_plain(*inputs, mask, keep, scale)
+    want = _grads(plain, inputs, weights)
+    torch.testing.assert_close(out[..., :29, :], plain[..., :29, :], rtol=0, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_site_band_core_gradcheck() -> None:
+    inputs, mask = _site_inputs(batch=1, cells=2, length=11, half=2, block=4, seed=2)
+    assert torch.autograd.gradcheck(lambda *t: cores.SiteBandCore.apply(*t, mask, 0.0), inputs)
+
+
+def test_window_fold_is_adjoint_of_gather() -> None:
+    g = torch.Generator().manual_seed(3)
+    span, block = 13, 4  # span > 3 blocks: four pieces
+    x = torch.randn(3, 5 * block + span - block, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(3 * 5, span, 2, generator=g, dtype=torch.float64)
+    gathered = cores._windows(x, span, block)
+    assert gathered.shape == y.shape
+    out = torch.zeros_like(x)
+    cores._fold_windows(y.view(3, 5, span, 2), out, span, block)
+    torch.testing.assert_close((gathered * y).sum(), (x * out).sum(), rtol=1e-12, atol=0)
+
+
+def _cell_plain(q, k, v, keep, scale):
+    probs = torch.matmul(q, k.transpose(-1, -2)).softmax(-1)
+    if keep is not None:
+        probs = probs * keep * scale
+    return torch.matmul(probs, v)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_cell_core_equals_autograd(monkeypatch, dropout: float) -> None:
+    cells = 9
+    monkeypatch.setattr(cores, "CHUNK_ELEMENTS", 2 * cells * cells * 3)  # 3 rows per chunk
+    recorder = _Recorder()
+    monkeypatch.setattr(cores, "keep_mask", recorder)
+    g = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(12, 2, cells, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    # strided inputs, as the attention module passes them
+    inputs = [t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True) for t in inputs]
+    torch.manual_seed(11)
+    out = cores.CellCore.apply(*inputs, dropout)
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    got = _grads(out, inputs, weights)
+    keep, scale = None, 1.0
+    if dropout:
+        assert len(recorder.masks) == 8  # 4 chunks, drawn again (identical) in backward
+        for a, b in zip(recorder.masks[:4], recorder.masks[4:]):
+            assert torch.equal(a, b)
+        keep = torch.cat(recorder.masks[:4])
+        scale = cores.dropout_threshold(dropout)[1]
+    plain = _cell_plain(*inputs, keep, scale)
+    want = _grads(plain, inputs, weights)
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    if dropout:
+        with torch.no_grad():
+            no_dropout = cores.CellCore.apply(*inputs, 0.0)
+        assert (out - no_dropout).abs().max().item() > 1e-3  # dropout really applied
+
+
+def test_cell_core_gradcheck() -> None:
+    g = torch.Generator().manual_seed(6)
+    inputs = [torch.randn(3, 2, 5, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    inputs = [t.requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(lambda *t: cores.CellCore.apply(*t, 0.0), inputs)
+
+
+def test_seeded_runs_are_reproducible_with_dropout() -> None:
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(6, 2, 7, 4, generator=g) for _ in range(3))
+    torch.manual_seed(3)
+    first = cores.CellCore.apply(q, k, v, 0.2)
+    torch.manual_seed(3)
+    second = cores.CellCore.apply(q, k, v, 0.2)
+    third = cores.CellCore.apply(q, k, v, 0.2)
+    assert torch.equal(first, second) and not torch.equal(first, third)
+
+
+def test_cell_core_matches_sdpa_in_inference() -> None:
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(4, 2, 60, 8, generator=g) for _ in range(3))
+    with torch.no_grad():
+        out = cores.CellCore.apply(q, k, v, 0.0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=1.0))
+
+
+def test_keep_mask_rate_and_seed() -> None:
+    threshold, scale = cores.dropout_threshold(0.3)
+    assert threshold == 77 and scale == 256 / (256 - 77)
+    assert cores.dropout_threshold(0.0) == (0, 1.0)
+    assert cores.dropout_threshold(0.001)[0] == 1  # a positive rate never rounds to no dropout
+    device = torch.device("cpu")
+    kept = cores.keep_mask((200_000,), threshold, torch.float32, device, seed=1)
+    assert kept.dtype == torch.float32 and set(kept.unique().tolist()) == {0.0, 1.0}
+    assert abs(kept.double().mean().item() - (1 - 77 / 256)) < 0.005
+    assert torch.equal(kept, cores.keep_mask((200_000,), threshold, torch.float32, device, seed=1))
+    assert not torch.equal(
+        kept, cores.keep_mask((200_000,), threshold, torch.float32, device, seed=2)
+    )
+    # odd sizes: every decision comes from its own byte
+    odd = cores.keep_mask((3, 5, 7), threshold, torch.float64, device, seed=3)
+    assert odd.shape == (3, 5, 7) and odd.dtype == torch.float64
