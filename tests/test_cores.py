@@ -203,3 +203,32 @@ def test_keep_mask_rate_and_seed() -> None:
     # odd sizes: every decision comes from its own byte
     odd = cores.keep_mask((3, 5, 7), threshold, torch.float64, device, seed=3)
     assert odd.shape == (3, 5, 7) and odd.dtype == torch.float64
+
+
+def test_thread_count_changes_nothing_in_training_with_dropout(monkeypatch) -> None:
+    """Chunks run on a thread pool: outputs and gradients (dropout included) are those of one
+    thread."""
+    from cpgformer.nn import CpGTransformer, ModelConfig
+
+    monkeypatch.setattr(cores, "CHUNK_ELEMENTS", 512)  # many chunks
+    torch.manual_seed(0)
+    config = ModelConfig(
+        n_cells=7, dna_window=0, hidden=16, n_heads=2, head_dim=8, n_layers=2, site_window=5
+    )
+    model = CpGTransformer(config).double().train()
+    g = torch.Generator().manual_seed(1)
+    states = torch.randint(0, 3, (2, 23, 7), generator=g)
+    positions = torch.cumsum(torch.randint(1, 90, (2, 23), generator=g), dim=1)
+    cell_ids = torch.arange(7).repeat(2, 1)
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(5)
+        model.zero_grad(set_to_none=True)
+        out = model(states, positions, cell_ids)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_1, grads_1), (out_2, grads_2) = results
+    torch.testing.assert_close(out_1, out_2, rtol=0, atol=1e-12)
+    for a, b in zip(grads_1, grads_2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 18
-"""Score entries per chunk (1 MiB of fp32: the chunk's passes stay in L2/L3 cache)."""
+CHUNK_ELEMENTS = 1 << 19
+"""Score entries per chunk (2 MiB of fp32: a chunk's passes stay in cache; measured best of
+2^17-2^20 on this machine's 2 cores with 512 KiB L2 each and 32 MiB L3)."""
 
 
 def dropout_threshold(p: float) -> tuple[int, float]:
