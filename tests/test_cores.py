@@ -35,7 +35,6 @@ def _site_inputs(batch: int, cells: int, length: int, half: int, block: int, see
     g = torch.Generator().manual_seed(seed)
     dtype, heads, dim = torch.float64, 2, 3
     n_blocks = -(-length // block)
-    span = block + 2 * half
     q = torch.zeros(batch, heads, cells, n_blocks * block, dim, dtype=dtype)
     q[..., :length, :] = torch.randn(batch, heads, cells, length, dim, generator=g, dtype=dtype)
     keys = torch.zeros(batch, heads, cells, n_blocks * block + 2 * half, dim, dtype=dtype)
@@ -43,31 +42,29 @@ def _site_inputs(batch: int, cells: int, length: int, half: int, block: int, see
     shape = (batch, heads, cells, length, dim)
     keys[..., half : half + length, :] = torch.randn(shape, generator=g, dtype=dtype)
     values[..., half : half + length, :] = torch.randn(shape, generator=g, dtype=dtype)
-    band = torch.randn(batch, heads, n_blocks * block, dim, span, generator=g, dtype=dtype)
+    width = 2 * half + 1
+    rel = torch.randn(batch, heads, n_blocks * block, dim, width, generator=g, dtype=dtype)
     u, v = (torch.randn(heads, dim, generator=g, dtype=dtype) for _ in range(2))
-    # the slots outside each query's window or the segment are masked, as the band layout does
-    site = torch.arange(n_blocks * block).view(-1, 1)
-    offset = torch.arange(span).view(1, span) - site % block
-    key = site + offset - half
-    valid = (offset >= 0) & (offset <= 2 * half) & (key >= 0) & (key < length)
+    # window slots whose key lies outside the segment are masked
+    key = torch.arange(n_blocks * block).view(-1, 1) + torch.arange(width).view(1, width) - half
+    valid = (key >= 0) & (key < length)
     mask = torch.zeros(valid.shape, dtype=dtype).masked_fill(~valid, torch.finfo(dtype).min)
-    inputs = [t.requires_grad_(True) for t in (q, keys, values, band, u, v)]
-    return inputs, mask.view(n_blocks, block, span)
+    inputs = [t.requires_grad_(True) for t in (q, keys, values, rel, u, v)]
+    return inputs, mask.view(n_blocks, block, width)
 
 
-def _site_plain(q, keys, values, band, u, v, mask, keep, scale):
-    """Plain autograd: [B, H, C, nblk, block, span] scores, dense everything."""
+def _site_plain(q, keys, values, rel, u, v, mask, keep, scale):
+    """Plain autograd: every site against its W window slots (unfolded keys), dense everything."""
     batch, heads, cells, padded, dim = q.shape
-    n_blocks, block, span = mask.shape
-    position = torch.einsum("bhcid,bhids->bhcis", q + v.view(1, heads, 1, 1, dim), band)
-    queries = (q + u.view(1, heads, 1, 1, dim)).view(batch, heads, cells, n_blocks, block, dim)
-    k = keys.unfold(3, span, block)  # [B, H, C, nblk, d, span]
-    val = values.unfold(3, span, block).transpose(-1, -2)
-    scores = torch.matmul(queries, k) + position.view(batch, heads, cells, n_blocks, block, span)
-    probs = (scores + mask).softmax(-1)
+    width = mask.shape[-1]
+    position = torch.einsum("bhcid,bhidw->bhciw", q + v.view(1, heads, 1, 1, dim), rel)
+    k = keys.unfold(3, width, 1)  # [B, H, C, Lp, d, W]: key i + o - w for slot o
+    val = values.unfold(3, width, 1)
+    content = torch.einsum("bhcid,bhcidw->bhciw", q + u.view(1, heads, 1, 1, dim), k)
+    probs = (content + position + mask.reshape(padded, width)).softmax(-1)
     if keep is not None:
         probs = probs * keep.view(probs.shape) * scale
-    return torch.matmul(probs, val).reshape(batch, heads, cells, padded, dim)
+    return torch.einsum("bhciw,bhcidw->bhcid", probs, val)
 
 
 def _grads(out, inputs, weights):

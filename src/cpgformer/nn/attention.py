@@ -177,35 +177,24 @@ class _OnBand(torch.autograd.Function):
         return out, None, None
 
 
-def _band_encodings(rel: Tensor, n_blocks: int) -> Tensor:
-    """Window encodings ``[B, L, W, H, d]`` -> band layout ``[B, H, nblk*BLOCK, d, BLOCK + W - 1]``:
-    slot o of site i sits in column ``i % BLOCK + o``; zeros elsewhere and on padded sites.
-
-    The skew is done here, on tensors without a cell axis, so the position scores come out of
-    their matmul already on the band."""
-    batch, length, width, heads, dim = rel.shape
-    padded = n_blocks * BLOCK
-    span = BLOCK + width - 1
-    rel = F.pad(rel, (0, 0, 0, 0, 0, 0, 0, padded - length)).permute(0, 3, 1, 4, 2)
-    rel = rel.reshape(batch, heads, n_blocks, BLOCK, dim, width)
-    # skew: pad each row to span + 1 slots; read back with rows of span slots, row j then starts
-    # j slots earlier, i.e. its slot o lands in column j + o (the rest reads zero padding)
-    rel = F.pad(rel, (0, span + 1 - width)).transpose(-1, -2).flatten(-3)
-    band = rel[..., : BLOCK * span * dim].reshape(batch, heads, padded, span, dim)
-    return band.transpose(-1, -2).contiguous()
+def _window_encodings(rel: Tensor, n_blocks: int) -> Tensor:
+    """Window encodings ``[B, L, W, H, d]`` -> ``[B, H, nblk*BLOCK, d, W]`` (zero on padded sites)."""
+    length = rel.shape[1]
+    rel = F.pad(rel, (0, 0, 0, 0, 0, 0, 0, n_blocks * BLOCK - length))
+    return rel.permute(0, 3, 1, 4, 2).contiguous()
 
 
-def _band_mask(length: int, half_window: int, n_blocks: int, dtype: torch.dtype, device) -> Tensor:  # noqa: ANN001
-    """``[nblk, BLOCK, BLOCK + 2w]``: 0 where (query row, key column) is a window slot whose key
-    lies inside the segment, the lowest finite value elsewhere (masks it in the softmax)."""
+def _window_mask(
+    length: int, half_window: int, n_blocks: int, dtype: torch.dtype, device
+) -> Tensor:  # noqa: ANN001
+    """``[nblk, BLOCK, W]``: 0 where window slot o of site i has its key inside the segment, the
+    lowest finite value elsewhere (masks it in the softmax)."""
     width = 2 * half_window + 1
-    span = BLOCK + width - 1
     site = torch.arange(n_blocks * BLOCK, device=device).unsqueeze(1)
-    offset = torch.arange(span, device=device).unsqueeze(0) - site % BLOCK
-    key = site + offset - half_window
-    valid = (offset >= 0) & (offset < width) & (key >= 0) & (key < length)
+    key = site + torch.arange(width, device=device).unsqueeze(0) - half_window
+    valid = (key >= 0) & (key < length)
     mask = torch.zeros(valid.shape, dtype=dtype, device=device)
-    return mask.masked_fill_(~valid, torch.finfo(dtype).min).view(n_blocks, BLOCK, span)
+    return mask.masked_fill_(~valid, torch.finfo(dtype).min).view(n_blocks, BLOCK, width)
 
 
 def site_attention_fast(
@@ -223,12 +212,12 @@ def site_attention_fast(
     length = q.shape[1]
     n_blocks = _n_blocks(length)
     padded_length = n_blocks * BLOCK
-    mask = _band_mask(length, half_window, n_blocks, q.dtype, q.device)
+    mask = _window_mask(length, half_window, n_blocks, q.dtype, q.device)
     z = SiteBandCore.apply(
         _by_heads(q, 0, padded_length),
         _by_heads(k, half_window, padded_length + 2 * half_window),
         _by_heads(v, half_window, padded_length + 2 * half_window),
-        _band_encodings(rel, n_blocks),
+        _window_encodings(rel, n_blocks),
         content_bias,
         position_bias,
         mask,

@@ -8,13 +8,13 @@ of about ``CHUNK_ELEMENTS`` score entries, so that every pass over a chunk's sco
 cache, and the backward uses the identity ``sum_j dP_ij P_ij = dz_i . z_i`` (the row term of the
 softmax gradient from the outputs, as in FlashAttention) instead of another pass.
 
-* :class:`SiteBandCore` — the blocked band attention along sites: query blocks of ``block`` sites
-  against their key span of ``block + 2w`` sites, with the position scores already laid out on
-  the band (``attention._band_encodings``).
+* :class:`SiteBandCore` — the window attention along sites: query blocks of ``block`` sites
+  against their key span of ``block + 2w`` sites for the content matmuls, the softmax and everything
+  elementwise on the ``2w + 1`` window slots only.
 * :class:`CellCore` — full attention across cells (memory linear in C).
 
-The site core stores its probabilities and dropout draws (5 bytes per band entry, independent of
-C); the cell core stores nothing of size C x C: its backward recomputes each chunk's probabilities
+The site core stores its window probabilities and dropout draws (5 bytes per window slot,
+independent of C); the cell core stores nothing of size C x C: its backward recomputes each chunk's probabilities
 and redraws the chunk's dropout mask from a seed. Seeds come from the default generator, so seeded
 runs are reproducible.
 
@@ -28,6 +28,7 @@ expected output is unchanged. The plain autograd equivalents (same masks) are in
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -148,38 +149,73 @@ def _site_chunks(cells: int, n_blocks: int, block: int, span: int) -> list[slice
     return [slice(start, min(start + step, cells)) for start in range(0, cells, step)]
 
 
+_BUFFERS = threading.local()
+
+
+def _band_buffer(name: str, rows: int, block: int, span: int, like: Tensor) -> Tensor:
+    """A per-thread ``[rows, block, span]`` scratch tensor that is zero off the band.
+
+    Only window slots (column ``j + o`` of row ``j``) are ever written, so the zeros elsewhere
+    survive reuse and need no refilling."""
+    key = (name, block, span, like.dtype, like.device)
+    cache: dict = getattr(_BUFFERS, "cache", None) or {}
+    _BUFFERS.cache = cache
+    buffer = cache.get(key)
+    if buffer is None or buffer.shape[0] < rows:
+        buffer = like.new_zeros(rows, block, span)
+        cache[key] = buffer
+    return buffer[:rows]
+
+
+def _on_window(band: Tensor, width: int) -> Tensor:
+    """The window slots of band rows ``[rows, block, span]`` as a strided view ``[rows, block, W]``:
+    row j's slot o is column j + o."""
+    rows, block, span = band.shape
+    return band.as_strided((rows, block, width), (block * span, span + 1, 1), band.storage_offset())
+
+
 class SiteBandCore(torch.autograd.Function):
-    """Band attention along sites for every (batch, head, cell) sequence, position term included.
+    """Window attention along sites for every (batch, head, cell) sequence, position term included.
 
     Inputs: ``q [B, H, C, nblk*block, d]`` (scaled queries, zero past the segment),
-    ``keys``/``values [B, H, C, nblk*block + 2w, d]`` (w zero rows before site 0), ``band
-    [B, H, nblk*block, d, block + 2w]`` (projected relative encodings skewed onto the band,
-    transposed), the content and position biases ``u``, ``v [H, d]`` and ``mask
-    [nblk, block, block + 2w]`` (0 on valid slots, the lowest finite value elsewhere) ->
+    ``keys``/``values [B, H, C, nblk*block + 2w, d]`` (w zero rows before site 0), ``rel
+    [B, H, nblk*block, d, W]`` (projected relative encodings of each site's W window slots,
+    transposed), the content and position biases ``u``, ``v [H, d]`` and ``mask [nblk, block, W]``
+    (0 on slots whose key lies in the segment, the lowest finite value elsewhere) ->
     ``z [B, H, C, nblk*block, d]``.
 
-    For a chunk of cells of one (batch, head): position scores = (q + v) @ band per site, with the
-    chunk's cells as the matmul's M dimension (never repeated per cell, never stored for all
-    cells); content scores = (q + u) @ key window per query block. Stores only its inputs and
-    output; backward recomputes each chunk and redraws its dropout mask from the chunk's seed.
+    For a chunk of cells of one (batch, head):
+
+    * content scores: each block of ``block`` queries against its span of ``block + 2w`` keys, one
+      small matmul per block (the "band"); the W window slots of each row are a strided view of it;
+    * position scores: ``(q + v) @ rel`` per site, with the chunk's cells as the matmul's M
+      dimension — computed once per site and head, never repeated per cell;
+    * softmax, dropout and all elementwise work run on the W window slots only (not the band's
+      ``block + 2w`` columns); probabilities enter the band matmuls through per-thread band buffers
+      that are zero off the window.
+
+    Stores its inputs, output, the window probabilities and the dropout draws (5 bytes per window
+    slot: ~0.8 KB per token and layer, independent of C).
     """
 
     @staticmethod
-    def _probs(tensors, b: int, h: int, s: slice) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
-        """One chunk's (probabilities [rows, block, S], key windows [rows, S, d], queries)."""
-        q, keys, band, u, v, mask = tensors
+    def _scores(tensors, b: int, h: int, s: slice) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+        """One chunk's (window probabilities [n, nblk, block, W], key spans [rows, S, d], queries)."""
+        q, keys, rel, u, v, mask = tensors
         dim = q.shape[-1]
-        n_blocks, block, span = mask.shape
+        n_blocks, block, width = mask.shape
+        span = block + width - 1
         count = s.stop - s.start
         rows = count * n_blocks
         q_chunk = q[b, h, s]  # [n, Lp, d]
-        position = torch.bmm((q_chunk + v[h]).transpose(0, 1), band[b, h])  # [Lp, n, S]
-        position = position.transpose(0, 1).reshape(rows, block, span)
         k_win = _windows(keys[b, h, s], span, block)  # [rows, S, d]
         queries = (q_chunk + u[h]).view(rows, block, dim)
-        scores = torch.baddbmm(position, queries, k_win.transpose(1, 2))
-        scores.view(count, n_blocks, block, span).add_(mask)
-        return scores.softmax(-1), k_win, queries
+        content = _on_window(torch.bmm(queries, k_win.transpose(1, 2)), width)
+        position = torch.bmm((q_chunk + v[h]).transpose(0, 1), rel[b, h])  # [Lp, n, W]
+        position = position.transpose(0, 1).view(count, n_blocks, block, width)
+        scores = q.new_empty(count, n_blocks, block, width)
+        torch.add(content.view(count, n_blocks, block, width), position, out=scores)
+        return scores.add_(mask).softmax(-1), k_win, queries
 
     @staticmethod
     def forward(  # noqa: ANN001, PLR0913
@@ -187,17 +223,18 @@ class SiteBandCore(torch.autograd.Function):
         q: Tensor,
         keys: Tensor,
         values: Tensor,
-        band: Tensor,
+        rel: Tensor,
         u: Tensor,
         v: Tensor,
         mask: Tensor,
         dropout: float,
     ) -> Tensor:
         batch, heads, cells, padded_length, dim = q.shape
-        n_blocks, block, span = mask.shape
+        n_blocks, block, width = mask.shape
+        span = block + width - 1
         threshold, scale = dropout_threshold(dropout)
         grad = any(ctx.needs_input_grad)
-        tensors = (q, keys, band, u, v, mask)
+        tensors = (q, keys, rel, u, v, mask)
         z = torch.empty_like(q)
         items = [
             (b, h, s)
@@ -210,31 +247,34 @@ class SiteBandCore(torch.autograd.Function):
         def work(index: int, item: tuple[int, int, slice]) -> list[Tensor]:
             b, h, s = item
             rows = (s.stop - s.start) * n_blocks
-            probs, _, _ = SiteBandCore._probs(tensors, b, h, s)
+            probs, _, _ = SiteBandCore._scores(tensors, b, h, s)
             kept = [probs] if grad else []
             dropped = probs
             if threshold:
                 draws = random_draws(probs.shape, probs.device, seeds[index])
                 dropped = probs * keep_from_draws(draws, threshold, probs.dtype)
                 kept += [draws] if grad else []
+            band = _band_buffer("probs", rows, block, span, probs)
+            _on_window(band, width).copy_(dropped.view(rows, block, width))
             v_win = _windows(values[b, h, s], span, block)  # [rows, S, d]
-            out = torch.bmm(dropped, v_win, out=z[b, h, s].view(rows, block, dim))
+            out = torch.bmm(band, v_win, out=z[b, h, s].view(rows, block, dim))
             if threshold:
                 out.mul_(scale)
             return kept
 
         stored = [t for kept in _run_chunks(work, items) for t in kept]
         if grad:
-            ctx.save_for_backward(q, keys, values, band, u, v, mask, z, *stored)
+            ctx.save_for_backward(q, keys, values, rel, u, v, mask, z, *stored)
         ctx.params = (threshold, scale, items)
         return z
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        q, keys, values, band, u, v, mask, z, *stored = ctx.saved_tensors
+        q, keys, values, rel, u, v, mask, z, *stored = ctx.saved_tensors
         threshold, scale, items = ctx.params
         batch, heads, cells, padded_length, dim = q.shape
-        n_blocks, block, span = mask.shape
+        n_blocks, block, width = mask.shape
+        span = block + width - 1
         per_item = 2 if threshold else 1
         grad = grad.contiguous()
         d_q = torch.empty_like(q)
@@ -245,10 +285,11 @@ class SiteBandCore(torch.autograd.Function):
             b, h, s = item
             count = s.stop - s.start
             rows = count * n_blocks
-            probs = stored[per_item * index]
+            probs = stored[per_item * index].view(rows, block, width)
             dropped = probs
             if threshold:
-                dropped = probs * keep_from_draws(stored[2 * index + 1], threshold, probs.dtype)
+                keep = keep_from_draws(stored[2 * index + 1], threshold, probs.dtype)
+                dropped = probs * keep.view(rows, block, width)
             q_chunk = q[b, h, s]
             queries = (q_chunk + u[h]).view(rows, block, dim)
             query_position = q_chunk + v[h]
@@ -258,28 +299,33 @@ class SiteBandCore(torch.autograd.Function):
             row = (dz * z[b, h, s].view(rows, block, dim)).sum(-1, keepdim=True)
             if threshold:
                 dz = dz * scale
-            d_v_win = torch.bmm(dropped.transpose(1, 2), dz)  # [rows, S, d]
-            d_scores = torch.bmm(dz, v_win.transpose(1, 2)).mul_(dropped)
+            band = _band_buffer("probs", rows, block, span, probs)
+            _on_window(band, width).copy_(dropped)
+            d_v_win = torch.bmm(band.transpose(1, 2), dz)  # [rows, S, d]
+            d_dropped = _on_window(torch.bmm(dz, v_win.transpose(1, 2)), width)
+            d_scores = torch.mul(d_dropped, dropped, out=torch.empty_like(dropped))
             d_scores.addcmul_(probs, row, value=-1)
-            d_queries = torch.bmm(d_scores, k_win).view(count, -1, dim)
-            d_k_win = torch.bmm(d_scores.transpose(1, 2), queries)  # [rows, S, d]
+            d_band = _band_buffer("d_scores", rows, block, span, probs)
+            _on_window(d_band, width).copy_(d_scores)
+            d_queries = torch.bmm(d_band, k_win).view(count, -1, dim)
+            d_k_win = torch.bmm(d_band.transpose(1, 2), queries)  # [rows, S, d]
             _fold_windows(d_k_win.view(count, n_blocks, span, dim), d_keys[b, h, s], span, block)
             _fold_windows(d_v_win.view(count, n_blocks, span, dim), d_values[b, h, s], span, block)
-            # position term: scores[c, i, :] += (q + v)[c, i] @ band[i]
-            d_position = d_scores.view(count, padded_length, span).transpose(0, 1)
-            d_query_position = torch.bmm(d_position, band[b, h].transpose(1, 2)).transpose(0, 1)
-            d_band = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
+            # position term: scores[c, i, :] += (q + v)[c, i] @ rel[i]
+            d_position = d_scores.view(count, padded_length, width).transpose(0, 1)
+            d_query_position = torch.bmm(d_position, rel[b, h].transpose(1, 2)).transpose(0, 1)
+            d_rel = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
             torch.add(d_queries, d_query_position, out=d_q[b, h, s])
-            return d_band, d_queries.sum((0, 1)), d_query_position.sum((0, 1))
+            return d_rel, d_queries.sum((0, 1)), d_query_position.sum((0, 1))
 
-        d_band = torch.zeros_like(band)
+        d_rel = torch.zeros_like(rel)
         d_u = torch.zeros_like(u)
         d_v = torch.zeros_like(v)
-        for (b, h, _), (band_part, u_part, v_part) in zip(items, _run_chunks(work, items)):
-            d_band[b, h] += band_part
+        for (b, h, _), (rel_part, u_part, v_part) in zip(items, _run_chunks(work, items)):
+            d_rel[b, h] += rel_part
             d_u[h] += u_part
             d_v[h] += v_part
-        return d_q, d_keys, d_values, d_band, d_u, d_v, None, None
+        return d_q, d_keys, d_values, d_rel, d_u, d_v, None, None
 
 
 # ----------------------------------------------------------------------------------------------
