@@ -197,6 +197,29 @@ def _window_mask(
     return mask.masked_fill_(~valid, torch.finfo(dtype).min).view(n_blocks, BLOCK, width)
 
 
+def site_attention_fast_packed(
+    qkv: Tensor,
+    rel: Tensor,
+    content_bias: Tensor,
+    position_bias: Tensor,
+    half_window: int,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """Window attention along sites from the packed projection ``qkv [B, L, C, 3, H, d]`` (q
+    pre-scaled); ``rel [B, L, W, H, d]`` = projected window encodings -> ``z [B, L, C, H, d]``."""
+    length = qkv.shape[1]
+    n_blocks = _n_blocks(length)
+    return SiteBandCore.apply(
+        qkv,
+        _window_encodings(rel, n_blocks),
+        content_bias,
+        position_bias,
+        _window_mask(length, half_window, n_blocks, qkv.dtype, qkv.device),
+        dropout if training else 0.0,
+    )
+
+
 def site_attention_fast(
     q: Tensor,
     k: Tensor,
@@ -208,22 +231,12 @@ def site_attention_fast(
     dropout: float = 0.0,
     training: bool = False,
 ) -> Tensor:
-    """Blocked band attention along sites; ``rel`` ``[B, L, W, H, d]`` = projected window encodings."""
-    length = q.shape[1]
-    n_blocks = _n_blocks(length)
-    padded_length = n_blocks * BLOCK
-    mask = _window_mask(length, half_window, n_blocks, q.dtype, q.device)
-    z = SiteBandCore.apply(
-        _by_heads(q, 0, padded_length),
-        _by_heads(k, half_window, padded_length + 2 * half_window),
-        _by_heads(v, half_window, padded_length + 2 * half_window),
-        _window_encodings(rel, n_blocks),
-        content_bias,
-        position_bias,
-        mask,
-        dropout if training else 0.0,
+    """Same as :func:`site_attention_reference` (``rel [B, L, W, H, d]`` = projected window
+    encodings), computed by :class:`~cpgformer.nn.cores.SiteBandCore`."""
+    qkv = torch.stack((q, k, v), dim=3)
+    return site_attention_fast_packed(
+        qkv, rel, content_bias, position_bias, half_window, dropout, training
     )
-    return z[:, :, :, :length].permute(0, 3, 2, 1, 4)  # a view; the caller's reshape copies
 
 
 def _cell_core(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
@@ -336,7 +349,22 @@ class Attention(nn.Module):
             factor = torch.ones(3 * inner, dtype=x.dtype, device=x.device)
             factor[:inner] = scale
             qkv = F.linear(x, self.qkv.weight * factor.unsqueeze(1), self.qkv.bias * factor)
-            q, k, v = qkv.view(batch, length, cells, 3, self.heads, self.head_dim).unbind(3)
+            qkv = qkv.view(batch, length, cells, 3, self.heads, self.head_dim)
+            if self.kind == "sites":  # the core reads the packed projection directly
+                assert rel is not None
+                projected = self.pos_proj(rel.window(x.dtype))
+                projected = projected.view(*projected.shape[:-1], self.heads, self.head_dim)
+                z = site_attention_fast_packed(
+                    qkv,
+                    projected,
+                    self.content_bias,
+                    self.position_bias,
+                    half_window,
+                    self.dropout,
+                    self.training,
+                )
+                return self.out(z.view(batch, length, cells, self.heads * self.head_dim))
+            q, k, v = qkv.unbind(3)
         else:
             qkv = self.qkv(x).view(batch, length, cells, 3, self.heads, self.head_dim)
             q, k, v = qkv.unbind(3)

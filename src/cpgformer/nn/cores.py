@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 19
@@ -177,15 +178,16 @@ def _on_window(band: Tensor, width: int) -> Tensor:
 class SiteBandCore(torch.autograd.Function):
     """Window attention along sites for every (batch, head, cell) sequence, position term included.
 
-    Inputs: ``q [B, H, C, nblk*block, d]`` (scaled queries, zero past the segment),
-    ``keys``/``values [B, H, C, nblk*block + 2w, d]`` (w zero rows before site 0), ``rel
+    Inputs: ``qkv [B, L, C, 3, H, d]`` (the qkv projection of the tokens, q pre-scaled), ``rel
     [B, H, nblk*block, d, W]`` (projected relative encodings of each site's W window slots,
-    transposed), the content and position biases ``u``, ``v [H, d]`` and ``mask [nblk, block, W]``
-    (0 on slots whose key lies in the segment, the lowest finite value elsewhere) ->
-    ``z [B, H, C, nblk*block, d]``.
+    transposed, zero past the segment), the content and position biases ``u``, ``v [H, d]`` and
+    ``mask [nblk, block, W]`` (0 on slots whose key lies in the segment, the lowest finite value
+    elsewhere) -> ``z [B, L, C, H, d]`` (token layout: the output projection's input as a view).
 
-    For a chunk of cells of one (batch, head):
+    For a chunk of cells of one (batch, head), in cache:
 
+    * the chunk's queries, keys and values are gathered from ``qkv`` into sequences zero-padded to
+      whole query blocks (keys and values with w zero sites each side);
     * content scores: each block of ``block`` queries against its span of ``block + 2w`` keys, one
       small matmul per block (the "band"); the W window slots of each row are a strided view of it;
     * position scores: ``(q + v) @ rel`` per site, with the chunk's cells as the matmul's M
@@ -194,48 +196,53 @@ class SiteBandCore(torch.autograd.Function):
       ``block + 2w`` columns); probabilities enter the band matmuls through per-thread band buffers
       that are zero off the window.
 
-    Stores its inputs, output, the window probabilities and the dropout draws (5 bytes per window
-    slot: ~0.8 KB per token and layer, independent of C).
+    Stores ``qkv``, the output, the window probabilities and the dropout draws (5 bytes per window
+    slot: ~0.8 KB per token and layer, independent of C). Backward writes every gradient of ``qkv``
+    exactly once, so no gradient is ever concatenated or zero-filled at full size.
     """
 
     @staticmethod
-    def _scores(tensors, b: int, h: int, s: slice) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
-        """One chunk's (window probabilities [n, nblk, block, W], key spans [rows, S, d], queries)."""
-        q, keys, rel, u, v, mask = tensors
-        dim = q.shape[-1]
+    def _sequences(qkv: Tensor, b: int, h: int, s: slice, mask: Tensor) -> tuple[Tensor, ...]:
+        """The chunk's queries ``[n, Lp, d]`` and keys, values ``[n, Lp + 2w, d]`` (zero padded)."""
+        length, dim = qkv.shape[1], qkv.shape[-1]
+        n_blocks, block, width = mask.shape
+        half = (width - 1) // 2
+        count = s.stop - s.start
+        part = qkv[b, :, s, :, h]  # [L, n, 3, d]
+        queries = qkv.new_zeros(count, n_blocks * block, dim)
+        queries[:, :length] = part[:, :, 0].transpose(0, 1)
+        keys = qkv.new_zeros(count, n_blocks * block + 2 * half, dim)
+        keys[:, half : half + length] = part[:, :, 1].transpose(0, 1)
+        values = torch.zeros_like(keys)
+        values[:, half : half + length] = part[:, :, 2].transpose(0, 1)
+        return queries, keys, values
+
+    @staticmethod
+    def _scores(q_chunk: Tensor, keys: Tensor, rel: Tensor, u: Tensor, v: Tensor, mask: Tensor):  # noqa: ANN205
+        """Window probabilities ``[n, nblk, block, W]``, key spans ``[rows, S, d]``, queries + u."""
+        count, _, dim = q_chunk.shape
         n_blocks, block, width = mask.shape
         span = block + width - 1
-        count = s.stop - s.start
         rows = count * n_blocks
-        q_chunk = q[b, h, s]  # [n, Lp, d]
-        k_win = _windows(keys[b, h, s], span, block)  # [rows, S, d]
-        queries = (q_chunk + u[h]).view(rows, block, dim)
+        k_win = _windows(keys, span, block)  # [rows, S, d]
+        queries = (q_chunk + u).view(rows, block, dim)
         content = _on_window(torch.bmm(queries, k_win.transpose(1, 2)), width)
-        position = torch.bmm((q_chunk + v[h]).transpose(0, 1), rel[b, h])  # [Lp, n, W]
+        position = torch.bmm((q_chunk + v).transpose(0, 1), rel)  # [Lp, n, W]
         position = position.transpose(0, 1).view(count, n_blocks, block, width)
-        scores = q.new_empty(count, n_blocks, block, width)
+        scores = q_chunk.new_empty(count, n_blocks, block, width)
         torch.add(content.view(count, n_blocks, block, width), position, out=scores)
         return scores.add_(mask).softmax(-1), k_win, queries
 
     @staticmethod
     def forward(  # noqa: ANN001, PLR0913
-        ctx,
-        q: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        rel: Tensor,
-        u: Tensor,
-        v: Tensor,
-        mask: Tensor,
-        dropout: float,
+        ctx, qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, mask: Tensor, dropout: float
     ) -> Tensor:
-        batch, heads, cells, padded_length, dim = q.shape
+        batch, length, cells, _, heads, dim = qkv.shape
         n_blocks, block, width = mask.shape
         span = block + width - 1
         threshold, scale = dropout_threshold(dropout)
         grad = any(ctx.needs_input_grad)
-        tensors = (q, keys, rel, u, v, mask)
-        z = torch.empty_like(q)
+        z = qkv.new_empty(batch, length, cells, heads, dim)
         items = [
             (b, h, s)
             for b in range(batch)
@@ -247,7 +254,8 @@ class SiteBandCore(torch.autograd.Function):
         def work(index: int, item: tuple[int, int, slice]) -> list[Tensor]:
             b, h, s = item
             rows = (s.stop - s.start) * n_blocks
-            probs, _, _ = SiteBandCore._scores(tensors, b, h, s)
+            q_chunk, keys, values = SiteBandCore._sequences(qkv, b, h, s, mask)
+            probs, _, _ = SiteBandCore._scores(q_chunk, keys, rel[b, h], u[h], v[h], mask)
             kept = [probs] if grad else []
             dropped = probs
             if threshold:
@@ -256,30 +264,29 @@ class SiteBandCore(torch.autograd.Function):
                 kept += [draws] if grad else []
             band = _band_buffer("probs", rows, block, span, probs)
             _on_window(band, width).copy_(dropped.view(rows, block, width))
-            v_win = _windows(values[b, h, s], span, block)  # [rows, S, d]
-            out = torch.bmm(band, v_win, out=z[b, h, s].view(rows, block, dim))
+            out = torch.bmm(band, _windows(values, span, block)).view(-1, n_blocks * block, dim)
             if threshold:
                 out.mul_(scale)
+            z[b, :, s, h].copy_(out[:, :length].transpose(0, 1))
             return kept
 
         stored = [t for kept in _run_chunks(work, items) for t in kept]
         if grad:
-            ctx.save_for_backward(q, keys, values, rel, u, v, mask, z, *stored)
+            ctx.save_for_backward(qkv, rel, u, v, mask, z, *stored)
         ctx.params = (threshold, scale, items)
         return z
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        q, keys, values, rel, u, v, mask, z, *stored = ctx.saved_tensors
+        qkv, rel, u, v, mask, z, *stored = ctx.saved_tensors
         threshold, scale, items = ctx.params
-        batch, heads, cells, padded_length, dim = q.shape
+        batch, length, cells, _, heads, dim = qkv.shape
         n_blocks, block, width = mask.shape
         span = block + width - 1
+        half = (width - 1) // 2
+        padded_length = n_blocks * block
         per_item = 2 if threshold else 1
-        grad = grad.contiguous()
-        d_q = torch.empty_like(q)
-        d_keys = torch.zeros_like(keys)
-        d_values = torch.zeros_like(values)
+        d_qkv = torch.empty_like(qkv)
 
         def work(index: int, item: tuple[int, int, slice]) -> tuple[Tensor, Tensor, Tensor]:
             b, h, s = item
@@ -290,15 +297,18 @@ class SiteBandCore(torch.autograd.Function):
             if threshold:
                 keep = keep_from_draws(stored[2 * index + 1], threshold, probs.dtype)
                 dropped = probs * keep.view(rows, block, width)
-            q_chunk = q[b, h, s]
+            q_chunk, keys, values = SiteBandCore._sequences(qkv, b, h, s, mask)
             queries = (q_chunk + u[h]).view(rows, block, dim)
             query_position = q_chunk + v[h]
-            k_win = _windows(keys[b, h, s], span, block)  # [rows, S, d]
-            v_win = _windows(values[b, h, s], span, block)
-            dz = grad[b, h, s].reshape(rows, block, dim)
-            row = (dz * z[b, h, s].view(rows, block, dim)).sum(-1, keepdim=True)
+            k_win = _windows(keys, span, block)  # [rows, S, d]
+            v_win = _windows(values, span, block)
+            dz = q_chunk.new_zeros(count, padded_length, dim)
+            dz[:, :length] = grad[b, :, s, h].transpose(0, 1)
+            dz = dz.view(rows, block, dim)
+            row = (grad[b, :, s, h] * z[b, :, s, h]).sum(-1).transpose(0, 1)  # [n, L]
+            row = F.pad(row, (0, padded_length - length)).reshape(rows, block, 1)
             if threshold:
-                dz = dz * scale
+                dz = dz.mul_(scale)
             band = _band_buffer("probs", rows, block, span, probs)
             _on_window(band, width).copy_(dropped)
             d_v_win = torch.bmm(band.transpose(1, 2), dz)  # [rows, S, d]
@@ -309,13 +319,19 @@ class SiteBandCore(torch.autograd.Function):
             _on_window(d_band, width).copy_(d_scores)
             d_queries = torch.bmm(d_band, k_win).view(count, -1, dim)
             d_k_win = torch.bmm(d_band.transpose(1, 2), queries)  # [rows, S, d]
-            _fold_windows(d_k_win.view(count, n_blocks, span, dim), d_keys[b, h, s], span, block)
-            _fold_windows(d_v_win.view(count, n_blocks, span, dim), d_values[b, h, s], span, block)
+            d_keys = torch.zeros_like(keys)
+            d_values = torch.zeros_like(values)
+            _fold_windows(d_k_win.view(count, n_blocks, span, dim), d_keys, span, block)
+            _fold_windows(d_v_win.view(count, n_blocks, span, dim), d_values, span, block)
             # position term: scores[c, i, :] += (q + v)[c, i] @ rel[i]
             d_position = d_scores.view(count, padded_length, width).transpose(0, 1)
             d_query_position = torch.bmm(d_position, rel[b, h].transpose(1, 2)).transpose(0, 1)
             d_rel = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
-            torch.add(d_queries, d_query_position, out=d_q[b, h, s])
+            d_q = d_queries + d_query_position
+            target = d_qkv[b, :, s, :, h]  # [L, n, 3, d]
+            target[:, :, 0].copy_(d_q[:, :length].transpose(0, 1))
+            target[:, :, 1].copy_(d_keys[:, half : half + length].transpose(0, 1))
+            target[:, :, 2].copy_(d_values[:, half : half + length].transpose(0, 1))
             return d_rel, d_queries.sum((0, 1)), d_query_position.sum((0, 1))
 
         d_rel = torch.zeros_like(rel)
@@ -325,7 +341,7 @@ class SiteBandCore(torch.autograd.Function):
             d_rel[b, h] += rel_part
             d_u[h] += u_part
             d_v[h] += v_part
-        return d_q, d_keys, d_values, d_rel, d_u, d_v, None, None
+        return d_qkv, d_rel, d_u, d_v, None, None
 
 
 # ----------------------------------------------------------------------------------------------
