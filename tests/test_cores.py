@@ -123,27 +123,26 @@ def test_window_fold_is_adjoint_of_gather() -> None:
     torch.testing.assert_close((gathered * y).sum(), (x * out).sum(), rtol=1e-12, atol=0)
 
 
-def _cell_plain(q, k, v, keep, scale):
+def _cell_plain(qkv, keep, scale):
+    q, k, v = (t.transpose(2, 3) for t in qkv.unbind(3))  # [B, L, H, C, d]
     probs = torch.matmul(q, k.transpose(-1, -2)).softmax(-1)
     if keep is not None:
-        probs = probs * keep * scale
-    return torch.matmul(probs, v)
+        probs = probs * keep.view(probs.shape) * scale
+    return torch.matmul(probs, v).transpose(2, 3)  # [B, L, C, H, d]
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_cell_core_equals_autograd(monkeypatch, dropout: float) -> None:
     cells = 9
-    monkeypatch.setattr(cores, "CHUNK_ELEMENTS", 2 * cells * cells * 3)  # 3 rows per chunk
+    monkeypatch.setattr(cores, "CHUNK_ELEMENTS", 2 * cells * cells * 3)  # 3 sites per chunk
     recorder = _Recorder()
     monkeypatch.setattr(cores, "keep_mask", recorder)
     g = torch.Generator().manual_seed(5)
-    inputs = [torch.randn(12, 2, cells, 4, generator=g, dtype=torch.float64) for _ in range(3)]
-    # strided inputs, as the attention module passes them
-    inputs = [t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True) for t in inputs]
+    qkv = torch.randn(2, 6, cells, 3, 2, 4, generator=g, dtype=torch.float64).requires_grad_(True)
     torch.manual_seed(11)
-    out = cores.CellCore.apply(*inputs, dropout)
+    out = cores.CellCore.apply(qkv, dropout)
     weights = torch.randn(out.shape, dtype=torch.float64)
-    got = _grads(out, inputs, weights)
+    got = _grads(out, [qkv], weights)
     keep, scale = None, 1.0
     if dropout:
         assert len(recorder.masks) == 8  # 4 chunks, drawn again (identical) in backward
@@ -151,41 +150,41 @@ def test_cell_core_equals_autograd(monkeypatch, dropout: float) -> None:
             assert torch.equal(a, b)
         keep = torch.cat(recorder.masks[:4])
         scale = cores.dropout_threshold(dropout)[1]
-    plain = _cell_plain(*inputs, keep, scale)
-    want = _grads(plain, inputs, weights)
+    plain = _cell_plain(qkv, keep, scale)
+    want = _grads(plain, [qkv], weights)
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
     if dropout:
         with torch.no_grad():
-            no_dropout = cores.CellCore.apply(*inputs, 0.0)
+            no_dropout = cores.CellCore.apply(qkv, 0.0)
         assert (out - no_dropout).abs().max().item() > 1e-3  # dropout really applied
 
 
 def test_cell_core_gradcheck() -> None:
     g = torch.Generator().manual_seed(6)
-    inputs = [torch.randn(3, 2, 5, 3, generator=g, dtype=torch.float64) for _ in range(3)]
-    inputs = [t.requires_grad_(True) for t in inputs]
-    assert torch.autograd.gradcheck(lambda *t: cores.CellCore.apply(*t, 0.0), inputs)
+    qkv = torch.randn(1, 3, 5, 3, 2, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: cores.CellCore.apply(t, 0.0), [qkv])
 
 
 def test_seeded_runs_are_reproducible_with_dropout() -> None:
     g = torch.Generator().manual_seed(8)
-    q, k, v = (torch.randn(6, 2, 7, 4, generator=g) for _ in range(3))
+    qkv = torch.randn(1, 6, 7, 3, 2, 4, generator=g)
     torch.manual_seed(3)
-    first = cores.CellCore.apply(q, k, v, 0.2)
+    first = cores.CellCore.apply(qkv, 0.2)
     torch.manual_seed(3)
-    second = cores.CellCore.apply(q, k, v, 0.2)
-    third = cores.CellCore.apply(q, k, v, 0.2)
+    second = cores.CellCore.apply(qkv, 0.2)
+    third = cores.CellCore.apply(qkv, 0.2)
     assert torch.equal(first, second) and not torch.equal(first, third)
 
 
 def test_cell_core_matches_sdpa_in_inference() -> None:
     g = torch.Generator().manual_seed(7)
-    q, k, v = (torch.randn(4, 2, 60, 8, generator=g) for _ in range(3))
+    qkv = torch.randn(1, 4, 60, 3, 2, 8, generator=g)
     with torch.no_grad():
-        out = cores.CellCore.apply(q, k, v, 0.0)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=1.0))
+        out = cores.CellCore.apply(qkv, 0.0)
+    q, k, v = (t.transpose(2, 3) for t in qkv.unbind(3))
+    want = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(2, 3)
+    torch.testing.assert_close(out, want)
 
 
 def test_keep_mask_rate_and_seed() -> None:

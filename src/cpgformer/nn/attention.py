@@ -239,34 +239,31 @@ def site_attention_fast(
     )
 
 
-def _cell_core(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
-    """``[R, H, C, d]`` inputs -> ``[R, H, C, d]``.
+def cell_attention_fast_packed(qkv: Tensor, dropout: float = 0.0, training: bool = False) -> Tensor:
+    """Attention across cells from the packed projection ``qkv [B, L, C, 3, H, d]`` (q pre-scaled)
+    -> ``z [B, L, C, H, d]``.
 
     Training (gradients or dropout): :class:`~cpgformer.nn.cores.CellCore` (chunked, hand-written
-    backward; stores no C x C tensor). Inference: plain
-    matmul-softmax below ``SDPA_MIN_CELLS`` cells, ``scaled_dot_product_attention`` from there.
+    backward; stores no C x C tensor). Inference: plain matmul-softmax below ``SDPA_MIN_CELLS``
+    cells, ``scaled_dot_product_attention`` from there.
     """
     p = dropout if training else 0.0
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if needs_grad or p > 0:
-        return CellCore.apply(q, k, v, p)
-    if q.shape[-2] < SDPA_MIN_CELLS:
-        return torch.matmul(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), v)
-    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    if p > 0 or (torch.is_grad_enabled() and qkv.requires_grad):
+        return CellCore.apply(qkv, p)
+    batch, length, cells, _, heads, dim = qkv.shape
+    q, k, v = qkv.view(batch * length, cells, 3, heads, dim).permute(0, 2, 3, 1, 4).unbind(1)
+    if cells < SDPA_MIN_CELLS:
+        z = torch.matmul(torch.matmul(q, k.transpose(-1, -2)).softmax(-1), v)
+    else:
+        z = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    return z.transpose(1, 2).reshape(batch, length, cells, heads, dim)
 
 
 def cell_attention_fast(
     q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0, training: bool = False
 ) -> Tensor:
-    """Attention across cells: SDPA for many cells, matmul-softmax for few; with dropout in
-    training a chunked function that recomputes probabilities in backward."""
-    batch, length, cells, heads, dim = q.shape
-    rows = batch * length
-    qt = q.reshape(rows, cells, heads, dim).transpose(1, 2)
-    kt = k.reshape(rows, cells, heads, dim).transpose(1, 2)
-    vt = v.reshape(rows, cells, heads, dim).transpose(1, 2)
-    z = _cell_core(qt, kt, vt, dropout, training)
-    return z.transpose(1, 2).reshape(batch, length, cells, heads, dim)
+    """Same as :func:`cell_attention_reference`, computed by :func:`cell_attention_fast_packed`."""
+    return cell_attention_fast_packed(torch.stack((q, k, v), dim=3), dropout, training)
 
 
 def site_cell_attention_fast(
@@ -350,7 +347,10 @@ class Attention(nn.Module):
             factor[:inner] = scale
             qkv = F.linear(x, self.qkv.weight * factor.unsqueeze(1), self.qkv.bias * factor)
             qkv = qkv.view(batch, length, cells, 3, self.heads, self.head_dim)
-            if self.kind == "sites":  # the core reads the packed projection directly
+            if self.kind == "cells":  # the cores read the packed projection directly
+                z = cell_attention_fast_packed(qkv, self.dropout, self.training)
+                return self.out(z.reshape(batch, length, cells, self.heads * self.head_dim))
+            if self.kind == "sites":
                 assert rel is not None
                 projected = self.pos_proj(rel.window(x.dtype))
                 projected = projected.view(*projected.shape[:-1], self.heads, self.head_dim)

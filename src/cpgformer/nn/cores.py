@@ -349,65 +349,82 @@ class SiteBandCore(torch.autograd.Function):
 
 
 class CellCore(torch.autograd.Function):
-    """``q, k, v [R, H, C, d]`` (``q`` pre-scaled) -> ``z [R, H, C, d]``: softmax attention across the
-    C cells of each row and head, with dropout on the probabilities.
+    """``qkv [B, L, C, 3, H, d]`` (q pre-scaled) -> ``z [B, L, C, H, d]`` (token layout): softmax
+    attention across the C cells of each site and head, with dropout on the probabilities.
 
-    Stores q, k, v and z only (nothing of size C x C); backward recomputes each chunk's
-    probabilities and redraws its dropout mask from the chunk's seed."""
+    Each chunk of sites gathers its q, k, v from the packed projection in cache, and backward writes
+    each gradient of ``qkv`` exactly once. Stores ``qkv`` and ``z`` only (nothing of size C x C);
+    backward recomputes each chunk's probabilities and redraws its dropout mask from its seed."""
 
     @staticmethod
-    def _probs(
-        q: Tensor, k_t: Tensor, s: slice, threshold: int, seed: int
-    ) -> tuple[Tensor, Tensor]:
-        probs = torch.matmul(q[s], k_t[s]).softmax(-1)
+    def _gather(qkv_rows: Tensor, s: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """Chunk ``s`` of ``[R, C, 3, H, d]`` -> q ``[r, H, C, d]``, k^T ``[r, H, d, C]``, v."""
+        part = qkv_rows[s]
+        q = part[:, :, 0].transpose(1, 2).contiguous()
+        k_t = part[:, :, 1].permute(0, 2, 3, 1).contiguous()
+        v = part[:, :, 2].transpose(1, 2).contiguous()
+        return q, k_t, v
+
+    @staticmethod
+    def _probs(q: Tensor, k_t: Tensor, threshold: int, seed: int) -> tuple[Tensor, Tensor]:
+        probs = torch.matmul(q, k_t).softmax(-1)
         dropped = probs
         if threshold:
             dropped = probs * keep_mask(probs.shape, threshold, probs.dtype, q.device, seed)
         return probs, dropped
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dropout: float) -> Tensor:  # noqa: ANN001
-        rows, heads, cells, dim = q.shape
-        q = q.contiguous()
-        k_t = k.transpose(-1, -2).contiguous()  # [R, H, d, C]
-        v = v.contiguous()
+    def forward(ctx, qkv: Tensor, dropout: float) -> Tensor:  # noqa: ANN001
+        batch, length, cells, _, heads, dim = qkv.shape
+        rows = batch * length
+        qkv_rows = qkv.view(rows, cells, 3, heads, dim)
         threshold, scale = dropout_threshold(dropout)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if threshold else 0
-        z = q.new_empty(rows, heads, cells, dim)
+        z = qkv.new_empty(batch, length, cells, heads, dim)
+        z_rows = z.view(rows, cells, heads, dim)
 
         def work(index: int, s: slice) -> None:
-            _, dropped = CellCore._probs(q, k_t, s, threshold, seed + index)
-            out = torch.matmul(dropped, v[s], out=z[s])
+            q, k_t, v = CellCore._gather(qkv_rows, s)
+            _, dropped = CellCore._probs(q, k_t, threshold, seed + index)
+            out = torch.matmul(dropped, v)
             if threshold:
                 out.mul_(scale)
+            z_rows[s].copy_(out.transpose(1, 2))
 
         _run_chunks(work, _chunks(rows, heads * cells * cells))
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(q, k_t, v, z)
+            ctx.save_for_backward(qkv, z)
         ctx.params = (threshold, scale, seed)
         return z
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        q, k_t, v, z = ctx.saved_tensors
+        qkv, z = ctx.saved_tensors
         threshold, scale, seed = ctx.params
-        rows, heads, cells, dim = q.shape
-        grad = grad.contiguous()
-        v_t = v.transpose(-1, -2).contiguous()
-        d_q = torch.empty_like(q)
-        d_k_t = torch.empty_like(k_t)
-        d_v_t = torch.empty_like(v_t)
+        batch, length, cells, _, heads, dim = qkv.shape
+        rows = batch * length
+        qkv_rows = qkv.view(rows, cells, 3, heads, dim)
+        grad_rows = grad.reshape(rows, cells, heads, dim)
+        z_rows = z.view(rows, cells, heads, dim)
+        d_qkv = torch.empty_like(qkv)
+        d_rows = d_qkv.view(rows, cells, 3, heads, dim)
 
         def work(index: int, s: slice) -> None:
-            probs, dropped = CellCore._probs(q, k_t, s, threshold, seed + index)
-            dz = grad[s]
-            row = (dz * z[s]).sum(-1, keepdim=True)
+            q, k_t, v = CellCore._gather(qkv_rows, s)
+            probs, dropped = CellCore._probs(q, k_t, threshold, seed + index)
+            row = (grad_rows[s] * z_rows[s]).sum(-1).transpose(1, 2).unsqueeze(-1)  # [r, H, C, 1]
+            dz = grad_rows[s].transpose(1, 2).contiguous()  # [r, H, C, d]
             if threshold:
-                dz = dz * scale
-            torch.matmul(dz.transpose(-1, -2), dropped, out=d_v_t[s])
-            d_scores = torch.matmul(dz, v_t[s]).mul_(dropped).addcmul_(probs, row, value=-1)
-            torch.matmul(d_scores, k_t[s].transpose(-1, -2), out=d_q[s])
-            torch.matmul(q[s].transpose(-1, -2), d_scores, out=d_k_t[s])
+                dz.mul_(scale)
+            d_v = torch.matmul(dropped.transpose(-1, -2), dz)
+            d_scores = torch.matmul(dz, v.transpose(-1, -2)).mul_(dropped)
+            d_scores.addcmul_(probs, row, value=-1)
+            d_q = torch.matmul(d_scores, k_t.transpose(-1, -2))
+            d_k = torch.matmul(d_scores.transpose(-1, -2), q)
+            target = d_rows[s]  # [r, C, 3, H, d]
+            target[:, :, 0].copy_(d_q.transpose(1, 2))
+            target[:, :, 1].copy_(d_k.transpose(1, 2))
+            target[:, :, 2].copy_(d_v.transpose(1, 2))
 
         _run_chunks(work, _chunks(rows, heads * cells * cells))
-        return d_q, d_k_t.transpose(-1, -2), d_v_t.transpose(-1, -2), None
+        return d_qkv, None
