@@ -232,3 +232,14 @@ def test_thread_count_changes_nothing_in_training_with_dropout(monkeypatch) -> N
     torch.testing.assert_close(out_1, out_2, rtol=0, atol=1e-12)
     for a, b in zip(grads_1, grads_2):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_buffers_survive_switching_between_inference_and_no_grad() -> None:
+    """The per-thread band buffers made under ``inference_mode`` are not reused outside it."""
+    inputs, mask = _site_inputs(batch=1, cells=3, length=20, half=2, block=8, seed=9)
+    qkv, rel, u, v = (t.detach() for t in inputs)
+    with torch.inference_mode():
+        first = cores.SiteBandCore.apply(qkv, rel, u, v, mask, 0.0)
+    with torch.no_grad():
+        second = cores.SiteBandCore.apply(qkv, rel, u, v, mask, 0.0)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)

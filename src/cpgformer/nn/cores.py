@@ -158,7 +158,8 @@ def _band_buffer(name: str, rows: int, block: int, span: int, like: Tensor) -> T
 
     Only window slots (column ``j + o`` of row ``j``) are ever written, so the zeros elsewhere
     survive reuse and need no refilling."""
-    key = (name, block, span, like.dtype, like.device)
+    # inference tensors cannot be updated outside inference mode: one buffer per mode
+    key = (name, block, span, like.dtype, like.device, torch.is_inference_mode_enabled())
     cache: dict = getattr(_BUFFERS, "cache", None) or {}
     _BUFFERS.cache = cache
     buffer = cache.get(key)

@@ -38,15 +38,7 @@ class TransformerLayer(nn.Module):
         self.ff_norm = _norm(config)
 
     def forward(self, x: Tensor, rel: RelativePositions | None, impl: str = "fast") -> Tensor:
-        if impl != "fast":
-            for attention, norm in zip(self.attentions, self.attention_norms):
-                x = norm(attention(x, rel, self.half_window, impl) + x)
-            return self.ff_norm(self.ff(x) + x)
-        # same math; residual adds and ReLU in place on outputs no backward needs (a Linear's
-        # output), saving a pass and an allocation each
+        # out of place on purpose: module outputs stay what forward hooks saw (explain uses them)
         for attention, norm in zip(self.attentions, self.attention_norms):
-            x = norm(attention(x, rel, self.half_window, impl).add_(x))
-        first, activation, second = self.ff
-        hidden = first(x)
-        hidden = hidden.relu_() if isinstance(activation, nn.ReLU) else activation(hidden)
-        return self.ff_norm(second(hidden).add_(x))
+            x = norm(attention(x, rel, self.half_window, impl) + x)
+        return self.ff_norm(self.ff(x) + x)
