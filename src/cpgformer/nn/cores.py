@@ -85,7 +85,9 @@ def keep_mask(
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _run_chunks(work: Callable[[int, Any], Any], items: list[Any]) -> list[Any]:
+def _run_chunks(
+    work: Callable[[int, Any], Any], items: list[Any], device: torch.device
+) -> list[Any]:
     """``work(index, item)`` for every item, on ``torch.get_num_threads()`` threads.
 
     The chunks' ops are small (most below PyTorch's intra-op grain size, or tiny GEMMs), so one op
@@ -94,7 +96,7 @@ def _run_chunks(work: Callable[[int, Any], Any], items: list[Any]) -> list[Any]:
     the outputs do not depend on the thread count.
     """
     global _POOL
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if device.type == "cpu" else 1  # accelerators: one stream
     if threads <= 1 or len(items) <= 1:
         with torch.no_grad():
             return [work(index, item) for index, item in enumerate(items)]
@@ -109,8 +111,13 @@ def _run_chunks(work: Callable[[int, Any], Any], items: list[Any]) -> list[Any]:
     return list(_POOL.map(run, enumerate(items)))
 
 
-def _chunks(total: int, per_item: int) -> list[slice]:
-    step = max(1, CHUNK_ELEMENTS // max(per_item, 1))
+def _budget(device: torch.device) -> int:
+    """Score entries per chunk: cache-sized on CPUs; on accelerators a few large launches."""
+    return CHUNK_ELEMENTS if device.type == "cpu" else CHUNK_ELEMENTS << 8
+
+
+def _chunks(total: int, per_item: int, device: torch.device) -> list[slice]:
+    step = max(1, _budget(device) // max(per_item, 1))
     return [slice(start, min(start + step, total)) for start in range(0, total, step)]
 
 
@@ -142,9 +149,11 @@ def _fold_windows(grad: Tensor, out: Tensor, span: int, block: int) -> None:
     out.add_(padded[:, :length])
 
 
-def _site_chunks(cells: int, n_blocks: int, block: int, span: int) -> list[slice]:
+def _site_chunks(
+    cells: int, n_blocks: int, block: int, span: int, device: torch.device
+) -> list[slice]:
     """Cells split into equal chunks of at most ``CHUNK_ELEMENTS`` band scores each."""
-    most = max(1, CHUNK_ELEMENTS // (n_blocks * block * span))
+    most = max(1, _budget(device) // (n_blocks * block * span))
     count = -(-cells // most)
     step = -(-cells // count)
     return [slice(start, min(start + step, cells)) for start in range(0, cells, step)]
@@ -248,7 +257,7 @@ class SiteBandCore(torch.autograd.Function):
             (b, h, s)
             for b in range(batch)
             for h in range(heads)
-            for s in _site_chunks(cells, n_blocks, block, span)
+            for s in _site_chunks(cells, n_blocks, block, span, qkv.device)
         ]
         seeds = torch.randint(0, 2**62, (len(items),)).tolist() if threshold else []
 
@@ -271,7 +280,7 @@ class SiteBandCore(torch.autograd.Function):
             z[b, :, s, h].copy_(out[:, :length].transpose(0, 1))
             return kept
 
-        stored = [t for kept in _run_chunks(work, items) for t in kept]
+        stored = [t for kept in _run_chunks(work, items, qkv.device) for t in kept]
         if grad:
             ctx.save_for_backward(qkv, rel, u, v, mask, z, *stored)
         ctx.params = (threshold, scale, items)
@@ -338,7 +347,9 @@ class SiteBandCore(torch.autograd.Function):
         d_rel = torch.zeros_like(rel)
         d_u = torch.zeros_like(u)
         d_v = torch.zeros_like(v)
-        for (b, h, _), (rel_part, u_part, v_part) in zip(items, _run_chunks(work, items)):
+        for (b, h, _), (rel_part, u_part, v_part) in zip(
+            items, _run_chunks(work, items, qkv.device)
+        ):
             d_rel[b, h] += rel_part
             d_u[h] += u_part
             d_v[h] += v_part
@@ -392,7 +403,7 @@ class CellCore(torch.autograd.Function):
                 out.mul_(scale)
             z_rows[s].copy_(out.transpose(1, 2))
 
-        _run_chunks(work, _chunks(rows, heads * cells * cells))
+        _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(qkv, z)
         ctx.params = (threshold, scale, seed)
@@ -427,5 +438,5 @@ class CellCore(torch.autograd.Function):
             target[:, :, 1].copy_(d_k.transpose(1, 2))
             target[:, :, 2].copy_(d_v.transpose(1, 2))
 
-        _run_chunks(work, _chunks(rows, heads * cells * cells))
+        _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
         return d_qkv, None
