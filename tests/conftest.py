@@ -17,3 +17,14 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared data folder not found at {SHARED} (set CPGFORMER_SHARED)")
     return SHARED
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny model shapes: one torch thread is faster and robust on a shared, loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

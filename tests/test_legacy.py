@@ -21,14 +21,7 @@ from cpgformer.legacy import (
 from cpgformer.nn import CpGTransformer, ModelConfig
 from cpgformer.nn.serialize import load_model, save_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is faster and robust on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _golden(shared: Path, case: str) -> dict:

@@ -8,14 +8,7 @@ import torch
 from cpgformer.nn import MODES, CpGTransformer, ModelConfig
 from cpgformer.nn import attention as attn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is faster and robust on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}

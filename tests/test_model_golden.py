@@ -10,14 +10,7 @@ import torch
 from cpgformer.legacy import from_original, original_forward, to_original
 from cpgformer.nn.original_port import port_forward
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is faster and robust on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = [

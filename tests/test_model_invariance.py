@@ -7,14 +7,7 @@ import torch
 
 from cpgformer.nn import MODES, CpGTransformer, ModelConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is faster and robust on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(mode: str, dna: bool = True, n_cells: int = 6) -> CpGTransformer:

@@ -131,14 +131,6 @@ def _halo_blocks(t: Tensor, n_blocks: int, halo: int) -> Tensor:
     return t.unfold(1, BLOCK + 2 * halo, BLOCK).transpose(-1, -2)
 
 
-def _by_heads(t: Tensor, left: int, total: int) -> Tensor:
-    """``[B, L, C, H, d]`` -> ``[B, H, C, total, d]`` zero padded with ``left`` sites before: one copy."""
-    batch, length, cells, heads, dim = t.shape
-    out = t.new_zeros(batch, heads, cells, total, dim)
-    out[:, :, :, left : left + length] = t.permute(0, 3, 2, 1, 4)
-    return out
-
-
 class _OnBand(torch.autograd.Function):
     """Window-slot scores ``[N, L, W]`` -> block layout ``[N, nblk, BLOCK, BLOCK + W - 1]``.
 
