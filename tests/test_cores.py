@@ -55,13 +55,7 @@ def _site_plain(qkv, rel, u, v, mask, keep, scale):
     content = torch.einsum("bhcid,bhcidw->bhciw", q + u.view(1, heads, 1, 1, dim), k)
     probs = (content + position + mask.reshape(-1, width)[:length]).softmax(-1)
     if keep is not None:
-        probs = (
-            probs
-            * keep.view(batch, heads, -1, mask.shape[0] * mask.shape[1], width)[
-                ..., :length, :
-            ].reshape(probs.shape)
-            * scale
-        )
+        probs = probs * keep[..., :length, :] * scale
     z = torch.einsum("bhciw,bhcidw->bhcid", probs, val)
     return z.permute(0, 3, 2, 1, 4)  # [B, L, C, H, d]
 
@@ -77,6 +71,7 @@ def _grads(out, inputs, weights):
 @pytest.mark.parametrize("chunk", [1 << 18, 97])
 def test_site_band_core_equals_autograd(monkeypatch, dropout: float, chunk: int) -> None:
     monkeypatch.setattr(cores, "CHUNK_ELEMENTS", chunk)  # 97: one cell per chunk
+    monkeypatch.setattr(cores, "SITE_CHUNK_ELEMENTS", chunk)
     recorder = _Recorder("random_draws")
     monkeypatch.setattr(cores, "random_draws", recorder)
     inputs, mask = _site_inputs(batch=2, cells=3, length=29, half=3, block=8, seed=1)
@@ -85,14 +80,19 @@ def test_site_band_core_equals_autograd(monkeypatch, dropout: float, chunk: int)
     got = _grads(out, inputs, weights)
     keep, scale = None, 1.0
     if dropout:
-        chunks = 2 * 2 * (3 if chunk == 97 else 1)  # batch x heads x cell chunks
-        assert len(recorder.masks) == chunks  # drawn once, stored for backward
-        threshold = cores.dropout_threshold(dropout)[0]
-        keep = torch.cat(
-            [cores.keep_from_draws(m, threshold, torch.float64).reshape(-1) for m in recorder.masks]
-        )
-        scale = cores.dropout_threshold(dropout)[1]
-        assert 0.6 < keep.double().mean().item() < 0.8
+        n_blocks, block, width = mask.shape
+        per_block = 2 * block * (block + width - 1)
+        items = cores._site_items(2, 3, n_blocks, per_block, torch.device("cpu"))
+        # 97 entries: one cell per item (blocks: at least MIN_SITE_BLOCKS, here all 4)
+        assert len(items) == (6 if chunk == 97 else 2)
+        assert len(recorder.masks) == len(items)  # drawn once, stored for backward
+        threshold, scale = cores.dropout_threshold(dropout)
+        keep = torch.empty(2, 2, 3, n_blocks * block, width, dtype=torch.float64)
+        for (b, s, bs), draws in zip(items, recorder.masks):
+            kept = cores.keep_from_draws(draws, threshold, torch.float64)
+            sites = slice(bs.start * block, bs.stop * block)
+            keep[b, :, s, sites] = kept.view(2, s.stop - s.start, -1, width)
+        assert 0.6 < keep.mean().item() < 0.8
     plain = _site_plain(*inputs, mask, keep, scale)
     want = _grads(plain, inputs, weights)
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
@@ -112,9 +112,48 @@ def test_window_fold_is_adjoint_of_gather() -> None:
     y = torch.randn(3 * 5, span, 2, generator=g, dtype=torch.float64)
     gathered = cores._windows(x, span, block)
     assert gathered.shape == y.shape
+    assert torch.equal(gathered[7], x[1, 2 * block : 2 * block + span])
     out = torch.zeros_like(x)
     cores._fold_windows(y.view(3, 5, span, 2), out, span, block)
     torch.testing.assert_close((gathered * y).sum(), (x * out).sum(), rtol=1e-12, atol=0)
+    # rows rounded up to whole blocks: folded in place, same result on the rows that exist
+    rounded = torch.zeros(3, 8 * block, 2, dtype=torch.float64)
+    cores._fold_windows(y.view(3, 5, span, 2), rounded, span, block)
+    torch.testing.assert_close(rounded[:, : x.shape[1]], out, rtol=0, atol=0)
+    assert not rounded[:, x.shape[1] :].any()
+
+
+def test_site_items_cover_every_site_block_and_cell_once() -> None:
+    cpu = torch.device("cpu")
+    budget = cores.SITE_CHUNK_ELEMENTS
+    for cells, n_blocks, per in ((20, 64, 4608), (122, 32, 4608), (1000, 1, 4608), (3, 7, 1 << 20)):
+        items = cores._site_items(2, cells, n_blocks, per, cpu)
+        seen = torch.zeros(2, cells, n_blocks, dtype=torch.int64)
+        for b, s, bs in items:
+            seen[b, s, bs] += 1
+            size = (s.stop - s.start) * (bs.stop - bs.start) * per
+            # within budget, unless one cell needs more for the fewest blocks allowed
+            blocks = min(n_blocks, cores.MIN_SITE_BLOCKS)
+            assert size <= max(budget, blocks * per) or s.stop - s.start == 1
+        assert bool((seen == 1).all())
+
+
+def test_site_core_items_split_sites_and_cells(monkeypatch) -> None:
+    """Items that split the segment into runs of blocks (halo gradients added across items) and
+    the cells into chunks give the same outputs and gradients as one item."""
+    inputs, mask = _site_inputs(batch=1, cells=5, length=75, half=3, block=4, seed=12)
+    weights = torch.randn(1, 75, 5, 2, 3, dtype=torch.float64)
+    results = []
+    per_block = 2 * 4 * 10  # heads x block x span
+    for chunk, n_items in ((1 << 20, 1), (1600, 8), (60, 40)):  # one; runs of blocks; + cells
+        monkeypatch.setattr(cores, "SITE_CHUNK_ELEMENTS", chunk)
+        assert len(cores._site_items(1, 5, 19, per_block, torch.device("cpu"))) == n_items
+        out = cores.SiteBandCore.apply(*inputs, mask, 0.0)
+        results.append((out.detach(), _grads(out, inputs, weights)))
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=0, atol=1e-12)
+        for a, b in zip(grads, results[0][1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def _cell_plain(qkv, keep, scale):
@@ -205,6 +244,7 @@ def test_thread_count_changes_nothing_in_training_with_dropout(monkeypatch) -> N
     from cpgformer.nn import CpGTransformer, ModelConfig
 
     monkeypatch.setattr(cores, "CHUNK_ELEMENTS", 512)  # many chunks
+    monkeypatch.setattr(cores, "SITE_CHUNK_ELEMENTS", 512)
     torch.manual_seed(0)
     config = ModelConfig(
         n_cells=7, dna_window=0, hidden=16, n_heads=2, head_dim=8, n_layers=2, site_window=5

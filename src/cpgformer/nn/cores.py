@@ -111,18 +111,43 @@ def _run_chunks(
     return list(_POOL.map(run, enumerate(items)))
 
 
-def _budget(device: torch.device) -> int:
-    """Score entries per chunk: cache-sized on CPUs; on accelerators a few large launches."""
-    return CHUNK_ELEMENTS if device.type == "cpu" else CHUNK_ELEMENTS << 8
+def _budget(device: torch.device, elements: int | None = None) -> int:
+    """Score entries per chunk (default ``CHUNK_ELEMENTS``): cache-sized on CPUs; on accelerators
+    a few large launches."""
+    elements = CHUNK_ELEMENTS if elements is None else elements
+    return elements if device.type == "cpu" else elements << 8
+
+
+PARTS_MULTIPLE = 4
+"""Work is split into a multiple of this many equal parts where it has that many (so that 1, 2
+or 4 threads get equal shares); the split never depends on the thread count, so neither do the
+dropout masks drawn per part."""
+
+
+def _split(total: int, most: int) -> list[slice]:
+    """``range(total)`` in equal consecutive parts of at most ``most``, a multiple of
+    ``PARTS_MULTIPLE`` of them where ``total`` allows."""
+    count = -(-total // max(1, most))
+    if count > 1 and total >= PARTS_MULTIPLE:
+        count = min(-(-count // PARTS_MULTIPLE) * PARTS_MULTIPLE, total)
+    bounds = [part * total // count for part in range(count + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def _chunks(total: int, per_item: int, device: torch.device) -> list[slice]:
-    step = max(1, _budget(device) // max(per_item, 1))
-    return [slice(start, min(start + step, total)) for start in range(0, total, step)]
+    return _split(total, _budget(device) // max(per_item, 1))
 
 
 # ----------------------------------------------------------------------------------------------
 # band attention along sites
+
+
+SITE_CHUNK_ELEMENTS = 1 << 21
+"""Band scores per work item of the site core (all heads of an item run one after another, so a
+head's working set is an eighth of it; measured best of 2^19-2^22 here)."""
+MIN_SITE_BLOCKS = 4
+"""Query blocks per work item of the site core at least (each item also reads ``w`` halo sites
+either side)."""
 
 
 def _windows(t: Tensor, span: int, block: int) -> Tensor:
@@ -134,32 +159,52 @@ def _windows(t: Tensor, span: int, block: int) -> Tensor:
 
 
 def _fold_windows(grad: Tensor, out: Tensor, span: int, block: int) -> None:
-    """Add window gradients ``[n, nblk, span, d]`` back onto ``out`` ``[n, nblk*block + span - block, d]``
-    (the adjoint of :func:`_windows`), in non-overlapping pieces of ``block`` rows."""
-    n, n_blocks = grad.shape[:2]
+    """Add window gradients ``[n, nblk, span, d]`` onto ``out [n, >= nblk*block + span - block, d]``
+    (the adjoint of :func:`_windows`), in non-overlapping pieces of ``block`` rows — directly into
+    ``out`` where its rows are whole blocks covering every piece, else through a padded copy."""
+    n, n_blocks, _, dim = grad.shape
     pieces = -(-span // block)
     length = out.shape[1]
-    padded = out.new_zeros(n, (n_blocks + pieces - 1) * block, out.shape[2])
-    grid = padded.view(n, n_blocks + pieces - 1, block, out.shape[2])
+    direct = length % block == 0 and length >= (n_blocks + pieces - 1) * block
+    target = out if direct else out.new_zeros(n, (n_blocks + pieces - 1) * block, dim)
+    grid = target.view(n, -1, block, dim)
     for piece in range(pieces):
         rows = min(block, span - piece * block)
         grid[:, piece : piece + n_blocks, :rows].add_(
             grad[:, :, piece * block : piece * block + rows]
         )
-    out.add_(padded[:, :length])
+    if not direct:
+        out.add_(target[:, :length])
 
 
-def _site_chunks(
-    cells: int, n_blocks: int, block: int, span: int, device: torch.device
-) -> list[slice]:
-    """Cells split into equal chunks of at most ``CHUNK_ELEMENTS`` band scores each."""
-    most = max(1, _budget(device) // (n_blocks * block * span))
-    count = -(-cells // most)
-    step = -(-cells // count)
-    return [slice(start, min(start + step, cells)) for start in range(0, cells, step)]
+def _site_items(
+    batch: int, cells: int, n_blocks: int, per_block: int, device: torch.device
+) -> list[tuple[int, slice, slice]]:
+    """Work items ``(batch index, cell slice, query-block slice)`` of the site core, all heads
+    each, of about ``SITE_CHUNK_ELEMENTS`` band scores (``per_block`` per cell and query block): runs of
+    whole blocks for all cells where that fits in at least ``MIN_SITE_BLOCKS`` blocks, else that
+    many blocks for equal chunks of cells."""
+    budget = _budget(device, SITE_CHUNK_ELEMENTS)
+    blocks = min(n_blocks, max(MIN_SITE_BLOCKS, budget // max(1, cells * per_block)))
+    block_parts = _split(n_blocks, blocks)
+    blocks = max(part.stop - part.start for part in block_parts)
+    cell_parts = _split(cells, budget // (blocks * per_block))
+    return [(b, s, bs) for b in range(batch) for s in cell_parts for bs in block_parts]
 
 
 _BUFFERS = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A per-thread zero-initialised scratch tensor, reused across calls (its contents persist)."""
+    # inference tensors cannot be updated outside inference mode: one buffer per mode
+    key = (name, shape, like.dtype, like.device, torch.is_inference_mode_enabled())
+    cache: dict = getattr(_BUFFERS, "cache", None) or {}
+    _BUFFERS.cache = cache
+    buffer = cache.get(key)
+    if buffer is None:
+        buffer = cache[key] = like.new_zeros(shape)
+    return buffer
 
 
 def _band_buffer(name: str, rows: int, block: int, span: int, like: Tensor) -> Tensor:
@@ -167,7 +212,6 @@ def _band_buffer(name: str, rows: int, block: int, span: int, like: Tensor) -> T
 
     Only window slots (column ``j + o`` of row ``j``) are ever written, so the zeros elsewhere
     survive reuse and need no refilling."""
-    # inference tensors cannot be updated outside inference mode: one buffer per mode
     key = (name, block, span, like.dtype, like.device, torch.is_inference_mode_enabled())
     cache: dict = getattr(_BUFFERS, "cache", None) or {}
     _BUFFERS.cache = cache
@@ -185,6 +229,31 @@ def _on_window(band: Tensor, width: int) -> Tensor:
     return band.as_strided((rows, block, width), (block * span, span + 1, 1), band.storage_offset())
 
 
+def _gather_sequences(
+    src: Tensor, item: tuple[int, slice, slice], block: int, half: int, name: str
+) -> tuple[Tensor, int, int]:
+    """The item's sites with ``half`` sites of halo either side, head-major, in a per-thread buffer.
+
+    ``src [B, L, C, k, H, d]`` (``k`` = 3 for q, k, v) -> ``[k, H, n, R, d]`` (``Sp`` = the item's
+    query sites, ``R`` = ``Sp + 2*half`` rounded up to whole blocks), row ``r`` of a cell holding site
+    ``b0*block - half + r``; rows of sites outside the segment, and the rounding rows, are zero. Also returns the first site held and the number of rows that are
+    sites. One copy reads the item's rows of ``src`` (contiguous runs of all its heads)."""
+    b, s, bs = item
+    length = src.shape[1]
+    first = bs.start * block - half
+    rows = (bs.stop - bs.start) * block + 2 * half
+    start, stop = max(first, 0), min(first + rows, length)
+    parts, heads, dim = src.shape[3], src.shape[4], src.shape[5]
+    whole = -(-rows // block) * block  # whole blocks: window gradients fold in place
+    seq = _scratch(name, (parts, heads, s.stop - s.start, whole, dim), src)
+    seq[:, :, :, start - first : stop - first].copy_(src[b, start:stop, s].permute(2, 3, 1, 0, 4))
+    if start > first:
+        seq[:, :, :, : start - first].zero_()
+    if stop < first + rows:
+        seq[:, :, :, stop - first : rows].zero_()
+    return seq, first, stop - first
+
+
 class SiteBandCore(torch.autograd.Function):
     """Window attention along sites for every (batch, head, cell) sequence, position term included.
 
@@ -194,13 +263,14 @@ class SiteBandCore(torch.autograd.Function):
     ``mask [nblk, block, W]`` (0 on slots whose key lies in the segment, the lowest finite value
     elsewhere) -> ``z [B, L, C, H, d]`` (token layout: the output projection's input as a view).
 
-    For a chunk of cells of one (batch, head), in cache:
+    Work items are runs of query blocks (all cells where the cache allows, else chunks of cells),
+    all heads each. For an item, in cache:
 
-    * the chunk's queries, keys and values are gathered from ``qkv`` into sequences zero-padded to
-      whole query blocks (keys and values with w zero sites each side);
+    * one copy gathers its q, k, v (with ``w`` halo sites either side) from ``qkv`` — contiguous
+      runs of whole token rows — into per-thread head-major sequences;
     * content scores: each block of ``block`` queries against its span of ``block + 2w`` keys, one
       small matmul per block (the "band"); the W window slots of each row are a strided view of it;
-    * position scores: ``(q + v) @ rel`` per site, with the chunk's cells as the matmul's M
+    * position scores: ``(q + v) @ rel`` per site, with the item's cells as the matmul's M
       dimension — computed once per site and head, never repeated per cell;
     * softmax, dropout and all elementwise work run on the W window slots only (not the band's
       ``block + 2w`` columns); probabilities enter the band matmuls through per-thread band buffers
@@ -208,40 +278,32 @@ class SiteBandCore(torch.autograd.Function):
 
     Stores ``qkv``, the output, the window probabilities and the dropout draws (5 bytes per window
     slot: ~0.8 KB per token and layer, independent of C). Backward writes every gradient of ``qkv``
-    exactly once, so no gradient is ever concatenated or zero-filled at full size.
+    once per item (halo gradients of keys and values are added after all items).
     """
 
     @staticmethod
-    def _sequences(qkv: Tensor, b: int, h: int, s: slice, mask: Tensor) -> tuple[Tensor, ...]:
-        """The chunk's queries ``[n, Lp, d]`` and keys, values ``[n, Lp + 2w, d]`` (zero padded)."""
-        length, dim = qkv.shape[1], qkv.shape[-1]
-        n_blocks, block, width = mask.shape
-        half = (width - 1) // 2
-        count = s.stop - s.start
-        part = qkv[b, :, s, :, h]  # [L, n, 3, d]
-        queries = qkv.new_zeros(count, n_blocks * block, dim)
-        queries[:, :length] = part[:, :, 0].transpose(0, 1)
-        keys = qkv.new_zeros(count, n_blocks * block + 2 * half, dim)
-        keys[:, half : half + length] = part[:, :, 1].transpose(0, 1)
-        values = torch.zeros_like(keys)
-        values[:, half : half + length] = part[:, :, 2].transpose(0, 1)
-        return queries, keys, values
-
-    @staticmethod
-    def _scores(q_chunk: Tensor, keys: Tensor, rel: Tensor, u: Tensor, v: Tensor, mask: Tensor):  # noqa: ANN205
-        """Window probabilities ``[n, nblk, block, W]``, key spans ``[rows, S, d]``, queries + u."""
-        count, _, dim = q_chunk.shape
-        n_blocks, block, width = mask.shape
-        span = block + width - 1
-        rows = count * n_blocks
-        k_win = _windows(keys, span, block)  # [rows, S, d]
-        queries = (q_chunk + u).view(rows, block, dim)
-        content = _on_window(torch.bmm(queries, k_win.transpose(1, 2)), width)
-        position = torch.bmm((q_chunk + v).transpose(0, 1), rel)  # [Lp, n, W]
+    def _probs(  # noqa: PLR0913
+        queries: Tensor,
+        k_win: Tensor,
+        query_position: Tensor,
+        rel: Tensor,
+        mask: Tensor,
+        edges: list[int],
+    ) -> Tensor:
+        """Window probabilities ``[n, nb, block, W]`` of one head: ``queries`` ``[rows, block, d]``
+        (q + u), key spans ``[rows, S, d]``, ``query_position`` ``[n, Sp, d]`` (q + v), ``rel``
+        ``[Sp, d, W]``, ``mask`` ``[nb, block, W]`` and the blocks where it is not zero."""
+        rows, block, _ = queries.shape
+        n_blocks, _, width = mask.shape
+        count = rows // n_blocks
+        band = torch.bmm(queries, k_win.transpose(1, 2))
+        content = _on_window(band, width).view(count, n_blocks, block, width)
+        position = torch.bmm(query_position.transpose(0, 1), rel)  # [Sp, n, W]
         position = position.transpose(0, 1).view(count, n_blocks, block, width)
-        scores = q_chunk.new_empty(count, n_blocks, block, width)
-        torch.add(content.view(count, n_blocks, block, width), position, out=scores)
-        return scores.add_(mask).softmax(-1), k_win, queries
+        scores = torch.add(content, position, out=queries.new_empty(content.shape))
+        for index in edges:  # blocks with slots outside the segment
+            scores[:, index].add_(mask[index])
+        return scores.softmax(-1)
 
     @staticmethod
     def forward(  # noqa: ANN001, PLR0913
@@ -249,36 +311,55 @@ class SiteBandCore(torch.autograd.Function):
     ) -> Tensor:
         batch, length, cells, _, heads, dim = qkv.shape
         n_blocks, block, width = mask.shape
-        span = block + width - 1
+        span, half = block + width - 1, (width - 1) // 2
+        edges = mask.ne(0).flatten(1).any(1).nonzero().flatten().tolist()
         threshold, scale = dropout_threshold(dropout)
         grad = any(ctx.needs_input_grad)
         z = qkv.new_empty(batch, length, cells, heads, dim)
-        items = [
-            (b, h, s)
-            for b in range(batch)
-            for h in range(heads)
-            for s in _site_chunks(cells, n_blocks, block, span, qkv.device)
-        ]
+        items = _site_items(batch, cells, n_blocks, heads * block * span, qkv.device)
         seeds = torch.randint(0, 2**62, (len(items),)).tolist() if threshold else []
 
-        def work(index: int, item: tuple[int, int, slice]) -> list[Tensor]:
-            b, h, s = item
-            rows = (s.stop - s.start) * n_blocks
-            q_chunk, keys, values = SiteBandCore._sequences(qkv, b, h, s, mask)
-            probs, _, _ = SiteBandCore._scores(q_chunk, keys, rel[b, h], u[h], v[h], mask)
-            kept = [probs] if grad else []
-            dropped = probs
+        def work(index: int, item: tuple[int, slice, slice]) -> list[Tensor]:
+            b, s, bs = item
+            count, n_part = s.stop - s.start, bs.stop - bs.start
+            rows, sites, start = count * n_part, n_part * block, bs.start * block
+            local = [i - bs.start for i in edges if bs.start <= i < bs.stop]
+            seq, _, _ = _gather_sequences(qkv, item, block, half, "seq")  # [3, H, n, Sp+2w, d]
+            probs = qkv.new_empty(heads, count, n_part, block, width)
+            out = _scratch("out", (heads, rows, dim, block), qkv)  # outputs, blocks transposed
+            band = _band_buffer("probs", rows, block, span, qkv)
+            draws = keep = None
             if threshold:
-                draws = random_draws(probs.shape, probs.device, seeds[index])
-                dropped = probs * keep_from_draws(draws, threshold, probs.dtype)
-                kept += [draws] if grad else []
-            band = _band_buffer("probs", rows, block, span, probs)
-            _on_window(band, width).copy_(dropped.view(rows, block, width))
-            out = torch.bmm(band, _windows(values, span, block)).view(-1, n_blocks * block, dim)
+                draws = random_draws(probs.shape, qkv.device, seeds[index])
+                keep = keep_from_draws(draws, threshold, qkv.dtype)
+            for h in range(heads):
+                query = seq[0, h, :, half : half + sites]  # [n, Sp, d]
+                probs[h] = SiteBandCore._probs(
+                    (query + u[h]).view(rows, block, dim),
+                    _windows(seq[1, h], span, block),
+                    query + v[h],
+                    rel[b, h, start : start + sites],
+                    mask[bs],
+                    local,
+                )
+                dropped = probs[h] if keep is None else probs[h] * keep[h]
+                _on_window(band, width).copy_(dropped.view(rows, block, width))
+                values = _windows(seq[2, h], span, block)
+                # (probs @ values)^T: small matmuls with 8 output columns are slow, 8 rows fast
+                torch.bmm(values.transpose(1, 2), band.transpose(1, 2), out=out[h])
             if threshold:
                 out.mul_(scale)
-            z[b, :, s, h].copy_(out[:, :length].transpose(0, 1))
-            return kept
+            valid = min(length - start, sites)
+            blocks_out = out.view(heads, count, n_part, dim, block).permute(2, 4, 1, 0, 3)
+            full = valid // block  # [nb, block, n, H, d]
+            z[b, start : start + full * block, s].view(full, block, count, heads, dim).copy_(
+                blocks_out[:full]
+            )
+            if valid > full * block:
+                z[b, start + full * block : start + valid, s].copy_(
+                    blocks_out[full, : valid - full * block]
+                )
+            return ([probs] + ([draws] if threshold else [])) if grad else []
 
         stored = [t for kept in _run_chunks(work, items, qkv.device) for t in kept]
         if grad:
@@ -290,69 +371,88 @@ class SiteBandCore(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
         qkv, rel, u, v, mask, z, *stored = ctx.saved_tensors
         threshold, scale, items = ctx.params
-        batch, length, cells, _, heads, dim = qkv.shape
-        n_blocks, block, width = mask.shape
-        span = block + width - 1
-        half = (width - 1) // 2
-        padded_length = n_blocks * block
+        length, heads, dim = qkv.shape[1], qkv.shape[4], qkv.shape[5]
+        _, block, width = mask.shape
+        span, half = block + width - 1, (width - 1) // 2
         per_item = 2 if threshold else 1
         d_qkv = torch.empty_like(qkv)
 
-        def work(index: int, item: tuple[int, int, slice]) -> tuple[Tensor, Tensor, Tensor]:
-            b, h, s = item
-            count = s.stop - s.start
-            rows = count * n_blocks
-            probs = stored[per_item * index].view(rows, block, width)
-            dropped = probs
+        def work(index: int, item: tuple[int, slice, slice]) -> tuple[list, Tensor, Tensor]:
+            b, s, bs = item
+            count, n_part = s.stop - s.start, bs.stop - bs.start
+            rows, sites, start = count * n_part, n_part * block, bs.start * block
+            valid = min(length - start, sites)
+            probs_all = stored[per_item * index]
+            keep = None
             if threshold:
-                keep = keep_from_draws(stored[2 * index + 1], threshold, probs.dtype)
-                dropped = probs * keep.view(rows, block, width)
-            q_chunk, keys, values = SiteBandCore._sequences(qkv, b, h, s, mask)
-            queries = (q_chunk + u[h]).view(rows, block, dim)
-            query_position = q_chunk + v[h]
-            k_win = _windows(keys, span, block)  # [rows, S, d]
-            v_win = _windows(values, span, block)
-            dz = q_chunk.new_zeros(count, padded_length, dim)
-            dz[:, :length] = grad[b, :, s, h].transpose(0, 1)
-            dz = dz.view(rows, block, dim)
-            row = (grad[b, :, s, h] * z[b, :, s, h]).sum(-1).transpose(0, 1)  # [n, L]
-            row = F.pad(row, (0, padded_length - length)).reshape(rows, block, 1)
+                keep = keep_from_draws(stored[per_item * index + 1], threshold, qkv.dtype)
+            seq, first, filled = _gather_sequences(qkv, item, block, half, "seq")
+            d_seq = _scratch("d_seq", seq.shape, qkv)
+            d_seq[1:].zero_()  # keys and values are accumulated by folds
+            grad_part = grad[b, start : start + valid, s]  # [valid, n, H, d]
+            dz_all = _scratch("dz", (heads, count, sites, dim), qkv)
+            dz_all[:, :, :valid].copy_(grad_part.permute(2, 1, 0, 3))
+            dz_all[:, :, valid:].zero_()
             if threshold:
-                dz = dz.mul_(scale)
-            band = _band_buffer("probs", rows, block, span, probs)
-            _on_window(band, width).copy_(dropped)
-            d_v_win = torch.bmm(band.transpose(1, 2), dz)  # [rows, S, d]
-            d_dropped = _on_window(torch.bmm(dz, v_win.transpose(1, 2)), width)
-            d_scores = torch.mul(d_dropped, dropped, out=torch.empty_like(dropped))
-            d_scores.addcmul_(probs, row, value=-1)
-            d_band = _band_buffer("d_scores", rows, block, span, probs)
-            _on_window(d_band, width).copy_(d_scores)
-            d_queries = torch.bmm(d_band, k_win).view(count, -1, dim)
-            d_k_win = torch.bmm(d_band.transpose(1, 2), queries)  # [rows, S, d]
-            d_keys = torch.zeros_like(keys)
-            d_values = torch.zeros_like(values)
-            _fold_windows(d_k_win.view(count, n_blocks, span, dim), d_keys, span, block)
-            _fold_windows(d_v_win.view(count, n_blocks, span, dim), d_values, span, block)
-            # position term: scores[c, i, :] += (q + v)[c, i] @ rel[i]
-            d_position = d_scores.view(count, padded_length, width).transpose(0, 1)
-            d_query_position = torch.bmm(d_position, rel[b, h].transpose(1, 2)).transpose(0, 1)
-            d_rel = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
-            d_q = d_queries + d_query_position
-            target = d_qkv[b, :, s, :, h]  # [L, n, 3, d]
-            target[:, :, 0].copy_(d_q[:, :length].transpose(0, 1))
-            target[:, :, 1].copy_(d_keys[:, half : half + length].transpose(0, 1))
-            target[:, :, 2].copy_(d_values[:, half : half + length].transpose(0, 1))
-            return d_rel, d_queries.sum((0, 1)), d_query_position.sum((0, 1))
+                dz_all.mul_(scale)
+            # row term of the softmax gradient: sum_o dP * P = dz . z (before the dropout scale)
+            row_all = (grad_part * z[b, start : start + valid, s]).sum(-1).permute(2, 1, 0)
+            row_all = F.pad(row_all, (0, sites - valid)).reshape(heads, rows, block, 1)
+            band = _band_buffer("probs", rows, block, span, qkv)
+            d_band = _band_buffer("d_scores", rows, block, span, qkv)
+            results = []
+            for h in range(heads):
+                probs = probs_all[h].view(rows, block, width)
+                dropped = probs if keep is None else probs * keep[h].view(rows, block, width)
+                query = seq[0, h, :, half : half + sites]  # [n, Sp, d]
+                queries = (query + u[h]).view(rows, block, dim)
+                query_position = query + v[h]
+                rel_part = rel[b, h, start : start + sites]
+                dz = dz_all[h].view(rows, block, dim)
+                _on_window(band, width).copy_(dropped)
+                # gradients of 8 columns are computed transposed (8 rows: much faster)
+                d_v_win = torch.bmm(dz.transpose(1, 2), band).transpose(1, 2)
+                _fold_windows(d_v_win.view(count, n_part, span, dim), d_seq[2, h], span, block)
+                v_win = _windows(seq[2, h], span, block)
+                d_dropped = _on_window(torch.bmm(dz, v_win.transpose(1, 2)), width)
+                d_scores = torch.mul(d_dropped, dropped, out=torch.empty_like(dropped))
+                d_scores.addcmul_(probs, row_all[h], value=-1)
+                _on_window(d_band, width).copy_(d_scores)
+                k_win = _windows(seq[1, h], span, block)
+                d_queries = torch.bmm(k_win.transpose(1, 2), d_band.transpose(1, 2))  # [rows, d, B]
+                d_k_win = torch.bmm(queries.transpose(1, 2), d_band).transpose(1, 2)
+                _fold_windows(d_k_win.view(count, n_part, span, dim), d_seq[1, h], span, block)
+                # position term: scores[c, i, :] += (q + v)[c, i] @ rel[i]
+                d_position = d_scores.view(count, sites, width).transpose(0, 1)  # [Sp, n, W]
+                d_query_position = torch.bmm(rel_part, d_position.transpose(1, 2))  # [Sp, d, n]
+                d_rel = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
+                target = d_seq[0, h, :, half : half + sites].view(count, n_part, block, dim)
+                torch.add(
+                    d_queries.view(count, n_part, dim, block).transpose(2, 3),
+                    d_query_position.view(n_part, block, dim, count).permute(3, 0, 1, 2),
+                    out=target,
+                )
+                results.append((d_rel, d_queries.sum((0, 2)), d_query_position.sum((0, 2))))
+            body = d_seq[:, :, :, half : half + valid]  # [3, H, n, valid, d]
+            d_qkv[b, start : start + valid, s].copy_(body.permute(3, 2, 0, 1, 4))
+            # key and value gradients of the halo sites (other items' sites): added afterwards
+            left = d_seq[1:, :, :, max(-first, 0) : half].clone()
+            right = d_seq[1:, :, :, half + sites : filled].clone()
+            return results, left, right
 
         d_rel = torch.zeros_like(rel)
         d_u = torch.zeros_like(u)
         d_v = torch.zeros_like(v)
-        for (b, h, _), (rel_part, u_part, v_part) in zip(
-            items, _run_chunks(work, items, qkv.device)
-        ):
-            d_rel[b, h] += rel_part
-            d_u[h] += u_part
-            d_v[h] += v_part
+        for (b, s, bs), (results, left, right) in zip(items, _run_chunks(work, items, qkv.device)):
+            start, stop = bs.start * block, bs.stop * block
+            for h, (rel_part, u_part, v_part) in enumerate(results):
+                d_rel[b, h, start:stop] += rel_part
+                d_u[h] += u_part
+                d_v[h] += v_part
+            if left.shape[3]:
+                d_qkv[b, start - left.shape[3] : start, s, 1:].add_(left.permute(3, 2, 0, 1, 4))
+            if right.shape[3]:
+                d_qkv[b, stop : stop + right.shape[3], s, 1:].add_(right.permute(3, 2, 0, 1, 4))
         return d_qkv, d_rel, d_u, d_v, None, None
 
 
@@ -398,10 +498,10 @@ class CellCore(torch.autograd.Function):
         def work(index: int, s: slice) -> None:
             q, k_t, v = CellCore._gather(qkv_rows, s)
             _, dropped = CellCore._probs(q, k_t, threshold, seed + index)
-            out = torch.matmul(dropped, v)
+            out = torch.matmul(v.transpose(-1, -2), dropped.transpose(-1, -2))  # (P V)^T
             if threshold:
                 out.mul_(scale)
-            z_rows[s].copy_(out.transpose(1, 2))
+            z_rows[s].copy_(out.permute(0, 3, 1, 2))
 
         _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
         if any(ctx.needs_input_grad):
@@ -428,15 +528,17 @@ class CellCore(torch.autograd.Function):
             dz = grad_rows[s].transpose(1, 2).contiguous()  # [r, H, C, d]
             if threshold:
                 dz.mul_(scale)
-            d_v = torch.matmul(dropped.transpose(-1, -2), dz)
+            # gradients [C, d] are computed transposed ([d, C]: small matmuls with 8 output
+            # columns are slow, with 8 rows fast)
+            d_v = torch.matmul(dz.transpose(-1, -2), dropped)
             d_scores = torch.matmul(dz, v.transpose(-1, -2)).mul_(dropped)
             d_scores.addcmul_(probs, row, value=-1)
-            d_q = torch.matmul(d_scores, k_t.transpose(-1, -2))
-            d_k = torch.matmul(d_scores.transpose(-1, -2), q)
+            d_q = torch.matmul(k_t, d_scores.transpose(-1, -2))
+            d_k = torch.matmul(q.transpose(-1, -2), d_scores)
             target = d_rows[s]  # [r, C, 3, H, d]
-            target[:, :, 0].copy_(d_q.transpose(1, 2))
-            target[:, :, 1].copy_(d_k.transpose(1, 2))
-            target[:, :, 2].copy_(d_v.transpose(1, 2))
+            target[:, :, 0].copy_(d_q.permute(0, 3, 1, 2))
+            target[:, :, 1].copy_(d_k.permute(0, 3, 1, 2))
+            target[:, :, 2].copy_(d_v.permute(0, 3, 1, 2))
 
         _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
         return d_qkv, None

@@ -29,7 +29,8 @@ class TransformerLayer(nn.Module):
             for kind in config.attention_kinds
         )
         self.attention_norms = nn.ModuleList(_norm(config) for _ in config.attention_kinds)
-        activation = nn.ReLU() if config.activation == "relu" else nn.GELU()
+        # in place: the ReLU overwrites the first Linear's output (its backward needs only its input)
+        activation = nn.ReLU(inplace=True) if config.activation == "relu" else nn.GELU()
         self.ff = nn.Sequential(
             nn.Linear(config.hidden, 4 * config.hidden),
             activation,
