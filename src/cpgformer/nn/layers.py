@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from cpgformer.nn.attention import Attention
@@ -29,8 +30,7 @@ class TransformerLayer(nn.Module):
             for kind in config.attention_kinds
         )
         self.attention_norms = nn.ModuleList(_norm(config) for _ in config.attention_kinds)
-        # in place: the ReLU overwrites the first Linear's output (its backward needs only its input)
-        activation = nn.ReLU(inplace=True) if config.activation == "relu" else nn.GELU()
+        activation = nn.ReLU() if config.activation == "relu" else nn.GELU()
         self.ff = nn.Sequential(
             nn.Linear(config.hidden, 4 * config.hidden),
             activation,
@@ -42,4 +42,13 @@ class TransformerLayer(nn.Module):
         # out of place on purpose: module outputs stay what forward hooks saw (explain uses them)
         for attention, norm in zip(self.attentions, self.attention_norms):
             x = norm(attention(x, rel, self.half_window, impl) + x)
-        return self.ff_norm(self.ff(x) + x)
+        return self.ff_norm(self._feed_forward(x) + x)
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        """``self.ff`` on the tokens as one 2-D matrix, the ReLU in place: the first Linear's output
+        is then no view (an in-place op on a view costs autograd full-size copies) and its backward
+        needs only its input, so the ReLU may overwrite it — saving a pass and a 4·D-wide tensor."""
+        first, activation, second = self.ff
+        hidden = first(x.reshape(-1, x.shape[-1]))
+        hidden = torch.relu_(hidden) if isinstance(activation, nn.ReLU) else activation(hidden)
+        return second(hidden).view(x.shape)
