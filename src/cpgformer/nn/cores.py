@@ -289,10 +289,12 @@ class SiteBandCore(torch.autograd.Function):
         rel: Tensor,
         mask: Tensor,
         edges: list[int],
+        out: Tensor | None = None,
     ) -> Tensor:
         """Window probabilities ``[n, nb, block, W]`` of one head: ``queries`` ``[rows, block, d]``
         (q + u), key spans ``[rows, S, d]``, ``query_position`` ``[n, Sp, d]`` (q + v), ``rel``
-        ``[Sp, d, W]``, ``mask`` ``[nb, block, W]`` and the blocks where it is not zero."""
+        ``[Sp, d, W]``, ``mask`` ``[nb, block, W]`` and the blocks where it is not zero; written
+        into ``out`` if given."""
         rows, block, _ = queries.shape
         n_blocks, _, width = mask.shape
         count = rows // n_blocks
@@ -303,7 +305,9 @@ class SiteBandCore(torch.autograd.Function):
         scores = torch.add(content, position, out=queries.new_empty(content.shape))
         for index in edges:  # blocks with slots outside the segment
             scores[:, index].add_(mask[index])
-        return scores.softmax(-1)
+        if out is None:
+            return scores.softmax(-1)
+        return torch.ops.aten._softmax.out(scores, -1, False, out=out)
 
     @staticmethod
     def forward(  # noqa: ANN001, PLR0913
@@ -325,24 +329,26 @@ class SiteBandCore(torch.autograd.Function):
             rows, sites, start = count * n_part, n_part * block, bs.start * block
             local = [i - bs.start for i in edges if bs.start <= i < bs.stop]
             seq, _, _ = _gather_sequences(qkv, item, block, half, "seq")  # [3, H, n, Sp+2w, d]
-            probs = qkv.new_empty(heads, count, n_part, block, width)
+            shape = (heads, count, n_part, block, width)
+            probs = qkv.new_empty(shape) if grad else None  # kept for backward
             out = _scratch("out", (heads, rows, dim, block), qkv)  # outputs, blocks transposed
             band = _band_buffer("probs", rows, block, span, qkv)
             draws = keep = None
             if threshold:
-                draws = random_draws(probs.shape, qkv.device, seeds[index])
+                draws = random_draws(shape, qkv.device, seeds[index])
                 keep = keep_from_draws(draws, threshold, qkv.dtype)
             for h in range(heads):
                 query = seq[0, h, :, half : half + sites]  # [n, Sp, d]
-                probs[h] = SiteBandCore._probs(
+                head_probs = SiteBandCore._probs(
                     (query + u[h]).view(rows, block, dim),
                     _windows(seq[1, h], span, block),
                     query + v[h],
                     rel[b, h, start : start + sites],
                     mask[bs],
                     local,
+                    None if probs is None else probs[h],
                 )
-                dropped = probs[h] if keep is None else probs[h] * keep[h]
+                dropped = head_probs if keep is None else head_probs * keep[h]
                 _on_window(band, width).copy_(dropped.view(rows, block, width))
                 values = _windows(seq[2, h], span, block)
                 # (probs @ values)^T: small matmuls with 8 output columns are slow, 8 rows fast
@@ -470,12 +476,10 @@ class CellCore(torch.autograd.Function):
 
     @staticmethod
     def _gather(qkv_rows: Tensor, s: slice) -> tuple[Tensor, Tensor, Tensor]:
-        """Chunk ``s`` of ``[R, C, 3, H, d]`` -> q ``[r, H, C, d]``, k^T ``[r, H, d, C]``, v."""
-        part = qkv_rows[s]
-        q = part[:, :, 0].transpose(1, 2).contiguous()
-        k_t = part[:, :, 1].permute(0, 2, 3, 1).contiguous()
-        v = part[:, :, 2].transpose(1, 2).contiguous()
-        return q, k_t, v
+        """Chunk ``s`` of ``[R, C, 3, H, d]`` -> q ``[r, H, C, d]``, k^T ``[r, H, d, C]`` (a
+        transposed view), v ``[r, H, C, d]``: one copy of the chunk's contiguous rows."""
+        q, k, v = qkv_rows[s].permute(2, 0, 3, 1, 4).contiguous()
+        return q, k.transpose(-1, -2), v
 
     @staticmethod
     def _probs(q: Tensor, k_t: Tensor, threshold: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -525,20 +529,16 @@ class CellCore(torch.autograd.Function):
             q, k_t, v = CellCore._gather(qkv_rows, s)
             probs, dropped = CellCore._probs(q, k_t, threshold, seed + index)
             row = (grad_rows[s] * z_rows[s]).sum(-1).transpose(1, 2).unsqueeze(-1)  # [r, H, C, 1]
-            dz = grad_rows[s].transpose(1, 2).contiguous()  # [r, H, C, d]
-            if threshold:
-                dz.mul_(scale)
+            dz = torch.mul(grad_rows[s].transpose(1, 2), scale)  # [r, H, C, d], contiguous
             # gradients [C, d] are computed transposed ([d, C]: small matmuls with 8 output
-            # columns are slow, with 8 rows fast)
-            d_v = torch.matmul(dz.transpose(-1, -2), dropped)
+            # columns are slow, with 8 rows fast) into one buffer, written back in one copy
+            d_t = q.new_empty(3, *k_t.shape)  # [3, r, H, d, C]
+            torch.matmul(dz.transpose(-1, -2), dropped, out=d_t[2])
             d_scores = torch.matmul(dz, v.transpose(-1, -2)).mul_(dropped)
             d_scores.addcmul_(probs, row, value=-1)
-            d_q = torch.matmul(k_t, d_scores.transpose(-1, -2))
-            d_k = torch.matmul(q.transpose(-1, -2), d_scores)
-            target = d_rows[s]  # [r, C, 3, H, d]
-            target[:, :, 0].copy_(d_q.permute(0, 3, 1, 2))
-            target[:, :, 1].copy_(d_k.permute(0, 3, 1, 2))
-            target[:, :, 2].copy_(d_v.permute(0, 3, 1, 2))
+            torch.matmul(k_t, d_scores.transpose(-1, -2), out=d_t[0])
+            torch.matmul(q.transpose(-1, -2), d_scores, out=d_t[1])
+            d_rows[s].copy_(d_t.permute(1, 4, 0, 2, 3))  # [r, C, 3, H, d]
 
         _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
         return d_qkv, None
