@@ -264,7 +264,7 @@ class SiteBandCore(torch.autograd.Function):
     elsewhere) -> ``z [B, L, C, H, d]`` (token layout: the output projection's input as a view).
 
     Work items are runs of query blocks (all cells where the cache allows, else chunks of cells),
-    all heads each. For an item, in cache:
+    all heads at once (one op per step for every head: few, larger ops). For an item:
 
     * one copy gathers its q, k, v (with ``w`` halo sites either side) from ``qkv`` — contiguous
       runs of whole token rows — into per-thread head-major sequences;
@@ -274,7 +274,9 @@ class SiteBandCore(torch.autograd.Function):
       dimension — computed once per site and head, never repeated per cell;
     * softmax, dropout and all elementwise work run on the W window slots only (not the band's
       ``block + 2w`` columns); probabilities enter the band matmuls through per-thread band buffers
-      that are zero off the window.
+      that are zero off the window;
+    * small matmuls whose result would have 8 (= d) columns are computed transposed (8 rows):
+      several times faster with these shapes.
 
     Stores ``qkv``, the output, the window probabilities and the dropout draws (5 bytes per window
     slot: ~0.8 KB per token and layer, independent of C). Backward writes every gradient of ``qkv``
@@ -282,32 +284,16 @@ class SiteBandCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def _probs(  # noqa: PLR0913
-        queries: Tensor,
-        k_win: Tensor,
-        query_position: Tensor,
-        rel: Tensor,
-        mask: Tensor,
-        edges: list[int],
-        out: Tensor | None = None,
-    ) -> Tensor:
-        """Window probabilities ``[n, nb, block, W]`` of one head: ``queries`` ``[rows, block, d]``
-        (q + u), key spans ``[rows, S, d]``, ``query_position`` ``[n, Sp, d]`` (q + v), ``rel``
-        ``[Sp, d, W]``, ``mask`` ``[nb, block, W]`` and the blocks where it is not zero; written
-        into ``out`` if given."""
-        rows, block, _ = queries.shape
-        n_blocks, _, width = mask.shape
-        count = rows // n_blocks
-        band = torch.bmm(queries, k_win.transpose(1, 2))
-        content = _on_window(band, width).view(count, n_blocks, block, width)
-        position = torch.bmm(query_position.transpose(0, 1), rel)  # [Sp, n, W]
-        position = position.transpose(0, 1).view(count, n_blocks, block, width)
-        scores = torch.add(content, position, out=queries.new_empty(content.shape))
-        for index in edges:  # blocks with slots outside the segment
-            scores[:, index].add_(mask[index])
-        if out is None:
-            return scores.softmax(-1)
-        return torch.ops.aten._softmax.out(scores, -1, False, out=out)
+    def _operands(seq: Tensor, u: Tensor, v: Tensor, block: int, span: int, half: int, sites: int):  # noqa: ANN205, PLR0913
+        """From the gathered sequences ``[3, H, n, R, d]``: queries + u ``[H*rows, block, d]``,
+        queries + v ``[H, n, Sp, d]``, key and value spans ``[H*rows, span, d]``."""
+        heads, count, rows_seq, dim = seq.shape[1:]
+        query = seq[0, :, :, half : half + sites]  # [H, n, Sp, d]
+        queries = (query + u.view(heads, 1, 1, dim)).view(-1, block, dim)
+        query_position = query + v.view(heads, 1, 1, dim)
+        k_win = _windows(seq[1].view(heads * count, rows_seq, dim), span, block)
+        v_win = _windows(seq[2].view(heads * count, rows_seq, dim), span, block)
+        return queries, query_position, k_win, v_win
 
     @staticmethod
     def forward(  # noqa: ANN001, PLR0913
@@ -326,33 +312,34 @@ class SiteBandCore(torch.autograd.Function):
         def work(index: int, item: tuple[int, slice, slice]) -> list[Tensor]:
             b, s, bs = item
             count, n_part = s.stop - s.start, bs.stop - bs.start
-            rows, sites, start = count * n_part, n_part * block, bs.start * block
-            local = [i - bs.start for i in edges if bs.start <= i < bs.stop]
-            seq, _, _ = _gather_sequences(qkv, item, block, half, "seq")  # [3, H, n, Sp+2w, d]
+            rows, sites, start = heads * count * n_part, n_part * block, bs.start * block
+            seq, _, _ = _gather_sequences(qkv, item, block, half, "seq")  # [3, H, n, R, d]
+            queries, query_position, k_win, v_win = SiteBandCore._operands(
+                seq, u, v, block, span, half, sites
+            )
             shape = (heads, count, n_part, block, width)
-            probs = qkv.new_empty(shape) if grad else None  # kept for backward
-            out = _scratch("out", (heads, rows, dim, block), qkv)  # outputs, blocks transposed
-            band = _band_buffer("probs", rows, block, span, qkv)
-            draws = keep = None
+            band = torch.bmm(queries, k_win.transpose(1, 2))  # [H*rows, block, span]
+            content = _on_window(band, width).view(shape)
+            # position term with the cells as M: [H*Sp, n, d] @ [H*Sp, d, W]
+            position = torch.bmm(
+                query_position.transpose(1, 2).reshape(heads * sites, count, dim),
+                rel[b, :, start : start + sites].reshape(heads * sites, dim, width),
+            )
+            position = position.view(heads, sites, count, width).transpose(1, 2).view(shape)
+            scores = torch.add(content, position, out=qkv.new_empty(shape))
+            for i in edges:  # blocks with slots outside the segment
+                if bs.start <= i < bs.stop:
+                    scores[:, :, i - bs.start].add_(mask[i])
+            probs = scores.softmax(-1)
+            draws = None
+            dropped = probs
             if threshold:
                 draws = random_draws(shape, qkv.device, seeds[index])
-                keep = keep_from_draws(draws, threshold, qkv.dtype)
-            for h in range(heads):
-                query = seq[0, h, :, half : half + sites]  # [n, Sp, d]
-                head_probs = SiteBandCore._probs(
-                    (query + u[h]).view(rows, block, dim),
-                    _windows(seq[1, h], span, block),
-                    query + v[h],
-                    rel[b, h, start : start + sites],
-                    mask[bs],
-                    local,
-                    None if probs is None else probs[h],
-                )
-                dropped = head_probs if keep is None else head_probs * keep[h]
-                _on_window(band, width).copy_(dropped.view(rows, block, width))
-                values = _windows(seq[2, h], span, block)
-                # (probs @ values)^T: small matmuls with 8 output columns are slow, 8 rows fast
-                torch.bmm(values.transpose(1, 2), band.transpose(1, 2), out=out[h])
+                dropped = probs * keep_from_draws(draws, threshold, qkv.dtype)
+            buffer = _band_buffer("probs", rows, block, span, qkv)
+            _on_window(buffer, width).copy_(dropped.view(rows, block, width))
+            # (probs @ values)^T: small matmuls with 8 output columns are slow, 8 rows fast
+            out = torch.bmm(v_win.transpose(1, 2), buffer.transpose(1, 2))  # [H*rows, d, B]
             if threshold:
                 out.mul_(scale)
             valid = min(length - start, sites)
@@ -383,78 +370,77 @@ class SiteBandCore(torch.autograd.Function):
         per_item = 2 if threshold else 1
         d_qkv = torch.empty_like(qkv)
 
-        def work(index: int, item: tuple[int, slice, slice]) -> tuple[list, Tensor, Tensor]:
+        def work(index: int, item: tuple[int, slice, slice]) -> tuple[Tensor, ...]:
             b, s, bs = item
             count, n_part = s.stop - s.start, bs.stop - bs.start
-            rows, sites, start = count * n_part, n_part * block, bs.start * block
+            rows, sites, start = heads * count * n_part, n_part * block, bs.start * block
             valid = min(length - start, sites)
-            probs_all = stored[per_item * index]
-            keep = None
+            probs = stored[per_item * index].view(rows, block, width)
+            dropped = probs
             if threshold:
                 keep = keep_from_draws(stored[per_item * index + 1], threshold, qkv.dtype)
+                dropped = probs * keep.view(rows, block, width)
             seq, first, filled = _gather_sequences(qkv, item, block, half, "seq")
+            queries, query_position, k_win, v_win = SiteBandCore._operands(
+                seq, u, v, block, span, half, sites
+            )
             d_seq = _scratch("d_seq", seq.shape, qkv)
             d_seq[1:].zero_()  # keys and values are accumulated by folds
             grad_part = grad[b, start : start + valid, s]  # [valid, n, H, d]
-            dz_all = _scratch("dz", (heads, count, sites, dim), qkv)
-            dz_all[:, :, :valid].copy_(grad_part.permute(2, 1, 0, 3))
-            dz_all[:, :, valid:].zero_()
-            if threshold:
-                dz_all.mul_(scale)
+            dz = _scratch("dz", (heads, count, sites, dim), qkv)
+            torch.mul(grad_part.permute(2, 1, 0, 3), scale, out=dz[:, :, :valid])
+            dz[:, :, valid:].zero_()
+            dz = dz.view(rows, block, dim)
             # row term of the softmax gradient: sum_o dP * P = dz . z (before the dropout scale)
-            row_all = (grad_part * z[b, start : start + valid, s]).sum(-1).permute(2, 1, 0)
-            row_all = F.pad(row_all, (0, sites - valid)).reshape(heads, rows, block, 1)
+            row = (grad_part * z[b, start : start + valid, s]).sum(-1).permute(2, 1, 0)
+            row = F.pad(row, (0, sites - valid)).reshape(rows, block, 1)
             band = _band_buffer("probs", rows, block, span, qkv)
+            _on_window(band, width).copy_(dropped)
+            # gradients of 8 columns are computed transposed (8 rows: much faster)
+            d_v_win = torch.bmm(dz.transpose(1, 2), band).transpose(1, 2)  # [H*rows, span, d]
+            folded = d_seq[2].view(heads * count, -1, dim)
+            _fold_windows(d_v_win.view(heads * count, n_part, span, dim), folded, span, block)
+            d_dropped = _on_window(torch.bmm(dz, v_win.transpose(1, 2)), width)
+            d_scores = torch.mul(d_dropped, dropped, out=torch.empty_like(dropped))
+            d_scores.addcmul_(probs, row, value=-1)
             d_band = _band_buffer("d_scores", rows, block, span, qkv)
-            results = []
-            for h in range(heads):
-                probs = probs_all[h].view(rows, block, width)
-                dropped = probs if keep is None else probs * keep[h].view(rows, block, width)
-                query = seq[0, h, :, half : half + sites]  # [n, Sp, d]
-                queries = (query + u[h]).view(rows, block, dim)
-                query_position = query + v[h]
-                rel_part = rel[b, h, start : start + sites]
-                dz = dz_all[h].view(rows, block, dim)
-                _on_window(band, width).copy_(dropped)
-                # gradients of 8 columns are computed transposed (8 rows: much faster)
-                d_v_win = torch.bmm(dz.transpose(1, 2), band).transpose(1, 2)
-                _fold_windows(d_v_win.view(count, n_part, span, dim), d_seq[2, h], span, block)
-                v_win = _windows(seq[2, h], span, block)
-                d_dropped = _on_window(torch.bmm(dz, v_win.transpose(1, 2)), width)
-                d_scores = torch.mul(d_dropped, dropped, out=torch.empty_like(dropped))
-                d_scores.addcmul_(probs, row_all[h], value=-1)
-                _on_window(d_band, width).copy_(d_scores)
-                k_win = _windows(seq[1, h], span, block)
-                d_queries = torch.bmm(k_win.transpose(1, 2), d_band.transpose(1, 2))  # [rows, d, B]
-                d_k_win = torch.bmm(queries.transpose(1, 2), d_band).transpose(1, 2)
-                _fold_windows(d_k_win.view(count, n_part, span, dim), d_seq[1, h], span, block)
-                # position term: scores[c, i, :] += (q + v)[c, i] @ rel[i]
-                d_position = d_scores.view(count, sites, width).transpose(0, 1)  # [Sp, n, W]
-                d_query_position = torch.bmm(rel_part, d_position.transpose(1, 2))  # [Sp, d, n]
-                d_rel = torch.bmm(query_position.transpose(0, 1).transpose(1, 2), d_position)
-                target = d_seq[0, h, :, half : half + sites].view(count, n_part, block, dim)
-                torch.add(
-                    d_queries.view(count, n_part, dim, block).transpose(2, 3),
-                    d_query_position.view(n_part, block, dim, count).permute(3, 0, 1, 2),
-                    out=target,
-                )
-                results.append((d_rel, d_queries.sum((0, 2)), d_query_position.sum((0, 2))))
+            _on_window(d_band, width).copy_(d_scores)
+            d_queries = torch.bmm(k_win.transpose(1, 2), d_band.transpose(1, 2))  # [H*rows, d, B]
+            d_k_win = torch.bmm(queries.transpose(1, 2), d_band).transpose(1, 2)
+            folded = d_seq[1].view(heads * count, -1, dim)
+            _fold_windows(d_k_win.view(heads * count, n_part, span, dim), folded, span, block)
+            # position term: scores[h, c, i, :] += (q + v)[h, c, i] @ rel[h, i]
+            d_position = d_scores.view(heads, count, sites, width).transpose(1, 2)
+            d_position = d_position.reshape(heads * sites, count, width)  # [H*Sp, n, W]
+            rel_part = rel[b, :, start : start + sites].reshape(heads * sites, dim, width)
+            d_query_position = torch.bmm(rel_part, d_position.transpose(1, 2))  # [H*Sp, d, n]
+            positional = query_position.transpose(1, 2).reshape(heads * sites, count, dim)
+            d_rel = torch.bmm(positional.transpose(1, 2), d_position)  # [H*Sp, d, W]
+            target = d_seq[0, :, :, half : half + sites].unflatten(2, (n_part, block))
+            torch.add(
+                d_queries.view(heads, count, n_part, dim, block).transpose(3, 4),
+                d_query_position.view(heads, n_part, block, dim, count).permute(0, 4, 1, 2, 3),
+                out=target,
+            )
+            d_u = d_queries.view(heads, -1, dim, block).sum((1, 3))
+            d_v = d_query_position.view(heads, -1, dim, count).sum((1, 3))
             body = d_seq[:, :, :, half : half + valid]  # [3, H, n, valid, d]
             d_qkv[b, start : start + valid, s].copy_(body.permute(3, 2, 0, 1, 4))
             # key and value gradients of the halo sites (other items' sites): added afterwards
             left = d_seq[1:, :, :, max(-first, 0) : half].clone()
             right = d_seq[1:, :, :, half + sites : filled].clone()
-            return results, left, right
+            return d_rel.view(heads, sites, dim, width), d_u, d_v, left, right
 
         d_rel = torch.zeros_like(rel)
         d_u = torch.zeros_like(u)
         d_v = torch.zeros_like(v)
-        for (b, s, bs), (results, left, right) in zip(items, _run_chunks(work, items, qkv.device)):
+        for (b, s, bs), (rel_part, u_part, v_part, left, right) in zip(
+            items, _run_chunks(work, items, qkv.device)
+        ):
             start, stop = bs.start * block, bs.stop * block
-            for h, (rel_part, u_part, v_part) in enumerate(results):
-                d_rel[b, h, start:stop] += rel_part
-                d_u[h] += u_part
-                d_v[h] += v_part
+            d_rel[b, :, start:stop] += rel_part
+            d_u += u_part
+            d_v += v_part
             if left.shape[3]:
                 d_qkv[b, start - left.shape[3] : start, s, 1:].add_(left.permute(3, 2, 0, 1, 4))
             if right.shape[3]:
