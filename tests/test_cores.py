@@ -277,3 +277,22 @@ def test_buffers_survive_switching_between_inference_and_no_grad() -> None:
     with torch.no_grad():
         second = cores.SiteBandCore.apply(qkv, rel, u, v, mask, 0.0)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_scratch_buffers_do_not_pile_up_across_segment_lengths() -> None:
+    """Imputation runs segments of many lengths: the per-thread scratch buffers are reused (one per
+    name and mode), and results do not depend on what an earlier call left in them."""
+    results = {}
+    sizes = []
+    for length in (29, 61, 13, 29):
+        inputs, mask = _site_inputs(batch=1, cells=3, length=length, half=3, block=8, seed=length)
+        out = cores.SiteBandCore.apply(*inputs, mask, 0.0)
+        out.backward(torch.ones_like(out))
+        grads = [t.grad.clone() for t in inputs]
+        if length in results:  # the same inputs after other lengths: bit-identical
+            torch.testing.assert_close(out, results[length][0], rtol=0, atol=0)
+            for a, b in zip(grads, results[length][1]):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        results[length] = (out.detach(), grads)
+        sizes.append(len(cores._BUFFERS.cache))
+    assert len(set(sizes[1:])) == 1  # no new buffers per length

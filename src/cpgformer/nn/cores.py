@@ -196,15 +196,18 @@ _BUFFERS = threading.local()
 
 
 def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A per-thread zero-initialised scratch tensor, reused across calls (its contents persist)."""
+    """A per-thread scratch tensor of ``shape``, its contents undefined (callers write what they
+    read). One grow-only buffer per name, dtype, device and mode, viewed at the shape asked for, so
+    that segments of many lengths do not pile up buffers."""
     # inference tensors cannot be updated outside inference mode: one buffer per mode
-    key = (name, shape, like.dtype, like.device, torch.is_inference_mode_enabled())
+    key = (name, like.dtype, like.device, torch.is_inference_mode_enabled())
     cache: dict = getattr(_BUFFERS, "cache", None) or {}
     _BUFFERS.cache = cache
+    size = math.prod(shape)
     buffer = cache.get(key)
-    if buffer is None:
-        buffer = cache[key] = like.new_zeros(shape)
-    return buffer
+    if buffer is None or buffer.numel() < size:
+        buffer = cache[key] = like.new_zeros(size)
+    return buffer[:size].view(shape)
 
 
 def _band_buffer(name: str, rows: int, block: int, span: int, like: Tensor) -> Tensor:
@@ -236,7 +239,8 @@ def _gather_sequences(
 
     ``src [B, L, C, k, H, d]`` (``k`` = 3 for q, k, v) -> ``[k, H, n, R, d]`` (``Sp`` = the item's
     query sites, ``R`` = ``Sp + 2*half`` rounded up to whole blocks), row ``r`` of a cell holding site
-    ``b0*block - half + r``; rows of sites outside the segment, and the rounding rows, are zero. Also returns the first site held and the number of rows that are
+    ``b0*block - half + r``; rows of sites outside the segment are zero, the rounding rows (never
+    read) undefined. Also returns the first site held and the number of rows that are
     sites. One copy reads the item's rows of ``src`` (contiguous runs of all its heads)."""
     b, s, bs = item
     length = src.shape[1]

@@ -28,7 +28,9 @@ from cpgformer.nn.posenc import window_distances
 def _relative_encoding(positions: Tensor, half_window: int, dim: int, dtype: torch.dtype) -> Tensor:
     """``[B, W, L, dim]`` sinusoid as the original lays it out (window slot first)."""
     distances, _ = window_distances(positions, half_window)  # [B, L, W]
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0.0, dim, 2.0, dtype=dtype, device=positions.device) / dim))
+    inv_freq = 1.0 / (
+        10000.0 ** (torch.arange(0.0, dim, 2.0, dtype=dtype, device=positions.device) / dim)
+    )
     angles = torch.einsum("blw,k->bwlk", distances.to(dtype), inv_freq)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
 
