@@ -164,12 +164,14 @@ def _cell_plain(qkv, keep, scale):
     return torch.matmul(probs, v).transpose(2, 3)  # [B, L, C, H, d]
 
 
+@pytest.mark.parametrize("store", [True, False], ids=["stored", "recomputed"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_cell_core_equals_autograd(monkeypatch, dropout: float) -> None:
+def test_cell_core_equals_autograd(monkeypatch, dropout: float, store: bool) -> None:
     cells = 9
     monkeypatch.setattr(cores, "CHUNK_ELEMENTS", 2 * cells * cells * 3)  # 3 sites per chunk
-    recorder = _Recorder()
-    monkeypatch.setattr(cores, "keep_mask", recorder)
+    monkeypatch.setattr(cores, "STORE_CELL_PROBS_UP_TO", cells if store else cells - 1)
+    recorder = _Recorder("random_draws")
+    monkeypatch.setattr(cores, "random_draws", recorder)
     g = torch.Generator().manual_seed(5)
     qkv = torch.randn(2, 6, cells, 3, 2, 4, generator=g, dtype=torch.float64).requires_grad_(True)
     torch.manual_seed(11)
@@ -178,11 +180,16 @@ def test_cell_core_equals_autograd(monkeypatch, dropout: float) -> None:
     got = _grads(out, [qkv], weights)
     keep, scale = None, 1.0
     if dropout:
-        assert len(recorder.masks) == 8  # 4 chunks, drawn again (identical) in backward
-        for a, b in zip(recorder.masks[:4], recorder.masks[4:]):
-            assert torch.equal(a, b)
-        keep = torch.cat(recorder.masks[:4])
-        scale = cores.dropout_threshold(dropout)[1]
+        if store:  # 4 chunks, drawn once and kept for backward
+            assert len(recorder.masks) == 4
+        else:  # drawn again (identical) in backward
+            assert len(recorder.masks) == 8
+            for a, b in zip(recorder.masks[:4], recorder.masks[4:]):
+                assert torch.equal(a, b)
+        threshold, scale = cores.dropout_threshold(dropout)
+        keep = torch.cat(
+            [cores.keep_from_draws(m, threshold, torch.float64) for m in recorder.masks[:4]]
+        )
     plain = _cell_plain(qkv, keep, scale)
     want = _grads(plain, [qkv], weights)
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)

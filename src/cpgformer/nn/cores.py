@@ -456,13 +456,21 @@ class SiteBandCore(torch.autograd.Function):
 # attention across cells
 
 
+STORE_CELL_PROBS_UP_TO = 32
+"""Up to this many cells the cell core keeps its probabilities and dropout draws for backward
+(at most 8 heads x 32 x 5 bytes = 1.3 KB per token and layer: bounded, whatever C); above, backward
+recomputes them, so nothing of size C x C is kept."""
+
+
 class CellCore(torch.autograd.Function):
     """``qkv [B, L, C, 3, H, d]`` (q pre-scaled) -> ``z [B, L, C, H, d]`` (token layout): softmax
     attention across the C cells of each site and head, with dropout on the probabilities.
 
     Each chunk of sites gathers its q, k, v from the packed projection in cache, and backward writes
-    each gradient of ``qkv`` exactly once. Stores ``qkv`` and ``z`` only (nothing of size C x C);
-    backward recomputes each chunk's probabilities and redraws its dropout mask from its seed."""
+    each gradient of ``qkv`` exactly once. Stores ``qkv`` and ``z``, and up to
+    ``STORE_CELL_PROBS_UP_TO`` cells the probabilities and dropout draws; with more cells nothing of
+    size C x C: backward recomputes each chunk's probabilities and redraws its dropout mask from its
+    seed."""
 
     @staticmethod
     def _gather(qkv_rows: Tensor, s: slice) -> tuple[Tensor, Tensor, Tensor]:
@@ -472,12 +480,14 @@ class CellCore(torch.autograd.Function):
         return q, k.transpose(-1, -2), v
 
     @staticmethod
-    def _probs(q: Tensor, k_t: Tensor, threshold: int, seed: int) -> tuple[Tensor, Tensor]:
+    def _probs(q: Tensor, k_t: Tensor, threshold: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Probabilities, with dropout applied, and the dropout draws (or None)."""
         probs = torch.matmul(q, k_t).softmax(-1)
-        dropped = probs
+        dropped, draws = probs, None
         if threshold:
-            dropped = probs * keep_mask(probs.shape, threshold, probs.dtype, q.device, seed)
-        return probs, dropped
+            draws = random_draws(probs.shape, q.device, seed)
+            dropped = probs * keep_from_draws(draws, threshold, probs.dtype)
+        return probs, dropped, draws
 
     @staticmethod
     def forward(ctx, qkv: Tensor, dropout: float) -> Tensor:  # noqa: ANN001
@@ -488,25 +498,30 @@ class CellCore(torch.autograd.Function):
         seed = int(torch.randint(0, 2**62, (1,)).item()) if threshold else 0
         z = qkv.new_empty(batch, length, cells, heads, dim)
         z_rows = z.view(rows, cells, heads, dim)
+        grad = any(ctx.needs_input_grad)
+        keep = grad and cells <= STORE_CELL_PROBS_UP_TO
 
-        def work(index: int, s: slice) -> None:
+        def work(index: int, s: slice) -> list[Tensor]:
             q, k_t, v = CellCore._gather(qkv_rows, s)
-            _, dropped = CellCore._probs(q, k_t, threshold, seed + index)
+            probs, dropped, draws = CellCore._probs(q, k_t, threshold, seed + index)
             out = torch.matmul(v.transpose(-1, -2), dropped.transpose(-1, -2))  # (P V)^T
             if threshold:
                 out.mul_(scale)
             z_rows[s].copy_(out.permute(0, 3, 1, 2))
+            return [probs] + ([draws] if threshold else []) if keep else []
 
-        _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(qkv, z)
-        ctx.params = (threshold, scale, seed)
+        chunks = _chunks(rows, heads * cells * cells, qkv.device)
+        stored = [t for kept in _run_chunks(work, chunks, qkv.device) for t in kept]
+        if grad:
+            ctx.save_for_backward(qkv, z, *stored)
+        ctx.params = (threshold, scale, seed, keep)
         return z
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        qkv, z = ctx.saved_tensors
-        threshold, scale, seed = ctx.params
+        qkv, z, *stored = ctx.saved_tensors
+        threshold, scale, seed, kept = ctx.params
+        per_chunk = 2 if threshold else 1
         batch, length, cells, _, heads, dim = qkv.shape
         rows = batch * length
         qkv_rows = qkv.view(rows, cells, 3, heads, dim)
@@ -517,7 +532,13 @@ class CellCore(torch.autograd.Function):
 
         def work(index: int, s: slice) -> None:
             q, k_t, v = CellCore._gather(qkv_rows, s)
-            probs, dropped = CellCore._probs(q, k_t, threshold, seed + index)
+            if kept:  # stored in forward
+                probs = dropped = stored[per_chunk * index]
+                if threshold:
+                    draws = stored[per_chunk * index + 1]
+                    dropped = probs * keep_from_draws(draws, threshold, probs.dtype)
+            else:  # recomputed, the dropout mask redrawn from the chunk's seed
+                probs, dropped, _ = CellCore._probs(q, k_t, threshold, seed + index)
             row = (grad_rows[s] * z_rows[s]).sum(-1).transpose(1, 2).unsqueeze(-1)  # [r, H, C, 1]
             dz = torch.mul(grad_rows[s].transpose(1, 2), scale)  # [r, H, C, d], contiguous
             # gradients [C, d] are computed transposed ([d, C]: small matmuls with 8 output
