@@ -13,9 +13,11 @@ for ``--rounds`` rounds; the best time of each is reported:
 * model: the whole model (state/cell/DNA embeddings with the DNA CNN run on the L windows, the stack,
   the head) — training step and inference;
 * DNA encoder: windows/s of the CNN alone (inference, and forward+backward);
-* memory (torch profiler memory events): activation memory = what a training-mode forward of the
-  stack leaves allocated for backward, per token per layer; peak = highest allocation level during
-  one stack training step (forward + backward) above its start.
+* memory (torch profiler memory events, measured with one thread: the profiler sees only the
+  calling thread's allocations, and with one thread the attention cores run all their work in
+  it): activation memory = what a training-mode forward of the stack leaves allocated for
+  backward, per token per layer; peak = highest allocation level during one stack training step
+  (forward + backward) above its start.
 
 Example: ``python benchmarks/model_speed.py --cells 20 122 1000 --sites 1024 --repeats 3``.
 Prints a markdown table; ``--output FILE`` also writes it.
@@ -196,6 +198,10 @@ def bench(cells: int, sites: int, args: argparse.Namespace) -> dict:
     row.update({key: tokens / seconds for key, seconds in best.items()})
     model, x0, inputs = _setup(cells, sites, args.mode)
     positions = inputs[1]
+    # the profiler sees the allocations of the calling thread only: with one thread the fast
+    # path's attention cores run their work items in this thread, so every allocation counts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for impl in ("fast", "port"):
         model.train()
         x_grad = x0.clone().requires_grad_(True)
@@ -205,6 +211,7 @@ def bench(cells: int, sites: int, args: argparse.Namespace) -> dict:
         fn = _stack_runners(model, x0, positions)[impl]
         row[f"peak_mb_{impl}"] = _peak_bytes(_train_step(model, fn)) / 1e6
         gc.collect()
+    torch.set_num_threads(threads)
     return row
 
 
