@@ -33,7 +33,10 @@ import torch
 
 from cpgformer.nn import MODES, CpGTransformer, ModelConfig
 from cpgformer.nn import attention as attn
-from cpgformer.nn.original_port import port_forward, port_stack
+from cpgformer.nn.original_port import port_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_speed import _infer, _stack_runners, _train_step  # noqa: E402  (the CPU benchmark's)
 
 NOTES: list[str] = []
 
@@ -310,28 +313,6 @@ def _setup(cells: int, sites: int, device: torch.device):  # noqa: ANN202
     return model, x0, inputs, dna_embedding
 
 
-def _stack_fn(model: CpGTransformer, x: torch.Tensor, positions: torch.Tensor, impl: str):  # noqa: ANN202
-    if impl == "fast":
-        return lambda: model.transform(x, positions, "fast")
-    return lambda: port_stack(model, x, positions)
-
-
-def _train_step(model: CpGTransformer, fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        fn().square().mean().backward()
-
-    return step
-
-
-def _infer(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    def run() -> None:
-        with torch.inference_mode():
-            fn()
-
-    return run
-
-
 def _measure(
     model: CpGTransformer, fn: Callable[[], torch.Tensor], phase: str, device, warmup, repeats
 ) -> tuple[float, float | None]:
@@ -363,7 +344,12 @@ def bench_row(cells: int, sites: int, device, warmup: int, repeats: int) -> dict
             for phase in ("train", "infer"):
                 try:
                     seconds, peak = _measure(
-                        model, _stack_fn(model, x0, positions, impl), phase, device, warmup, repeats
+                        model,
+                        _stack_runners(model, x0, positions)[impl],
+                        phase,
+                        device,
+                        warmup,
+                        repeats,
                     )
                     row[f"{phase}_{impl}"] = cells * sites / seconds
                     if phase == "train":
