@@ -36,7 +36,7 @@ from cpgformer.nn import attention as attn
 from cpgformer.nn.original_port import port_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_speed import _infer, _stack_runners, _train_step  # noqa: E402  (the CPU benchmark's)
+from model_speed import _infer, _inputs, _stack_runners, _train_step  # noqa: E402  (the CPU benchmark's)
 
 NOTES: list[str] = []
 
@@ -298,14 +298,8 @@ def _peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
 def _setup(cells: int, sites: int, device: torch.device):  # noqa: ANN202
     torch.manual_seed(0)
     config = ModelConfig(n_cells=cells)
-    model = CpGTransformer(config)
-    g = torch.Generator().manual_seed(0)
-    states = torch.randint(0, 3, (1, sites, cells), generator=g)
-    positions = torch.cumsum(torch.randint(1, 500, (1, sites), generator=g), dim=1)
-    cell_ids = torch.randperm(config.n_cells, generator=g)[:cells].unsqueeze(0)
-    dna = torch.randint(0, 4, (1, sites, config.dna_window), generator=g, dtype=torch.int8)
-    model = model.to(device)
-    inputs = _to((states, positions, cell_ids, dna), device)
+    model = CpGTransformer(config).to(device)
+    inputs = _to(_inputs(config, sites, cells, with_dna=True), device)
     states, positions, cell_ids, dna = inputs
     with torch.no_grad():
         dna_embedding = model.embed_dna(dna.view(sites, -1)).view(1, sites, -1)

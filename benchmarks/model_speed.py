@@ -202,16 +202,18 @@ def bench(cells: int, sites: int, args: argparse.Namespace) -> dict:
     # path's attention cores run their work items in this thread, so every allocation counts
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    for impl in ("fast", "port"):
-        model.train()
-        x_grad = x0.clone().requires_grad_(True)
-        runner = _stack_runners(model, x_grad, positions)[impl]
-        row[f"act_kb_{impl}"] = _retained_bytes(runner) / tokens / model.config.n_layers / 1e3
-        model.zero_grad(set_to_none=True)
-        fn = _stack_runners(model, x0, positions)[impl]
-        row[f"peak_mb_{impl}"] = _peak_bytes(_train_step(model, fn)) / 1e6
-        gc.collect()
-    torch.set_num_threads(threads)
+    try:
+        for impl in ("fast", "port"):
+            model.train()
+            x_grad = x0.clone().requires_grad_(True)
+            runner = _stack_runners(model, x_grad, positions)[impl]
+            row[f"act_kb_{impl}"] = _retained_bytes(runner) / tokens / model.config.n_layers / 1e3
+            model.zero_grad(set_to_none=True)
+            fn = _stack_runners(model, x0, positions)[impl]
+            row[f"peak_mb_{impl}"] = _peak_bytes(_train_step(model, fn)) / 1e6
+            gc.collect()
+    finally:
+        torch.set_num_threads(threads)
     return row
 
 

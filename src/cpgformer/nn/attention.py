@@ -214,31 +214,13 @@ def site_attention_fast_packed(
     )
 
 
-def site_attention_fast(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    rel: Tensor,
-    content_bias: Tensor,
-    position_bias: Tensor,
-    half_window: int,
-    dropout: float = 0.0,
-    training: bool = False,
-) -> Tensor:
-    """Same as :func:`site_attention_reference` (``rel [B, L, W, H, d]`` = projected window
-    encodings), computed by :class:`~cpgformer.nn.cores.SiteBandCore`."""
-    qkv = torch.stack((q, k, v), dim=3)
-    return site_attention_fast_packed(
-        qkv, rel, content_bias, position_bias, half_window, dropout, training
-    )
-
-
 def cell_attention_fast_packed(qkv: Tensor, dropout: float = 0.0, training: bool = False) -> Tensor:
     """Attention across cells from the packed projection ``qkv [B, L, C, 3, H, d]`` (q pre-scaled)
     -> ``z [B, L, C, H, d]``.
 
     Training (gradients or dropout), and inference below ``SDPA_MIN_CELLS`` cells:
-    :class:`~cpgformer.nn.cores.CellCore` (chunked, hand-written backward; stores no C x C tensor).
+    :class:`~cpgformer.nn.cores.CellCore` (chunked, hand-written backward; keeps C x C
+    probabilities only up to ``STORE_CELL_PROBS_UP_TO`` cells).
     Inference from ``SDPA_MIN_CELLS`` cells: ``scaled_dot_product_attention``.
     """
     p = dropout if training else 0.0
@@ -248,13 +230,6 @@ def cell_attention_fast_packed(qkv: Tensor, dropout: float = 0.0, training: bool
     q, k, v = qkv.view(batch * length, cells, 3, heads, dim).permute(0, 2, 3, 1, 4).unbind(1)
     z = F.scaled_dot_product_attention(q, k, v, scale=1.0)
     return z.transpose(1, 2).reshape(batch, length, cells, heads, dim)
-
-
-def cell_attention_fast(
-    q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0, training: bool = False
-) -> Tensor:
-    """Same as :func:`cell_attention_reference`, computed by :func:`cell_attention_fast_packed`."""
-    return cell_attention_fast_packed(torch.stack((q, k, v), dim=3), dropout, training)
 
 
 def site_cell_attention_fast(
@@ -337,50 +312,27 @@ class Attention(nn.Module):
             factor = torch.ones(3 * inner, dtype=x.dtype, device=x.device)
             factor[:inner] = scale
             qkv = F.linear(x, self.qkv.weight * factor.unsqueeze(1), self.qkv.bias * factor)
-            qkv = qkv.view(batch, length, cells, 3, self.heads, self.head_dim)
-            if self.kind == "cells":  # the cores read the packed projection directly
-                z = cell_attention_fast_packed(qkv, self.dropout, self.training)
-                return self.out(z.reshape(batch, length, cells, self.heads * self.head_dim))
-            if self.kind == "sites":
-                assert rel is not None
-                projected = self.pos_proj(rel.window(x.dtype))
-                projected = projected.view(*projected.shape[:-1], self.heads, self.head_dim)
-                z = site_attention_fast_packed(
-                    qkv,
-                    projected,
-                    self.content_bias,
-                    self.position_bias,
-                    half_window,
-                    self.dropout,
-                    self.training,
-                )
-                return self.out(z.view(batch, length, cells, self.heads * self.head_dim))
-            q, k, v = qkv.unbind(3)
         else:
-            qkv = self.qkv(x).view(batch, length, cells, 3, self.heads, self.head_dim)
-            q, k, v = qkv.unbind(3)
-            q = q * scale
-        if self.kind == "cells":
-            fn = cell_attention_fast if fast else cell_attention_reference
-            z = fn(q, k, v, self.dropout, self.training)
-        else:
+            qkv = self.qkv(x)
+        qkv = qkv.view(batch, length, cells, 3, self.heads, self.head_dim)
+        args: tuple = (self.dropout, self.training)
+        if self.positional:
             assert rel is not None
-            encodings = rel.window(x.dtype) if fast else rel.dense(x.dtype)
-            projected = self.pos_proj(encodings)
+            projected = self.pos_proj(rel.window(x.dtype) if fast else rel.dense(x.dtype))
             projected = projected.view(*projected.shape[:-1], self.heads, self.head_dim)
-            if self.kind == "sites":
-                fn = site_attention_fast if fast else site_attention_reference
-            else:
-                fn = site_cell_attention_fast if fast else site_cell_attention_reference
-            z = fn(
-                q,
-                k,
-                v,
-                projected,
-                self.content_bias,
-                self.position_bias,
-                half_window,
-                self.dropout,
-                self.training,
-            )
+            args = (projected, self.content_bias, self.position_bias, half_window, *args)
+        if fast and self.kind == "cells":  # the cores read the packed projection directly
+            z = cell_attention_fast_packed(qkv, *args)
+        elif fast and self.kind == "sites":
+            z = site_attention_fast_packed(qkv, *args)
+        else:
+            q, k, v = qkv.unbind(3)
+            if not fast:
+                q = q * scale
+            fn = {
+                "cells": cell_attention_reference,
+                "sites": site_attention_reference,
+                "sites_cells": site_cell_attention_fast if fast else site_cell_attention_reference,
+            }[self.kind]
+            z = fn(q, k, v, *args)
         return self.out(z.reshape(batch, length, cells, self.heads * self.head_dim))

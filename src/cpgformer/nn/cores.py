@@ -14,9 +14,10 @@ softmax gradient from the outputs, as in FlashAttention) instead of another pass
 * :class:`CellCore` — full attention across cells (memory linear in C).
 
 The site core stores its window probabilities and dropout draws (5 bytes per window slot,
-independent of C); the cell core stores nothing of size C x C: its backward recomputes each chunk's probabilities
-and redraws the chunk's dropout mask from a seed. Seeds come from the default generator, so seeded
-runs are reproducible.
+independent of C); the cell core keeps its probabilities and draws only up to
+``STORE_CELL_PROBS_UP_TO`` cells, beyond which its backward recomputes each chunk's probabilities and
+redraws the chunk's dropout mask from a seed. Seeds come from the default generator, so seeded runs
+are reproducible.
 
 Dropout masks come from :func:`keep_mask`: one byte of a 64-bit random word per decision (the CPU
 generator costs ~4 ns per word, so ~0.5 ns per decision against ~5 ns for ``F.dropout``'s
@@ -143,8 +144,8 @@ def _chunks(total: int, per_item: int, device: torch.device) -> list[slice]:
 
 
 SITE_CHUNK_ELEMENTS = 1 << 21
-"""Band scores per work item of the site core (all heads of an item run one after another, so a
-head's working set is an eighth of it; measured best of 2^19-2^22 here)."""
+"""Band scores per work item of the site core, all heads together (2^19-2^22 measured within noise
+of each other here)."""
 MIN_SITE_BLOCKS = 4
 """Query blocks per work item of the site core at least (each item also reads ``w`` halo sites
 either side)."""
@@ -195,14 +196,21 @@ def _site_items(
 _BUFFERS = threading.local()
 
 
+def _thread_cache() -> dict:
+    """This thread's scratch buffers, by key."""
+    cache = getattr(_BUFFERS, "cache", None)
+    if cache is None:
+        cache = _BUFFERS.cache = {}
+    return cache
+
+
 def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """A per-thread scratch tensor of ``shape``, its contents undefined (callers write what they
     read). One grow-only buffer per name, dtype, device and mode, viewed at the shape asked for, so
     that segments of many lengths do not pile up buffers."""
     # inference tensors cannot be updated outside inference mode: one buffer per mode
     key = (name, like.dtype, like.device, torch.is_inference_mode_enabled())
-    cache: dict = getattr(_BUFFERS, "cache", None) or {}
-    _BUFFERS.cache = cache
+    cache = _thread_cache()
     size = math.prod(shape)
     buffer = cache.get(key)
     if buffer is None or buffer.numel() < size:
@@ -216,8 +224,7 @@ def _band_buffer(name: str, rows: int, block: int, span: int, like: Tensor) -> T
     Only window slots (column ``j + o`` of row ``j``) are ever written, so the zeros elsewhere
     survive reuse and need no refilling."""
     key = (name, block, span, like.dtype, like.device, torch.is_inference_mode_enabled())
-    cache: dict = getattr(_BUFFERS, "cache", None) or {}
-    _BUFFERS.cache = cache
+    cache = _thread_cache()
     buffer = cache.get(key)
     if buffer is None or buffer.shape[0] < rows:
         buffer = like.new_zeros(rows, block, span)
@@ -233,7 +240,7 @@ def _on_window(band: Tensor, width: int) -> Tensor:
 
 
 def _gather_sequences(
-    src: Tensor, item: tuple[int, slice, slice], block: int, half: int, name: str
+    src: Tensor, item: tuple[int, slice, slice], block: int, half: int
 ) -> tuple[Tensor, int, int]:
     """The item's sites with ``half`` sites of halo either side, head-major, in a per-thread buffer.
 
@@ -249,7 +256,7 @@ def _gather_sequences(
     start, stop = max(first, 0), min(first + rows, length)
     parts, heads, dim = src.shape[3], src.shape[4], src.shape[5]
     whole = -(-rows // block) * block  # whole blocks: window gradients fold in place
-    seq = _scratch(name, (parts, heads, s.stop - s.start, whole, dim), src)
+    seq = _scratch("seq", (parts, heads, s.stop - s.start, whole, dim), src)
     seq[:, :, :, start - first : stop - first].copy_(src[b, start:stop, s].permute(2, 3, 1, 0, 4))
     if start > first:
         seq[:, :, :, : start - first].zero_()
@@ -317,7 +324,7 @@ class SiteBandCore(torch.autograd.Function):
             b, s, bs = item
             count, n_part = s.stop - s.start, bs.stop - bs.start
             rows, sites, start = heads * count * n_part, n_part * block, bs.start * block
-            seq, _, _ = _gather_sequences(qkv, item, block, half, "seq")  # [3, H, n, R, d]
+            seq, _, _ = _gather_sequences(qkv, item, block, half)  # [3, H, n, R, d]
             queries, query_position, k_win, v_win = SiteBandCore._operands(
                 seq, u, v, block, span, half, sites
             )
@@ -384,7 +391,7 @@ class SiteBandCore(torch.autograd.Function):
             if threshold:
                 keep = keep_from_draws(stored[per_item * index + 1], threshold, qkv.dtype)
                 dropped = probs * keep.view(rows, block, width)
-            seq, first, filled = _gather_sequences(qkv, item, block, half, "seq")
+            seq, first, filled = _gather_sequences(qkv, item, block, half)
             queries, query_position, k_win, v_win = SiteBandCore._operands(
                 seq, u, v, block, span, half, sites
             )
@@ -499,7 +506,7 @@ class CellCore(torch.autograd.Function):
         z = qkv.new_empty(batch, length, cells, heads, dim)
         z_rows = z.view(rows, cells, heads, dim)
         grad = any(ctx.needs_input_grad)
-        keep = grad and cells <= STORE_CELL_PROBS_UP_TO
+        store = grad and cells <= STORE_CELL_PROBS_UP_TO
 
         def work(index: int, s: slice) -> list[Tensor]:
             q, k_t, v = CellCore._gather(qkv_rows, s)
@@ -508,19 +515,19 @@ class CellCore(torch.autograd.Function):
             if threshold:
                 out.mul_(scale)
             z_rows[s].copy_(out.permute(0, 3, 1, 2))
-            return [probs] + ([draws] if threshold else []) if keep else []
+            return [probs] + ([draws] if threshold else []) if store else []
 
         chunks = _chunks(rows, heads * cells * cells, qkv.device)
         stored = [t for kept in _run_chunks(work, chunks, qkv.device) for t in kept]
         if grad:
             ctx.save_for_backward(qkv, z, *stored)
-        ctx.params = (threshold, scale, seed, keep)
+        ctx.params = (threshold, scale, seed, store, chunks)
         return z
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
         qkv, z, *stored = ctx.saved_tensors
-        threshold, scale, seed, kept = ctx.params
+        threshold, scale, seed, kept, chunks = ctx.params
         per_chunk = 2 if threshold else 1
         batch, length, cells, _, heads, dim = qkv.shape
         rows = batch * length
@@ -551,5 +558,5 @@ class CellCore(torch.autograd.Function):
             torch.matmul(q.transpose(-1, -2), d_scores, out=d_t[1])
             d_rows[s].copy_(d_t.permute(1, 4, 0, 2, 3))  # [r, C, 3, H, d]
 
-        _run_chunks(work, _chunks(rows, heads * cells * cells, qkv.device), qkv.device)
+        _run_chunks(work, chunks, qkv.device)
         return d_qkv, None
