@@ -381,3 +381,41 @@ def test_impute_device_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_impute_compile_option_matches_eager(tmp_path: Path) -> None:
+    from cpgformer.checkpoint import save_checkpoint
+    from cpgformer.nn import CpGTransformer, ModelConfig, compiled
+
+    store = random_store(tmp_path / "store", n_cells=3)
+    ds = open_dataset(store)
+    torch.manual_seed(2)
+    cfg = ModelConfig(
+        n_cells=3, dna_window=0, hidden=8, n_heads=2, head_dim=4, n_layers=1, site_window=3,
+        state_embed=4, cell_embed=4,
+    )  # fmt: skip
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(
+        ckpt, CpGTransformer(cfg).eval(), cells=ds.cells, store_fingerprint=ds.fingerprint
+    )
+    calls = []
+    original = compiled.layer_inference
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["-q", "impute", str(store), str(ckpt), "-o", str(a)]) == 0
+    compiled.layer_inference = spy
+    try:
+        code = main(["-q", "impute", str(store), str(ckpt), "-o", str(b), "--compile"])
+    finally:
+        compiled.layer_inference = original
+    assert code == 0 and calls  # the compiled path ran
+    assert compiled.ENABLED is None  # the option does not outlive the command
+    for chrom in open_imputed(a).chromosomes:
+        n = ds.n_sites(chrom)
+        np.testing.assert_allclose(
+            open_imputed(a).values(chrom, 0, n), open_imputed(b).values(chrom, 0, n), atol=1e-3
+        )  # float16 storage

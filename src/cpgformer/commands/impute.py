@@ -9,6 +9,7 @@ import sys
 import torch
 
 from cpgformer.impute import DTYPES, SITE_MODES, ImputeOptions, impute
+from cpgformer.nn import compiled
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps"
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled CPU inference (torch.compile; up to 32 cells, modes axial, intracell, "
+        "intercell, none): ~1.5x faster for long runs, compiles for tens of seconds first; "
+        "same as CPGFORMER_COMPILE=1",
+    )
+    parser.add_argument(
         "--ignore-fingerprint",
         action="store_true",
         help="impute a store other than the training store (cells must still match)",
@@ -65,6 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    previous = compiled.ENABLED
+    if args.compile:
+        compiled.ENABLED = compiled.available()
+    try:
+        return _run(args)
+    finally:
+        compiled.ENABLED = previous
+
+
+def _run(args: argparse.Namespace) -> int:
     options = ImputeOptions(
         chroms=args.chroms,
         keep_observed=args.keep_observed,
