@@ -347,14 +347,14 @@ def test_cli_impute_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 2 and "cells differ" in capsys.readouterr().err
 
 
-def test_impute_device_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _store_and_tiny_checkpoint(tmp_path: Path, seed: int) -> tuple[Path, Path]:
+    """A random 3-cell store and a checkpoint of a tiny untrained model for it."""
     from cpgformer.checkpoint import save_checkpoint
-    from cpgformer.impute import resolve_device
     from cpgformer.nn import CpGTransformer, ModelConfig
 
     store = random_store(tmp_path / "store", n_cells=3)
     ds = open_dataset(store)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cfg = ModelConfig(
         n_cells=3, dna_window=0, hidden=8, n_heads=2, head_dim=4, n_layers=1, site_window=3,
         state_embed=4, cell_embed=4,
@@ -363,6 +363,13 @@ def test_impute_device_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     save_checkpoint(
         ckpt, CpGTransformer(cfg).eval(), cells=ds.cells, store_fingerprint=ds.fingerprint
     )
+    return store, ckpt
+
+
+def test_impute_device_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cpgformer.impute import resolve_device
+
+    store, ckpt = _store_and_tiny_checkpoint(tmp_path, seed=1)
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["-q", "impute", str(store), str(ckpt), "-o", str(a)]) == 0
     assert main(["-q", "impute", str(store), str(ckpt), "-o", str(b), "--device", "cpu"]) == 0
@@ -384,20 +391,10 @@ def test_impute_device_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_impute_compile_option_matches_eager(tmp_path: Path) -> None:
-    from cpgformer.checkpoint import save_checkpoint
-    from cpgformer.nn import CpGTransformer, ModelConfig, compiled
+    from cpgformer.nn import compiled
 
-    store = random_store(tmp_path / "store", n_cells=3)
+    store, ckpt = _store_and_tiny_checkpoint(tmp_path, seed=2)
     ds = open_dataset(store)
-    torch.manual_seed(2)
-    cfg = ModelConfig(
-        n_cells=3, dna_window=0, hidden=8, n_heads=2, head_dim=4, n_layers=1, site_window=3,
-        state_embed=4, cell_embed=4,
-    )  # fmt: skip
-    ckpt = tmp_path / "model.pt"
-    save_checkpoint(
-        ckpt, CpGTransformer(cfg).eval(), cells=ds.cells, store_fingerprint=ds.fingerprint
-    )
     calls = []
     original = compiled.layer_inference
 
