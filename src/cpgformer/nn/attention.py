@@ -300,6 +300,15 @@ class Attention(nn.Module):
             self.content_bias = nn.Parameter(torch.empty(heads, head_dim).uniform_(-bound, bound))
             self.position_bias = nn.Parameter(torch.empty(heads, head_dim).uniform_(-bound, bound))
 
+    def scaled_qkv(self) -> tuple[Tensor, Tensor]:
+        """Weight and bias of the qkv projection with the query rows multiplied by ``d**-0.5``
+        (the original scales q before any bias is added)."""
+        inner = self.heads * self.head_dim
+        weight = self.qkv.weight
+        factor = torch.ones(3 * inner, dtype=weight.dtype, device=weight.device)
+        factor[:inner] = self.head_dim**-0.5
+        return weight * factor.unsqueeze(1), self.qkv.bias * factor
+
     def forward(
         self, x: Tensor, rel: RelativePositions | None, half_window: int, impl: str = "fast"
     ) -> Tensor:
@@ -308,10 +317,7 @@ class Attention(nn.Module):
         fast = impl == "fast"
         scale = self.head_dim**-0.5
         if fast:  # fold the query scaling into the projection (saves a pass over q)
-            inner = self.heads * self.head_dim
-            factor = torch.ones(3 * inner, dtype=x.dtype, device=x.device)
-            factor[:inner] = scale
-            qkv = F.linear(x, self.qkv.weight * factor.unsqueeze(1), self.qkv.bias * factor)
+            qkv = F.linear(x, *self.scaled_qkv())
         else:
             qkv = self.qkv(x)
         qkv = qkv.view(batch, length, cells, 3, self.heads, self.head_dim)

@@ -31,32 +31,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cpgformer.nn.config import MODES
+
 if TYPE_CHECKING:
     from cpgformer.nn.layers import TransformerLayer
+    from cpgformer.nn.posenc import RelativePositions
 
 ENABLED: bool | None = None
 """None (default): compiled inference when the environment variable ``CPGFORMER_COMPILE`` is 1 and
 :func:`available`; True or False to force (tests, A/B timing)."""
 
-SUPPORTED_KINDS = (("sites", "cells"), ("sites",), ("cells",), ())
-"""Attention sublayers of the modes compiled (axial, intracell, intercell, none)."""
+SUPPORTED_KINDS = tuple(MODES[mode] for mode in ("axial", "intracell", "intercell", "none"))
+"""Attention sublayers of the modes compiled."""
 
 
 def enabled() -> bool:
-    if ENABLED is None:
-        return os.environ.get("CPGFORMER_COMPILE", "0") == "1" and available()
-    return ENABLED
+    """Forced on or off by :data:`ENABLED`, else by ``CPGFORMER_COMPILE``; never after a failure."""
+    wanted = os.environ.get("CPGFORMER_COMPILE", "0") == "1" if ENABLED is None else ENABLED
+    return wanted and available()
 
 
-def _window_valid(length: int, half: int, device: torch.device) -> Tensor:
-    width = 2 * half + 1
-    key = torch.arange(length, device=device).view(length, 1) + torch.arange(width, device=device)
-    key = key - half
-    return ((key >= 0) & (key < length)).view(1, length, 1, 1, width)
-
-
-def _site_attention(qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, half: int) -> Tensor:
-    """``qkv [B, L, C, 3, H, d]`` (q scaled), ``rel [B, L, W, H, d]`` -> ``z [B, L, C, H, d]``."""
+def _site_attention(
+    qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, valid: Tensor, half: int
+) -> Tensor:
+    """``qkv [B, L, C, 3, H, d]`` (q scaled), ``rel [B, L, W, H, d]``, ``valid [L, W]`` (window
+    slot inside the segment) -> ``z [B, L, C, H, d]``."""
     length = qkv.shape[1]
     width = 2 * half + 1
     q, k, val = qkv.unbind(3)
@@ -64,9 +63,7 @@ def _site_attention(qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, half: int) -
     values = F.pad(val, (0, 0, 0, 0, 0, 0, half, half)).unfold(1, width, 1)
     content = ((q + u).unsqueeze(-1) * keys).sum(-2)  # [B, L, C, H, W]
     position = ((q + v).unsqueeze(-1) * rel.permute(0, 1, 3, 4, 2).unsqueeze(2)).sum(-2)
-    scores = (content + position).masked_fill(
-        ~_window_valid(length, half, qkv.device), float("-inf")
-    )
+    scores = (content + position).masked_fill(~valid.view(1, length, 1, 1, width), float("-inf"))
     return (scores.softmax(-1).unsqueeze(-2) * values).sum(-1)
 
 
@@ -94,6 +91,7 @@ def _norm(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
 def _layer(
     x: Tensor,
     rel_window: Tensor | None,
+    valid: Tensor | None,
     attentions: tuple,
     ff: tuple,
     kinds: tuple[str, ...],
@@ -107,7 +105,7 @@ def _layer(
         qkv = F.linear(x, w_qkv, b_qkv).view(batch, length, cells, 3, heads, -1)
         if kind == "sites":
             rel = F.linear(rel_window, w_pos, b_pos).view(batch, length, 2 * half + 1, heads, -1)
-            z = _site_attention(qkv, rel, u, v, half)
+            z = _site_attention(qkv, rel, u, v, valid, half)
         else:
             z = _cell_attention(qkv)
         x = _norm(F.linear(z.reshape(batch, length, cells, -1), w_out, b_out) + x, g, beta)
@@ -125,15 +123,10 @@ def _compiled_layer():  # noqa: ANN202
 def _layer_params(layer: TransformerLayer) -> tuple[tuple, tuple]:
     attentions = []
     for attention, norm in zip(layer.attentions, layer.attention_norms):
-        inner = attention.heads * attention.head_dim
-        factor = torch.ones(3 * inner, dtype=attention.qkv.weight.dtype)
-        factor[:inner] = attention.head_dim**-0.5  # q scaled before any bias is added
-        factor = factor.to(attention.qkv.weight.device)
         positional = attention.positional
         attentions.append(
             (
-                attention.qkv.weight * factor.unsqueeze(1),
-                attention.qkv.bias * factor,
+                *attention.scaled_qkv(),
                 attention.out.weight,
                 attention.out.bias,
                 attention.pos_proj.weight if positional else None,
@@ -178,13 +171,16 @@ def usable(layers: list[TransformerLayer], x: Tensor) -> bool:
     return True
 
 
-def layer_inference(layer: TransformerLayer, x: Tensor, rel_window: Tensor | None) -> Tensor:
+def layer_inference(layer: TransformerLayer, x: Tensor, rel: RelativePositions | None) -> Tensor:
     """``layer(x)`` in eval mode without gradients, compiled (see the module docstring)."""
     attentions, ff = _layer_params(layer)
     kinds = tuple(a.kind for a in layer.attentions)
     heads = layer.attentions[0].heads if layer.attentions else 1
     gelu = not isinstance(layer.ff[1], torch.nn.ReLU)
-    return _compiled_layer()(x, rel_window, attentions, ff, kinds, heads, layer.half_window, gelu)
+    window, valid = (rel.window(x.dtype), rel.valid()) if rel is not None else (None, None)
+    return _compiled_layer()(
+        x, window, valid, attentions, ff, kinds, heads, layer.half_window, gelu
+    )
 
 
 _FAILED: list[str] = []

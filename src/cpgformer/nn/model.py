@@ -119,7 +119,6 @@ class CpGTransformer(nn.Module):
         return x
 
     def _transform_compiled(self, x: Tensor, rel: RelativePositions | None) -> Tensor:
-        window = rel.window(x.dtype) if rel is not None else None
         for layer in self.layers:
-            x = compiled.layer_inference(layer, x, window)
+            x = compiled.layer_inference(layer, x, rel)
         return x

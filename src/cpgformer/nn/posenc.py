@@ -47,6 +47,7 @@ class RelativePositions:
     """Positional encodings of one batch, computed lazily once and shared by all layers.
 
     ``window(dtype)``: ``[B, L, W, dim]`` encodings of the window slots (fast path);
+    ``valid()``: ``[L, W]`` bool, window slot inside the segment;
     ``dense(dtype)``: ``[B, L, L, dim]`` encodings of every (query, key) pair (reference path).
     """
 
@@ -63,6 +64,11 @@ class RelativePositions:
             distances, self._valid = window_distances(self.positions, self.half_window)
             self._cache[key] = sinusoid(distances, self.dim, dtype).to(dtype)
         return self._cache[key]
+
+    def valid(self) -> Tensor:
+        if self._valid is None:
+            _, self._valid = window_distances(self.positions, self.half_window)
+        return self._valid
 
     def dense(self, dtype: torch.dtype) -> Tensor:
         key = ("dense", dtype)
