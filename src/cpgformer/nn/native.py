@@ -1,27 +1,29 @@
 """Fused C++ kernels of the fast path, compiled on first use and loaded with :mod:`ctypes`.
 
-The window attention along sites is many tiny problems (per token and head: 21 dot products of
-length 8, a softmax over 21, a weighted sum of 21 vectors); as tensor ops it costs a dozen passes
-over score tensors, most of it memory traffic and op overhead. ``csrc/site_attention.cpp`` does
-the whole forward (and the whole backward) of a token in one pass over its window rows, which
-stay in the L1/L2 cache.
+The attention cores are many tiny problems (per token and head: 21 dot products of length 8, a
+softmax over 21, a weighted sum of 21 vectors along sites; C of each across cells); as tensor ops
+they cost a dozen passes over score tensors, most of it memory traffic and op overhead.
+``csrc/site_attention.cpp`` and ``csrc/cell_attention.cpp`` do the whole forward (and the whole
+backward) of a token in one pass over cache-resident rows (layouts and work split are described
+at the top of each file and in ``docs/model.md``).
 
-The source is plain C++ (no PyTorch headers: it compiles in about a second) built with the
-system's C++ compiler (``$CXX``, else ``c++``) into a cache directory
-(``$CPGFORMER_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/cpgformer/native`` or
-``~/.cache/cpgformer/native``), keyed by the source, the compiler, the flags and this CPU's
-instruction-set flags (it is built with ``-march=native``). Calls for disjoint ranges of cells run
-on the cores' thread pool; ctypes releases the GIL during each call.
+The sources are plain C++ (no PyTorch headers) built with the system's C++ compiler (``$CXX``,
+else ``c++``) into a cache directory (``$CPGFORMER_NATIVE_CACHE``, else
+``$XDG_CACHE_HOME/cpgformer/native`` or ``~/.cache/cpgformer/native``), keyed by the sources, the
+compiler, the flags and this CPU's instruction-set flags (it is built with ``-march=native``).
+The kernels run on OpenMP threads: the library links ``libgomp``, and since PyTorch has already
+loaded its own, the dynamic linker hands it that one, so the kernels share PyTorch's threads.
 
-Used when :func:`available` (a compiler was found and the build succeeded, and
-``CPGFORMER_NATIVE`` is not ``0``); otherwise the tensor-op cores of :mod:`cpgformer.nn.cores` run
-the same math, with one warning saying why.
+Used when :func:`available` (a compiler was found, the build succeeded, and ``CPGFORMER_NATIVE``
+is not ``0``); otherwise the tensor-op cores of :mod:`cpgformer.nn.cores` run the same math, after
+one warning saying why.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -88,6 +90,7 @@ def _build(compiler: str) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger(__name__).info("compiling the fused CPU kernels (once) into %s", target)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         objects = [Path(tmp) / f"{source.stem}.o" for source in SOURCES]
         lib = Path(tmp) / "kernels.so"
@@ -144,7 +147,7 @@ def library() -> ctypes.CDLL | None:
             _declare(lib)
             if lib.cpgformer_abi_version() != ABI_VERSION:
                 raise RuntimeError("stale kernel library")
-        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
             lib = None
             warnings.warn(
                 f"cpgformer: fused CPU kernels unavailable ({error}); using the tensor-op path "
@@ -163,6 +166,13 @@ def available() -> bool:
 def usable(qkv: Tensor) -> bool:
     """Whether the kernels can run on ``qkv`` (CPU, fp32 or fp64) and are built."""
     return qkv.device.type == "cpu" and qkv.dtype in (torch.float32, torch.float64) and available()
+
+
+def _kernel(name: str, dtype: torch.dtype):  # noqa: ANN202
+    """The library's function ``name`` for ``dtype`` (fp32 or fp64)."""
+    lib = library()
+    assert lib is not None
+    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -190,8 +200,6 @@ class NativeSiteCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, p: float) -> Tensor:  # noqa: ANN001
-        lib = library()
-        assert lib is not None
         qkv, u, v = (t.contiguous() for t in (qkv, u, v))
         batch, length, cells, _, heads, dim = qkv.shape
         width = rel.shape[2]
@@ -204,7 +212,7 @@ class NativeSiteCore(torch.autograd.Function):
         slots = (batch, length, cells, heads, width)
         probs = qkv.new_empty(slots) if grad else None
         draws = random_draws(slots, qkv.device) if threshold else None
-        kernel = lib.site_forward_f32 if qkv.dtype == torch.float32 else lib.site_forward_f64
+        kernel = _kernel("site_forward", qkv.dtype)
         kernel(
             _ptr(qkv), _ptr(rel), _ptr(u), _ptr(v), _ptr(draws), threshold, scale, _ptr(z),
             _ptr(probs), batch, length, cells, heads, dim, width, _parts(length),
@@ -217,8 +225,6 @@ class NativeSiteCore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        lib = library()
-        assert lib is not None
         qkv, rel, u, v, probs, *rest = ctx.saved_tensors
         draws = rest[0] if rest else None
         threshold, scale, width = ctx.params
@@ -227,7 +233,7 @@ class NativeSiteCore(torch.autograd.Function):
         d_qkv = torch.empty_like(qkv)  # every entry written by the kernel
         d_rel = torch.empty_like(rel)
         d_u, d_v = torch.empty_like(u), torch.empty_like(v)
-        kernel = lib.site_backward_f32 if qkv.dtype == torch.float32 else lib.site_backward_f64
+        kernel = _kernel("site_backward", qkv.dtype)
         kernel(
             _ptr(qkv), _ptr(rel), _ptr(u), _ptr(v), _ptr(probs), _ptr(draws), threshold, scale,
             _ptr(grad), _ptr(d_qkv), _ptr(d_rel), _ptr(d_u), _ptr(d_v), batch, length, cells,
@@ -246,14 +252,12 @@ class NativeCellCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: Tensor, p: float) -> Tensor:  # noqa: ANN001
-        lib = library()
-        assert lib is not None
         qkv = qkv.contiguous()
         batch, length, cells, _, heads, dim = qkv.shape
         threshold, scale = dropout_threshold(p)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if threshold else 0
         z = qkv.new_empty(batch, length, cells, heads, dim)
-        kernel = lib.cell_forward_f32 if qkv.dtype == torch.float32 else lib.cell_forward_f64
+        kernel = _kernel("cell_forward", qkv.dtype)
         kernel(
             _ptr(qkv), seed, threshold, scale, _ptr(z), batch * length, cells, heads, dim,
             torch.get_num_threads(),
@@ -265,14 +269,12 @@ class NativeCellCore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        lib = library()
-        assert lib is not None
         (qkv,) = ctx.saved_tensors
         seed, threshold, scale = ctx.params
         grad = grad.contiguous()
         batch, length, cells, _, heads, dim = qkv.shape
         d_qkv = torch.empty_like(qkv)  # every entry written by the kernel
-        kernel = lib.cell_backward_f32 if qkv.dtype == torch.float32 else lib.cell_backward_f64
+        kernel = _kernel("cell_backward", qkv.dtype)
         kernel(
             _ptr(qkv), seed, threshold, scale, _ptr(grad), _ptr(d_qkv), batch * length, cells,
             heads, dim, torch.get_num_threads(),

@@ -32,17 +32,12 @@
 
 namespace {
 
-// Cells processed together: they share each site's relative encodings.
-#ifndef CPG_CELL_BLOCK
-#define CPG_CELL_BLOCK 4
-#endif
-constexpr int64_t CELL_BLOCK = CPG_CELL_BLOCK;
-// Query sites per tile: the site-minor copies of a tile's keys and values (TILE + P - 1 sites
-// per row) stay within a few pages and the L2 cache.
-#ifndef CPG_TILE
-#define CPG_TILE 64
-#endif
-constexpr int64_t TILE = CPG_TILE;
+// A tile: TILE query sites x CELL_BLOCK cells, whose keys and values (TILE + P - 1 sites per row)
+// are copied site-minor together; the tile is then walked one cell at a time along its sites, so
+// that the cell's window rows slide by one site per step and stay in the L1 cache (measured best
+// of 1-16 cells x 32-256 sites on the project's 2-core CPU, within noise of its neighbours).
+constexpr int64_t CELL_BLOCK = 2;
+constexpr int64_t TILE = 128;
 
 struct Shape {
   int64_t L, C, H, D, W, P;
@@ -107,20 +102,25 @@ void site_forward(const T* qkv, const T* relt, const T* ub, const T* vb, const i
     const int64_t n = std::min(CELL_BLOCK, C - cb);
     for (int64_t i0 = s0; i0 < s1; i0 += TILE) {
       gather_tile(qkv, s, cb, n, 1, i0, R, kt);
-      for (int64_t i = i0; i < std::min(s1, i0 + TILE); ++i) {
-        const int64_t lo = std::max<int64_t>(0, w - i), hi = std::min<int64_t>(W, L + w - i);
-        const T* __restrict rt = relt + i * HD * P;
-        for (int64_t cc = 0; cc < n; ++cc) {
+      // one cell at a time along the tile: its window rows slide by one site per step and
+      // stay in the L1 cache
+      for (int64_t cc = 0; cc < n; ++cc)
+        for (int64_t i = i0; i < std::min(s1, i0 + TILE); ++i) {
+          const int64_t lo = std::max<int64_t>(0, w - i), hi = std::min<int64_t>(W, L + w - i);
+          const T* __restrict rt = relt + i * HD * P;
+          {
           const int64_t t = i * C + cb + cc;
           const T* __restrict q = qkv + t * token;
           for (int64_t x = 0; x < H * P; ++x) sc[x] = 0;
-          for (int64_t e = 0; e < HD; ++e) {
-            const T a = q[e] + ub[e], b = q[e] + vb[e];
-            const T* __restrict kr = kt + (cc * HD + e) * R + (i - i0);
-            const T* __restrict rr = rt + e * P;
-            T* __restrict sh = sc + (e / D) * P;
+          for (int64_t h = 0; h < H; ++h) {
+            T* __restrict sh = sc + h * P;
+            for (int64_t e = h * D; e < (h + 1) * D; ++e) {
+              const T a = q[e] + ub[e], b = q[e] + vb[e];
+              const T* __restrict kr = kt + (cc * HD + e) * R + (i - i0);
+              const T* __restrict rr = rt + e * P;
 #pragma GCC ivdep
-            for (int64_t o = 0; o < P; ++o) sh[o] += a * kr[o] + b * rr[o];
+              for (int64_t o = 0; o < P; ++o) sh[o] += a * kr[o] + b * rr[o];
+            }
           }
           const int8_t* dr = draws ? draws + t * H * W : nullptr;
           T* pt = probs ? probs + t * H * W : nullptr;
@@ -186,10 +186,11 @@ void site_backward(const T* qkv, const T* relt, const T* ub, const T* vb, const 
       gather_tile(qkv, s, cb, n, 2, i0, R, vt);
       std::fill(dkt, dkt + n * HD * R, T(0));
       std::fill(dvt, dvt + n * HD * R, T(0));
-      for (int64_t i = i0; i < std::min(s1, i0 + TILE); ++i) {
-        const T* __restrict rt = relt + i * HD * P;
-        T* __restrict drt = drelt + i * HD * P;
-        for (int64_t cc = 0; cc < n; ++cc) {
+      for (int64_t cc = 0; cc < n; ++cc)  // one cell at a time, as in the forward
+        for (int64_t i = i0; i < std::min(s1, i0 + TILE); ++i) {
+          const T* __restrict rt = relt + i * HD * P;
+          T* __restrict drt = drelt + i * HD * P;
+          {
           const int64_t t = i * C + cb + cc;
           const T* __restrict q = qkv + t * token;
           const T* __restrict g = dz + t * HD;
@@ -205,12 +206,14 @@ void site_backward(const T* qkv, const T* relt, const T* ub, const T* vb, const 
               for (int64_t o = 0; o < W; ++o) kept[h * P + o] = T(1);
           // dp = (dz . v) * keep * scale; ds = p * (dp - sum_o p dp)
           for (int64_t x = 0; x < H * P; ++x) ds[x] = 0;
-          for (int64_t e = 0; e < HD; ++e) {
-            const T a = g[e];
-            const T* __restrict vr = vt + (cc * HD + e) * R + (i - i0);
-            T* __restrict dh = ds + (e / D) * P;
+          for (int64_t h = 0; h < H; ++h) {
+            T* __restrict dh = ds + h * P;
+            for (int64_t e = h * D; e < (h + 1) * D; ++e) {
+              const T a = g[e];
+              const T* __restrict vr = vt + (cc * HD + e) * R + (i - i0);
 #pragma GCC ivdep
-            for (int64_t o = 0; o < P; ++o) dh[o] += a * vr[o];
+              for (int64_t o = 0; o < P; ++o) dh[o] += a * vr[o];
+            }
           }
           for (int64_t h = 0; h < H; ++h) {
             T* __restrict dh = ds + h * P;
@@ -225,28 +228,30 @@ void site_backward(const T* qkv, const T* relt, const T* ub, const T* vb, const 
             for (int64_t o = 0; o < P; ++o) dh[o] = ph[o] * (dh[o] - row);
           }
           T* __restrict dq = dqkv + t * token;
-          for (int64_t e = 0; e < HD; ++e) {
-            const int64_t h = e / D, at = (cc * HD + e) * R + (i - i0);
+          for (int64_t h = 0; h < H; ++h) {
             const T* __restrict dh = ds + h * P;
             const T* __restrict kh = kept + h * P;
-            const T* __restrict kr = kt + at;
-            const T* __restrict rr = rt + e * P;
-            T* __restrict dkr = dkt + at;
-            T* __restrict dvr = dvt + at;
-            T* __restrict drr = drt + e * P;
-            const T a = q[e] + ub[e], b = q[e] + vb[e], ge = g[e];
-            T dqu = 0, dqv = 0;
+            for (int64_t e = h * D; e < (h + 1) * D; ++e) {
+              const int64_t at = (cc * HD + e) * R + (i - i0);
+              const T* __restrict kr = kt + at;
+              const T* __restrict rr = rt + e * P;
+              T* __restrict dkr = dkt + at;
+              T* __restrict dvr = dvt + at;
+              T* __restrict drr = drt + e * P;
+              const T a = q[e] + ub[e], b = q[e] + vb[e], ge = g[e];
+              T dqu = 0, dqv = 0;
 #pragma GCC ivdep
-            for (int64_t o = 0; o < P; ++o) {
-              dqu += dh[o] * kr[o];
-              dqv += dh[o] * rr[o];
-              dkr[o] += a * dh[o];
-              dvr[o] += ge * kh[o];
-              drr[o] += b * dh[o];
+              for (int64_t o = 0; o < P; ++o) {
+                dqu += dh[o] * kr[o];
+                dqv += dh[o] * rr[o];
+                dkr[o] += a * dh[o];
+                dvr[o] += ge * kh[o];
+                drr[o] += b * dh[o];
+              }
+              dq[e] = dqu + dqv;
+              du[e] += dqu;
+              dv[e] += dqv;
             }
-            dq[e] = dqu + dqv;
-            du[e] += dqu;
-            dv[e] += dqv;
           }
         }
       }
