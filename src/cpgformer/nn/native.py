@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpgformer.nn.cores import PARTS_MULTIPLE, _split, dropout_threshold, random_draws
+from cpgformer.nn.cores import PARTS_MULTIPLE, dropout_threshold, random_draws
 
 SOURCES = tuple(sorted((Path(__file__).with_name("csrc")).glob("*.cpp")))
 ABI_VERSION = 4
@@ -180,10 +180,9 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def _parts(length: int) -> int:
-    """Site ranges per batch entry (the kernels split ``range(length)`` as
-    :func:`~cpgformer.nn.cores._split` does): ``PARTS_MULTIPLE`` where the segment has that many
-    sites, whatever the thread count."""
-    return len(_split(length, -(-length // PARTS_MULTIPLE)))
+    """Site ranges per batch entry (the kernels' range ``k`` is ``[k·L/parts, (k+1)·L/parts)``):
+    ``PARTS_MULTIPLE`` where the segment has that many sites, whatever the thread count."""
+    return min(PARTS_MULTIPLE, length)
 
 
 class NativeSiteCore(torch.autograd.Function):

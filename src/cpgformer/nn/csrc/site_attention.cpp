@@ -163,7 +163,7 @@ template <typename T, int PC>
 void site_backward(const T* qkv, const T* relt, const T* ub, const T* vb, const T* probs,
                    const int8_t* draws, int threshold, T scale, const T* dz, T* dqkv, T* drelt,
                    T* du, T* dv, T* halo, const Shape& s, int64_t s0, int64_t s1) {
-  const int64_t P = PC ? PC : s.P, L = s.L, C = s.C, H = s.H, D = s.D, W = s.W;
+  const int64_t P = PC ? PC : s.P, C = s.C, H = s.H, D = s.D, W = s.W;
   const int64_t HD = s.HD(), token = s.token(), site = s.site(), R = TILE + P - 1;
   const int cut = threshold - 128;
   const int64_t block = CELL_BLOCK * HD * R;
