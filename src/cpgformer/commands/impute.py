@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from cpgformer.impute import DTYPES, SITE_MODES, ImputeOptions, impute
+from cpgformer.impute import DTYPES, MAX_TILE_TOKENS, SITE_MODES, ImputeOptions, impute
 from cpgformer.nn import compiled
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile-sites", type=int, default=1024, help="sites per tile (> 2 x receptive field)"
     )
     parser.add_argument(
+        "--max-tile-tokens",
+        type=int,
+        default=MAX_TILE_TOKENS,
+        help="most (site, cell) entries per forward pass (memory bound, ~1.2 KB each): tiles "
+        "shrink, then cells are imputed in groups (default: %(default)s)",
+    )
+    parser.add_argument(
         "--chunk-sites",
         type=int,
         help="sites per stored chunk (unit of resuming; default ~4 M entries per chunk)",
@@ -65,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ignore-fingerprint",
         action="store_true",
-        help="impute a store other than the training store (cells must still match)",
+        help="impute a store other than the training store (cells must still match; models "
+        "trained with --cell-encoder profile take any store and any cells)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -89,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         sites=args.sites,
         tile_sites=args.tile_sites,
+        max_tile_tokens=args.max_tile_tokens,
         chunk_sites=args.chunk_sites,
         batch_size=args.batch_size,
         fasta=args.fasta,

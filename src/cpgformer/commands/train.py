@@ -40,13 +40,19 @@ HELPS: dict[str, str] = {
     "n_heads": "attention heads",
     "head_dim": "size of each attention head",
     "site_window": "sliding attention window in sites (odd)",
-    "mode": "attention mode: axial, 2D, intracell, intercell, none",
+    "mode": "attention mode: axial, 2D, intracell, intercell, none (the published ones) or induced "
+    "(attention across cells through learned summary tokens: cost per cell flat in the number of "
+    "cells)",
     "data_mode": "binary (labels) or continuous (methylated fractions)",
     "layernorm": "layer normalisation after each sublayer",
     "activation": "feed-forward activation: relu or gelu",
     "attention_dropout": "dropout on attention probabilities",
     "cnn_dropout": "dropout in the DNA encoder",
     "attention_impl": "attention implementation: fast (blocked) or reference (dense)",
+    "n_inducing": "summary tokens per site of the induced mode",
+    "cell_encoder": "table (one learned vector per training cell, the published model) or profile "
+    "(cells embedded from their own data: the model applies to new cells)",
+    "profile_features": "cell profile features of the profile encoder (2 + principal components)",
     # data
     "segment_length": "sites per segment (rows of one example)",
     "batch_size": "segments per batch",

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from cpgformer.data.datamodule import DataConfig, SegmentDataModule
+from cpgformer.data.profiles import CellProfiler, fit_for_training
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
 from cpgformer.training.config import TrainConfig
@@ -280,8 +281,10 @@ def fit(
         )
 
     source_state = None
+    source_profiles = None
     if init_from is not None:
         source_state, source_config, kind = load_source(init_from, init_hparams)
+        source_profiles = _source_profiles(init_from, kind)
         given = dict(init_hparams or {})
         if config is not None:
             given = {**config.to_dict(), **given}
@@ -319,6 +322,8 @@ def fit(
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
     )
+    if config.inductive:
+        task.set_profiler(_profiler_for_run(ds, dm, config, ckpt_path, source_profiles), ds)
     key_map: list[tuple[str, str, str]] = []
     if source_state is not None:
         key_map = transfer_weights(task.model, source_state)
@@ -432,6 +437,32 @@ def fit(
                 final.get("val_baseline_auroc", math.nan),
             )
     return FitResult(run, best, last_path, metrics, key_map)
+
+
+def _profiler_for_run(
+    ds: Any,
+    dm: SegmentDataModule,
+    config: ModelConfig,
+    ckpt_path: str | None,
+    source_profiles: dict | None,
+) -> CellProfiler:
+    """The cell profiler of a run with an inductive cell encoder: a resumed run's own, a fine-tuned
+    model's (the features it learned on), else fitted on this store's training sites."""
+    if ckpt_path is not None:
+        meta = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY)
+        if meta and meta.get("cell_profiles"):
+            return CellProfiler.from_dict(meta["cell_profiles"])
+    if source_profiles:
+        return CellProfiler.from_dict(source_profiles)
+    return fit_for_training(ds, dm.splits["train"], config.profile_features)
+
+
+def _source_profiles(path: str | os.PathLike[str], kind: str) -> dict | None:
+    if kind != "ours":
+        return None
+    from cpgformer.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).cell_profiles
 
 
 def _launcher_rank_zero() -> bool:
