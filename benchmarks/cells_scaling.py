@@ -77,7 +77,11 @@ def worker(mode: str, cells: int, sites: int, part: str, repeats: int) -> dict:
         step()
         best = min(best, time.perf_counter() - start)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": best, "us_per_token": best / (sites * cells) * 1e6, "peak_gb": peak_kb / 2**20}
+    return {
+        "seconds": best,
+        "us_per_token": best / (sites * cells) * 1e6,
+        "peak_gb": peak_kb / 2**20,
+    }
 
 
 def measure(mode: str, cells: int, sites: int, part: str, args: argparse.Namespace) -> dict:

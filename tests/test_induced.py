@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _training_helpers import dense_to_chrom
 from torch.utils.flop_counter import FlopCounterMode
 
-from _training_helpers import dense_to_chrom
 from cpgformer.checkpoint import load_checkpoint
 from cpgformer.data.profiles import CellProfiler, fit_for_training, rows_of_segments
 from cpgformer.impute import (
