@@ -1,7 +1,7 @@
 """Time per token and peak memory against the number of cells: full axial attention vs ``induced``.
 
-For each attention mode and cell count C, the whole model (published sizes: 4 layers, hidden 64,
-8 heads x 8, window 21; no DNA branch) runs on one segment of L sites x C cells, where
+For each attention mode and cell count C, the whole model (``--size published``: 4 layers, hidden
+64, 8 heads x 8, window 21; ``compact``: 2 layers, hidden 32, 4 heads x 8; no DNA branch) runs on one segment of L sites x C cells, where
 L = max(--min-sites, --tokens // C), so every measurement handles about the same number of tokens:
 
 * training step: forward + backward in train mode (attention dropout 0.2), loss on all tokens;
@@ -33,17 +33,24 @@ from cpgformer.nn import CpGTransformer, ModelConfig
 PROFILE_FEATURES = 18
 
 
-def build(mode: str, cells: int) -> CpGTransformer:
+SIZES = {
+    "published": {},
+    "compact": {"hidden": 32, "n_layers": 2, "n_heads": 4, "head_dim": 8},
+}
+"""Model sizes: the published one, and the compact one ``cpgformer train`` suggests for small stores."""
+
+
+def build(mode: str, cells: int, size: str = "published") -> CpGTransformer:
     torch.manual_seed(0)
     if mode == "induced":
         config = ModelConfig(
             n_cells=1, dna_window=0, mode="induced", cell_encoder="profile",
-            profile_features=PROFILE_FEATURES,
+            profile_features=PROFILE_FEATURES, **SIZES[size],
         )  # fmt: skip
         model = CpGTransformer(config)
         model.set_cell_profiles(torch.randn(cells, PROFILE_FEATURES))
         return model
-    return CpGTransformer(ModelConfig(n_cells=cells, dna_window=0, mode=mode))
+    return CpGTransformer(ModelConfig(n_cells=cells, dna_window=0, mode=mode, **SIZES[size]))
 
 
 def inputs(sites: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,8 +60,8 @@ def inputs(sites: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return states, positions, torch.arange(cells).unsqueeze(0)
 
 
-def worker(mode: str, cells: int, sites: int, part: str, repeats: int) -> dict:
-    model = build(mode, cells)
+def worker(mode: str, cells: int, sites: int, part: str, repeats: int, size: str) -> dict:
+    model = build(mode, cells, size)
     states, positions, cell_ids = inputs(sites, cells)
     if part == "train":
         model.train()
@@ -87,7 +94,7 @@ def worker(mode: str, cells: int, sites: int, part: str, repeats: int) -> dict:
 def measure(mode: str, cells: int, sites: int, part: str, args: argparse.Namespace) -> dict:
     command = [
         sys.executable, __file__, "--worker", f"{mode},{cells},{sites},{part}",
-        "--repeats", str(args.repeats),
+        "--repeats", str(args.repeats), "--size", args.size,
     ]  # fmt: skip
     try:
         out = subprocess.run(
@@ -105,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=1 << 15, help="tokens per step (about)")
     parser.add_argument("--min-sites", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", choices=sorted(SIZES), default="published", help="model size")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     parser.add_argument("--output", help="also write the markdown table here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         mode, cells, sites, part = args.worker.split(",")
-        print(json.dumps(worker(mode, int(cells), int(sites), part, args.repeats)))
+        print(json.dumps(worker(mode, int(cells), int(sites), part, args.repeats, args.size)))
         return 0
     rows = []
     for cells in args.cells:

@@ -293,3 +293,22 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     from torchmetrics.functional.classification import binary_auroc
 
     return float(binary_auroc(torch.from_numpy(scores), torch.from_numpy(labels.astype(np.int64))))
+
+
+def test_profiles_from_dense_calls_equal_profiles_from_the_store(tmp_path: Path) -> None:
+    """The benchmark computes profiles from its dense training matrices: same features."""
+    from cpgformer.data.profiles import DenseCalls
+
+    positions, labels, _ = _group_labels(300, 10, seed=5)
+    ds = open_dataset(
+        _store(tmp_path / "s", positions, labels, list(range(10)), list("abcdefghij"))
+    )
+    profiler = CellProfiler.fit(ds, n_bins=16, n_components=3)
+
+    class Chrom:
+        name = "chr1"
+
+    chrom = Chrom()
+    chrom.positions, chrom.states = positions, labels
+    dense = profiler.transform(DenseCalls([chrom], 10))
+    assert np.allclose(dense, profiler.transform(ds))

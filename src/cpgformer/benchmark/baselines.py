@@ -799,6 +799,7 @@ class CpgformerModel:
         self.cell_ids: np.ndarray | None = None
         self._dna_cache: tuple[tuple[str, int], torch.Tensor | None] | None = None
         self.data: dict = {}
+        self.loaded: Any = None  # the LoadedCheckpoint (inductive models embed cells with it)
 
     @property
     def receptive_field(self) -> int:
@@ -822,6 +823,7 @@ class CpgformerModel:
             batch_size,
         )
         model.data = dict(loaded.data or {})
+        model.loaded = loaded
         return model
 
     @classmethod
@@ -834,6 +836,15 @@ class CpgformerModel:
     def fit(self, train: Sequence[ChromData], cells: Sequence[str]) -> None:
         from cpgformer.impute import cell_index_map
 
+        if self.loaded is not None and self.loaded.inductive:
+            # cells embedded from profiles of the training chromosomes' calls (never the test's)
+            from cpgformer.data.profiles import CellProfiler, DenseCalls
+
+            profiler = CellProfiler.from_dict(self.loaded.cell_profiles or {})
+            features = profiler.transform(DenseCalls(train, len(cells)))
+            self.loaded.model.set_cell_profiles(torch.from_numpy(features))
+            self.cell_ids = np.arange(len(cells), dtype=np.int64)
+            return
         if self.model_cells is None and len(cells) != self.predictor.n_cells:
             raise UsageError(
                 f"the model has {self.predictor.n_cells} cells, the store {len(cells)}"

@@ -64,7 +64,8 @@ HELPS: dict[str, str] = {
     "observed = fraction of observed entries",
     "mask_fraction": "fraction used by the mask rule",
     "random_fraction": "share of perturbed entries given a random label instead of unknown",
-    "resample_cells": "train each batch on this many random cells (memory); all cells in validation",
+    "resample_cells": "train each batch on this many random cells (memory, time); validation "
+    "segments use a fixed random subset of the same size",
     "num_workers": "data loader worker processes",
     "label_sample_size": "observed labels sampled for the random-label distribution",
     # training
@@ -86,6 +87,8 @@ HELPS: dict[str, str] = {
     "precision": "32-true, bf16-mixed, 16-mixed, ...",
     "tensorboard": "also write TensorBoard logs (if tensorboard is installed)",
     "seed": "random seed (weights, shuffling, masks, splits)",
+    "memory_budget_gb": "activations of one training step must fit this (GB; default half the "
+    "available memory): segments are shortened, then cells subsampled per batch",
 }
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}

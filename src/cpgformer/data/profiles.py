@@ -152,6 +152,37 @@ class CellProfiler:
         )
 
 
+class DenseCalls:
+    """Dense per-chromosome calls as a minimal store for :meth:`CellProfiler.transform`:
+    ``chroms`` is a sequence of objects with ``name``, ``positions`` [L] and ``states`` int8 [L, C]
+    (-1 missing), e.g. the benchmark's ``ChromData``."""
+
+    def __init__(self, chroms: Sequence[Any], n_cells: int) -> None:
+        self._chroms = {c.name: c for c in chroms}
+        self.n_cells = int(n_cells)
+
+    @property
+    def chromosomes(self) -> list[str]:
+        return list(self._chroms)
+
+    def positions(self, chrom: str) -> np.ndarray:
+        return np.asarray(self._chroms[chrom].positions)
+
+    def calls(self, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        states = np.asarray(self._chroms[chrom].states)
+        site, cell = np.nonzero(states >= 0)
+        return site, cell, states[site, cell]
+
+
+def _calls(dataset: Any, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(site row, cell column, label) of every call of ``chrom`` in a store or :class:`DenseCalls`."""
+    if hasattr(dataset, "calls"):
+        return dataset.calls(chrom)
+    indptr, cell, _, _, label = dataset.csr(chrom)
+    site = np.repeat(np.arange(len(indptr) - 1), np.diff(np.asarray(indptr)))
+    return site, np.asarray(cell), np.asarray(label)
+
+
 def _bin_counts(
     dataset: Any,
     bins: Sequence[tuple[str, int, int]],
@@ -170,7 +201,7 @@ def _bin_counts(
         if chrom not in present:
             continue
         positions = np.asarray(dataset.positions(chrom))
-        indptr, cell, _, _, label = dataset.csr(chrom)
+        site_of_call, cell, label = _calls(dataset, chrom)
         starts = np.array([bins[j][1] for j in index], dtype=np.int64)
         ends = np.array([bins[j][2] for j in index], dtype=np.int64)
         slot = np.searchsorted(starts, positions, side="right") - 1
@@ -179,8 +210,6 @@ def _bin_counts(
         mask = rows.get(chrom)
         if mask is not None:
             inside &= np.asarray(mask, dtype=bool)
-        per_site = np.diff(np.asarray(indptr))
-        site_of_call = np.repeat(np.arange(positions.size), per_site)
         label = np.asarray(label)
         keep = inside[site_of_call] & (label >= 0)
         column = np.asarray(index, dtype=np.int64)[slot[site_of_call[keep]]]

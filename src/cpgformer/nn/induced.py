@@ -12,8 +12,8 @@ Summaries depend on which cells are present (an average over them), not on how m
 applies to any number of cells, new cells included. The two attentions are plain softmax attention
 (scaled by ``d**-0.5``) with dropout on the probabilities in training.
 
-:func:`induced_attention_reference` writes both steps with explicit score matrices (for tests);
-the module runs them with ``scaled_dot_product_attention``.
+The reference implementation writes both steps head by head with explicit score matrices; the fast
+one folds the projections into a few large per-site matrix products (same function, tested equal).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cpgformer.nn.attention import fast_dropout
+
 
 def _attend_reference(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
     """``q [N, H, Q, d]``, ``k, v [N, H, K, d]`` -> ``[N, H, Q, d]`` (explicit softmax)."""
@@ -32,10 +34,6 @@ def _attend_reference(q: Tensor, k: Tensor, v: Tensor, dropout: float, training:
     if training and dropout > 0:
         probs = F.dropout(probs, dropout, training=True)
     return torch.einsum("nhqk,nhkd->nhqd", probs, v)
-
-
-def _attend_fast(q: Tensor, k: Tensor, v: Tensor, dropout: float, training: bool) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if training else 0.0)
 
 
 class InducedCellAttention(nn.Module):
@@ -74,28 +72,80 @@ class InducedCellAttention(nn.Module):
         n, tokens, _ = t.shape
         return t.view(n, tokens, self.heads, self.head_dim).transpose(1, 2)
 
-    def summaries(self, x: Tensor, impl: str = "fast") -> Tensor:
-        """The ``M`` summary tokens of each site: ``x [B, L, C, D]`` -> ``[B, L, M, D]``."""
+    def forward(self, x: Tensor, impl: str = "fast") -> Tensor:
+        if impl == "fast":
+            return self._forward_fast(x)
+        return self._forward_reference(x)
+
+    # ---- reference: the definition, head by head ----------------------------------------------
+    def _forward_reference(self, x: Tensor) -> Tensor:
         batch, length, cells, hidden = x.shape
-        attend = _attend_fast if impl == "fast" else _attend_reference
-        tokens = x.reshape(batch * length, cells, hidden)
+        n = batch * length
+        tokens = x.reshape(n, cells, hidden)
+        summary = self.summaries(x).reshape(n, self.n_inducing, hidden)
+        k, v = self.write_kv(summary).chunk(2, dim=-1)
+        q = self._heads(self.write_q(tokens))
+        z = _attend_reference(q, self._heads(k), self._heads(v), self.dropout, self.training)
+        z = z.transpose(1, 2).reshape(batch, length, cells, self.heads * self.head_dim)
+        return self.out(z)
+
+    # ---- fast: the projections folded into the per-site matrices -------------------------------
+    def _forward_fast(self, x: Tensor) -> Tensor:
+        """Same function as the reference, written as a few large matrix products.
+
+        Read: the inducing queries are the same at every site, so ``q_hm · (W_k x + b_k)`` is
+        ``x · (W_kᵀ q_hm) + b_k · q_hm``: one GEMM of the tokens with a ``[D, H·M]`` matrix; values
+        enter through ``Σ_c p_c (W_v x_c + b_v) = W_v (Σ_c p_c x_c) + b_v Σ_c p_c``. Write: the keys
+        and the output projection of the values are folded per site into ``[D, H·M]`` and
+        ``[H·M, D]`` matrices, so each token costs two products of width ``H·M``."""
+        batch, length, cells, hidden = x.shape
+        n, heads, dim, m = batch * length, self.heads, self.head_dim, self.n_inducing
+        scale = dim**-0.5
+        p = self.dropout if self.training else 0.0
+        tokens = x.reshape(n, cells, hidden)
+        # read
+        q = self.read_q(self.inducing).view(m, heads, dim) * scale
+        w_k, w_v = self.read_kv.weight.view(2, heads, dim, hidden).unbind(0)
+        b_k, b_v = self.read_kv.bias.view(2, heads, dim).unbind(0)
+        key_map = torch.einsum("mhd,hde->ehm", q, w_k).reshape(hidden, heads * m)
+        key_bias = torch.einsum("mhd,hd->hm", q, b_k).reshape(heads * m)
+        scores = torch.addmm(key_bias, tokens.reshape(n * cells, hidden), key_map)
+        probs = _dropout(scores.view(n, cells, heads * m).softmax(1), p)
+        pooled = torch.bmm(probs.transpose(1, 2), tokens).view(n, heads, m, hidden)
+        weight_sum = probs.sum(1).view(n, heads, m)
+        values = torch.einsum("nhme,hde->nmhd", pooled, w_v)
+        values = values + weight_sum.transpose(1, 2).unsqueeze(-1) * b_v
+        read = values.reshape(n, m, heads * dim)
+        summary = self.read_norm(self.inducing + self.read_out(read))
+        # write
+        k_s, v_s = self.write_kv(summary).view(n, m, 2, heads, dim).unbind(2)
+        w_q = self.write_q.weight.view(heads, dim, hidden)
+        b_q = self.write_q.bias.view(heads, dim)
+        query_map = torch.einsum("nmhd,hde->nehm", k_s, w_q * scale).reshape(n, hidden, heads * m)
+        query_bias = torch.einsum("nmhd,hd->nhm", k_s, b_q * scale).reshape(n, 1, heads * m)
+        scores = torch.baddbmm(query_bias, tokens, query_map)
+        probs = _dropout(scores.view(n, cells, heads, m).softmax(-1), p)
+        w_o = self.out.weight.view(hidden, heads, dim)
+        value_map = torch.einsum("nmhd,ehd->nhme", v_s, w_o).reshape(n, heads * m, hidden)
+        out = torch.baddbmm(self.out.bias, probs.view(n, cells, heads * m), value_map)
+        return out.view(batch, length, cells, hidden)
+
+    def summaries(self, x: Tensor) -> Tensor:
+        """The ``M`` summary tokens of each site (reference math): ``[B, L, C, D] -> [B, L, M, D]``."""
+        batch, length, cells, hidden = x.shape
+        n = batch * length
+        tokens = x.reshape(n, cells, hidden)
         k, v = self.read_kv(tokens).chunk(2, dim=-1)
-        q = self._heads(self.read_q(self.inducing).unsqueeze(0))  # [1, H, M, d]
-        q = q.expand(batch * length, -1, -1, -1)
-        read = attend(q, self._heads(k), self._heads(v), self.dropout, self.training)
-        read = read.transpose(1, 2).reshape(batch * length, self.n_inducing, -1)
+        q = self._heads(self.read_q(self.inducing).unsqueeze(0)).expand(n, -1, -1, -1)
+        read = _attend_reference(q, self._heads(k), self._heads(v), self.dropout, self.training)
+        read = read.transpose(1, 2).reshape(n, self.n_inducing, -1)
         summary = self.read_norm(self.inducing + self.read_out(read))
         return summary.view(batch, length, self.n_inducing, hidden)
 
-    def forward(self, x: Tensor, impl: str = "fast") -> Tensor:
-        batch, length, cells, hidden = x.shape
-        attend = _attend_fast if impl == "fast" else _attend_reference
-        summary = self.summaries(x, impl).reshape(batch * length, self.n_inducing, hidden)
-        k, v = self.write_kv(summary).chunk(2, dim=-1)
-        q = self._heads(self.write_q(x.reshape(batch * length, cells, hidden)))
-        z = attend(q, self._heads(k), self._heads(v), self.dropout, self.training)
-        z = z.transpose(1, 2).reshape(batch, length, cells, self.heads * self.head_dim)
-        return self.out(z)
+
+def _dropout(probs: Tensor, p: float) -> Tensor:
+    """Dropout on attention probabilities with the fast path's cheap keep decisions."""
+    return fast_dropout(probs, p, True) if p > 0 else probs
 
 
 def induced_attention_reference(module: InducedCellAttention, x: Tensor) -> Tensor:

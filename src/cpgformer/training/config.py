@@ -31,6 +31,7 @@ class TrainConfig:
     precision: str = "32-true"
     tensorboard: bool = True
     seed: int = 0
+    memory_budget_gb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -37,6 +37,7 @@ from cpgformer.data.datamodule import DataConfig, SegmentDataModule
 from cpgformer.data.profiles import CellProfiler, fit_for_training
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
+from cpgformer.training import plan
 from cpgformer.training.config import TrainConfig
 from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
 from cpgformer.utils.atomic import atomic_file, atomic_path
@@ -309,6 +310,8 @@ def fit(
     if config.n_cells != ds.n_cells:
         config = dataclasses.replace(config, n_cells=ds.n_cells)
 
+    budget = training.memory_budget_gb or 0.5 * plan.available_memory_gb()
+    data = plan.fit_to_memory(config, data, ds.n_cells, budget)
     pl.seed_everything(training.seed, workers=True, verbose=False)
     dm = SegmentDataModule(
         store, data, data_mode=config.data_mode, dna_window=config.dna_window or 0
@@ -334,6 +337,7 @@ def fit(
             ", ".join(k[0] for k in key_map if k[2] != "loaded"),
         )
 
+    _report_plan(config, dm, data, training, ds.n_cells)
     loggers: list[Any] = [CSVLogger(save_dir=str(run), name="logs")]
     if training.tensorboard and (
         importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
@@ -437,6 +441,57 @@ def fit(
                 final.get("val_baseline_auroc", math.nan),
             )
     return FitResult(run, best, last_path, metrics, key_map)
+
+
+def _report_plan(
+    config: ModelConfig,
+    dm: SegmentDataModule,
+    data: DataConfig,
+    training: TrainConfig,
+    n_cells: int,
+) -> plan.StepEstimate:
+    """Log the estimated time per step and epoch before training; warn with a concrete suggestion
+    when a step would take impractically long."""
+    cells = plan.cells_per_batch(n_cells, data.resample_cells)
+    device = "cpu"
+    if training.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        device = "cuda"
+    estimate = plan.estimate_step(
+        config,
+        cells=cells,
+        segment_length=min(data.segment_length, max(s.length for s in dm.splits["train"])),
+        batch_size=data.batch_size,
+        steps_per_epoch=math.ceil(len(dm.splits["train"]) / data.batch_size),
+        device=device,
+    )
+    log.info(
+        "plan: ~%.2f s per training step of %d tokens on %s (~%.0f tokens/s), ~%s per epoch of %d "
+        "steps; ~%.1f GB of activations",
+        estimate.seconds_per_step,
+        estimate.tokens_per_step,
+        device,
+        estimate.tokens_per_second,
+        _duration(estimate.seconds_per_epoch),
+        estimate.steps_per_epoch,
+        estimate.activation_gb,
+    )
+    suggestion = plan.advice(config, cells, estimate)
+    if suggestion:
+        log.warning(
+            "one training step will take ~%s (%d cells per batch): consider %s",
+            _duration(estimate.seconds_per_step),
+            cells,
+            suggestion,
+        )
+    return estimate
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _profiler_for_run(
