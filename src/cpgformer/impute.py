@@ -1234,7 +1234,7 @@ def masked_holdout(
         raise UsageError("calibration by temperature scaling applies to binary models only")
     if not 0 < fraction < 1:
         raise UsageError(f"mask fraction must be in (0, 1), got {fraction}")
-    cell_ids = cell_index_map(ds.cells, source.cells)
+    cell_ids = source.cell_ids_for(ds)
     reference = None
     if predictor.dna_window:
         fasta = fasta or ds.fasta_path
