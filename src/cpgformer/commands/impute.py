@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="compiled CPU inference (torch.compile; up to 32 cells, modes axial, intracell, "
-        "intercell, none): ~1.5x faster for long runs, compiles for tens of seconds first; "
-        "same as CPGFORMER_COMPILE=1",
+        "intercell, none): compiles for tens of seconds first, then runs at 0.9-1.3x the speed "
+        "of the default fused-kernel path, so it rarely pays off; same as CPGFORMER_COMPILE=1",
     )
     parser.add_argument(
         "--ignore-fingerprint",
