@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from cpgformer.errors import InputError, UsageError
+from cpgformer.errors import InputError, NoCallsError, UsageError
 from cpgformer.io.records import CallChunk
 
 log = logging.getLogger(__name__)
@@ -904,7 +904,7 @@ def detect(path: str | os.PathLike[str]) -> Detected:
             header_fields = first
             data = data[1:]  # header line (legacy ALLC and friends)
     if not data:
-        raise InputError(p, None, "no calls (empty file or only header/comment lines)")
+        raise NoCallsError(p, None, "no calls (empty file or only header/comment lines)")
     if header_fields is None and skipped and skipped[-1].lstrip().startswith("#"):
         candidate = _fields(skipped[-1].lstrip()[1:], sep)
         if len(candidate) == len(_fields(data[0], sep)):
@@ -1071,7 +1071,7 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
     lines = _head_lines(path, 64)
     data = [(i + 1, line) for i, line in enumerate(lines) if not _is_comment(line)]
     if not data:
-        raise InputError(path, None, "no calls (empty file or only header/comment lines)")
+        raise NoCallsError(path, None, "no calls (empty file or only header/comment lines)")
     line_no, first = data[0]
     header_line = None
     sep = spec.sep
@@ -1087,7 +1087,7 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
         header_line = line_no
         log.debug("%s: line %d is a header, skipped: %s", path, header_line, first.strip()[:120])
         if len(data) < 2:
-            raise InputError(path, None, "no calls (empty file or only header/comment lines)")
+            raise NoCallsError(path, None, "no calls (empty file or only header/comment lines)")
         line_no, first = data[1]
         if spec.fused:
             first = _fuse_line(first)
@@ -1619,14 +1619,14 @@ def _read_calls(
                         frac=None if chunk.frac is None else chunk.frac[lo:hi],
                     )
     if stats.n_rows == 0:
-        raise InputError(path, None, "no calls (empty file or only header/comment lines)")
+        raise NoCallsError(path, None, "no calls (empty file or only header/comment lines)")
     if stats.n_calls == 0:
         reasons = []
         if stats.n_skipped_context:
             reasons.append(f"{stats.n_skipped_context} non-CG context rows")
         if stats.n_skipped_zero:
             reasons.append(f"{stats.n_skipped_zero} zero-coverage rows")
-        raise InputError(path, None, "no calls (skipped " + ", ".join(reasons) + ")")
+        raise NoCallsError(path, None, "no calls (skipped " + ", ".join(reasons) + ")")
     log.debug(
         "%s: %d rows, %d calls, %d non-CG skipped, %d zero-coverage skipped",
         path,
