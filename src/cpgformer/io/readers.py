@@ -1152,6 +1152,13 @@ def _locate_bad_line(
         except UnicodeDecodeError:
             return InputError(path, line_no, "line is not UTF-8 text (binary file?)")
         parts = _split(text, plan.sep)
+        if plan.spec.fused and len(parts) != want:
+            return InputError(
+                path,
+                line_no,
+                f"expected {want - 1} {_sep_name(plan.sep)}-separated columns for {plan.fmt}, "
+                f"the first a fused chrom_pos like chr1_3014555 (got {text.strip()[:60]!r})",
+            )
         if len(parts) != want:
             return InputError(
                 path,
