@@ -132,6 +132,21 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in text.lower() and "💡" not in text
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (not the one at setup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     """cpgformer's log lines on stderr (timestamped when stderr is not a terminal).
 
@@ -144,7 +159,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     else:
         level = logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     batch = not sys.stderr.isatty()
     handler.setFormatter(
         logging.Formatter(
