@@ -262,3 +262,25 @@ def test_prepare_logs_one_summary_line_not_one_line_per_file(tmp_path: Path, cap
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if "cpgformer" in line]
     assert len(lines) == 1 and "6 cells" in lines[0] and "6 bismark-cov" in lines[0]
+
+
+def test_prepare_with_fasta_sums_invalid_rows_in_one_warning(tmp_path: Path, capfd) -> None:
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">1\nAACGTTTTCGAAAAAAAAAA\n")  # CpGs at 0-based 2 and 8
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for k in range(3):  # the + C at 1-based 3, the - C at 10, and a row on no CpG (1-based 15)
+        (cells / f"c{k}.cov").write_text(
+            "1\t3\t3\t100\t1\t0\n1\t10\t10\t0\t0\t1\n1\t15\t15\t0\t0\t1\n"
+        )
+    files = [str(p) for p in sorted(cells.iterdir())]
+    args = ["prepare", *files, "--fasta", str(fasta), "--min-valid-frac", "0.5", "-o"]
+    assert main([*args, str(tmp_path / "s")]) == 0
+    lines = [line for line in capfd.readouterr().err.splitlines() if "cpgformer" in line]
+    assert len(lines) == 2, lines  # the summary and one warning, not one line per file
+    assert (
+        "3 of 3 files had calls invalid against the FASTA, 3 dropped in all (not_cpg 3"
+        in (lines[1])
+    )
+    ds = open_dataset(tmp_path / "s")
+    assert ds.positions("1").tolist() == [2, 8]

@@ -390,7 +390,7 @@ class _CellReader:
                 line = first_bad[0]
                 message += f"; first: {first_bad[1]}"
             raise InputError(path, line, message + f" [{self.opts.fasta}]")
-        log.warning(
+        log.debug(  # summed over the files in prepare's summary; per file in the manifest
             "%s: dropped %d of %d calls invalid against the FASTA (%s)",
             path,
             n_invalid,
@@ -826,6 +826,20 @@ def prepare(
             "%d adjacent (x, x+1) call pairs within cells look like unpooled strands of one CpG; "
             "give --fasta to pool them exactly (or --pair-adjacent)",
             n_adjacent,
+        )
+    invalid_reasons = ("not_cpg", "out_of_range", "n_base", "unknown_contig")
+    with_invalid = [r for r in reports if any(r.dropped.get(k) for k in invalid_reasons)]
+    if reference is not None and with_invalid:
+        total: Counter[str] = Counter()
+        for r in with_invalid:
+            total.update({k: r.dropped[k] for k in invalid_reasons if r.dropped.get(k)})
+        log.warning(
+            "%d of %d files had calls invalid against the FASTA, %d dropped in all (%s; per file "
+            "in the manifest's inputs)",
+            len(with_invalid),
+            len(reports),
+            sum(total.values()),
+            ", ".join(f"{k} {v}" for k, v in sorted(total.items())),
         )
     if opts.input_format is None and opts.columns is None and formats.get("deepcpg"):
         log.info(
