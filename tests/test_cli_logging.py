@@ -225,6 +225,19 @@ def test_lightning_banner_and_advert_are_silenced(capfd: pytest.CaptureFixture[s
     setup_logging(0, False)
 
 
+def test_python_warnings_are_timestamped_log_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    from cpgformer.cli import setup_logging
+
+    with warnings.catch_warnings():  # (restores warnings.showwarning afterwards)
+        setup_logging(0, False)  # stderr is captured here: not a terminal
+        warnings.simplefilter("always")
+        warnings.warn("the number of training batches is small", UserWarning, stacklevel=1)
+    err = capfd.readouterr().err
+    assert re.match(rf"{TIMESTAMP} WARNING py\.warnings: .*: UserWarning: the number of", err)
+
+
 # ---------------------------------------------------------------------------------- --help
 
 

@@ -147,6 +147,19 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` replacement: one log record on ``py.warnings``."""
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    logging.getLogger("py.warnings").warning("%s", text)
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     """cpgformer's log lines on stderr (timestamped when stderr is not a terminal).
 
@@ -170,6 +183,12 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Python warnings (Lightning's, PyTorch's) as log lines: timestamped in a batch log too
+    warnings.showwarning = _log_warning
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.handlers[:] = [handler]
+    py_warnings.setLevel(logging.ERROR if quiet else logging.WARNING)
+    py_warnings.propagate = False
     # Lightning logs through module loggers below "lightning.pytorch"/"lightning.fabric" and sets
     # the level of those two on import; the rank-zero loggers themselves keep what is set here
     third_level = logging.ERROR if quiet else (logging.INFO if verbose >= 2 else logging.WARNING)
