@@ -161,10 +161,12 @@ def _log_warning(
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
-    """cpgformer's log lines on stderr (timestamped when stderr is not a terminal).
+    """Log lines on stderr, timestamped when stderr is not a terminal (a batch job's log).
 
-    ``quiet``: errors only, no progress and no Python warnings. Lightning's banners (GPU/TPU
-    availability, ``Trainer.fit stopped``) are shown only with ``-vv``; its adverts never.
+    cpgformer's loggers, Lightning's and Python warnings share one handler. ``quiet``: errors only,
+    no progress and no warnings. Lightning's banners (GPU/TPU availability, ``Trainer.fit
+    stopped``) are shown only with ``-vv``; its adverts never. Other libraries' warnings reach the
+    same handler through the root logger.
     """
     if quiet:
         level = logging.ERROR
@@ -172,33 +174,40 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     else:
         level = logging.INFO
-    handler = _StderrHandler()
     batch = not sys.stderr.isatty()
-    handler.setFormatter(
-        logging.Formatter(
-            _TIMESTAMP_FORMAT if batch else _PLAIN_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"
-        )
+    formatter = logging.Formatter(
+        _TIMESTAMP_FORMAT if batch else _PLAIN_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"
     )
-    root = logging.getLogger("cpgformer")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # Python warnings (Lightning's, PyTorch's) as log lines: timestamped in a batch log too
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    handler.addFilter(_DropAdverts())
+    ours = logging.getLogger("cpgformer")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    # Python warnings (Lightning's, PyTorch's) as log lines
     warnings.showwarning = _log_warning
     py_warnings = logging.getLogger("py.warnings")
     py_warnings.handlers[:] = [handler]
     py_warnings.setLevel(logging.ERROR if quiet else logging.WARNING)
     py_warnings.propagate = False
     # Lightning logs through module loggers below "lightning.pytorch"/"lightning.fabric" and sets
-    # the level of those two on import; the rank-zero loggers themselves keep what is set here
+    # the level of those two on import (and adds a plain handler when the root logger has none);
+    # the rank-zero loggers keep the level set here
     third_level = logging.ERROR if quiet else (logging.INFO if verbose >= 2 else logging.WARNING)
     for name in _THIRD_PARTY:
-        for suffix in (".utilities.rank_zero", ".accelerators.cuda", ""):
-            logger = logging.getLogger(name + suffix)
-            if suffix:
-                logger.setLevel(third_level)
-            if not any(isinstance(f, _DropAdverts) for f in logger.filters):
-                logger.addFilter(_DropAdverts())
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        for suffix in (".utilities.rank_zero", ".accelerators.cuda"):
+            logging.getLogger(name + suffix).setLevel(third_level)
+    # everything else that warns (and makes Lightning, if imported later, keep our handler)
+    root = logging.getLogger()
+    other = _StderrHandler()
+    other.setFormatter(formatter)
+    other.addFilter(_DropAdverts())
+    other.setLevel(logging.ERROR if quiet else logging.WARNING)
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)] + [other]
     from cpgformer.utils import progress
 
     progress.set_enabled(False if quiet else None)
