@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chrom-names",
         choices=CHROM_NAME_MODES,
         default="keep",
-        help="contig names: keep, add-chr (1 -> chr1, MT -> chrM) or strip-chr (keep)",
+        help="contig names: keep (as in the files), add-chr (1 -> chr1, MT -> chrM) or strip-chr "
+        "(chr1 -> 1, chrM -> MT)",
     )
     parser.add_argument(
         "--binarize",
