@@ -213,16 +213,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     progress.set_enabled(False if quiet else None)
 
 
-def quiet() -> bool:
-    """True while a command runs with ``-q`` (commands then skip their summary lines)."""
-    return _QUIET
-
-
-_QUIET = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    global _QUIET
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
@@ -233,7 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet and args.verbose:
         parser.error("-q and -v exclude each other")
     setup_logging(args.verbose, args.quiet)
-    _QUIET = args.quiet
     out = sys.stdout
     try:
         with warnings.catch_warnings():
@@ -254,7 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sys.stdout is not out:
             sys.stdout.close()
             sys.stdout = out
-        _QUIET = False
     return int(code or 0)
 
 
