@@ -123,9 +123,17 @@ def test_header_one_with_a_hash_header_keeps_every_call(tmp_path: Path) -> None:
     f = tmp_path / "h.tsv"
     rows = "".join(f"chr1\t{100 + 10 * i}\t1\t2\n" for i in range(13))
     spec = parse_column_spec("1:2:3:4c:\\t:1")
-    for head in ("#chrom\tpos\tmeth\tcov\n", "# a comment\nchrom\tpos\tmeth\tcov\n"):
+    for head in ("#chrom\tpos\tmeth\tcov\n", "# a comment\nchrom\tpos\tmeth\tcov\n", ""):
         f.write_text(head + rows)
-        assert len(calls(f, spec=spec)) == 13
+        assert len(calls(f, spec=spec)) == 13  # header=1 never costs a call
+        assert len(calls(f)) == 13  # detected from the header names (or the shape) alike
+
+
+def test_methscan_format_needs_a_methscan_directory(tmp_path: Path, capfd) -> None:
+    f = tmp_path / "c.cov"
+    f.write_text("1\t3\t3\t100\t1\t0\n")
+    assert main(["prepare", str(f), "--input-format", "methscan", "-o", str(tmp_path / "s")]) == 2
+    assert "column_header.txt" in capfd.readouterr().err
 
 
 def test_semicolon_separator_and_star_strand(tmp_path: Path) -> None:

@@ -1092,9 +1092,14 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
         if spec.fused:
             first = _fuse_line(first)
     elif spec.header and line_no == 1:
-        log.warning(
-            "%s: header=1 but line 1 holds a call (position %s): read as data", path, pos_field
+        # warned once per process (not once per cell file); every such file is read the same way
+        (log.warning if not _HEADER_WARNED else log.debug)(
+            "%s: header=1 but line 1 holds a call (position %s): read as data (files without a "
+            "header line are read whole)",
+            path,
+            pos_field,
         )
+        _header_warned()
     if sep == "\t":
         # tab unless the first data line has no tab or pads its fields with blanks
         tab_parts = first.split("\t")
@@ -1121,6 +1126,14 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
     if sep != "\t":
         log.debug("%s: fields separated by %s", path, _sep_name(sep))
     return _Plan(fmt, spec, sep, ncols, header_line)
+
+
+_HEADER_WARNED = False
+
+
+def _header_warned() -> None:
+    global _HEADER_WARNED
+    _HEADER_WARNED = True
 
 
 _FUSE_BYTES = re.compile(rb"(?m)^([^\t\n]*?)_(\d+)(?=[\t\n])")
