@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="dataset store written by cpgformer prepare")
     parser.add_argument("checkpoint", help="checkpoint written by cpgformer train (or calibrate)")
     parser.add_argument("-o", "--output", required=True, help="imputed store directory to write")
-    parser.add_argument("--chroms", nargs="+", help="impute only these chromosomes")
+    parser.add_argument("--chroms", nargs="+", help="impute only these chromosomes (default: all)")
     parser.add_argument(
         "--keep-observed",
         action="store_true",
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="sites per stored chunk (unit of resuming; default ~4 M entries per chunk)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps"
     )

@@ -38,12 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="custom column spec for delimited files, e.g. '1:2:4:5c:,:1' or "
         "'chrom=1:pos=2:meth=3:unmeth=4:sep=;:header=1' (keys chrom pos meth unmeth cov frac "
         "percent state strand context base sep header pooled; see docs/formats-supported.md; "
-        "implies --input-format tsv)",
+        "implies --input-format tsv; default: none, the layout is detected)",
     )
     parser.add_argument(
         "--fasta",
         default=None,
-        help="reference FASTA: pool strands exactly and drop rows that are not CpGs",
+        help="reference FASTA: pool strands exactly and drop rows that are not CpGs (default: "
+        "none; unstranded per-C rows then stay at their own position)",
     )
     parser.add_argument(
         "--min-valid-frac",
