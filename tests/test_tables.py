@@ -212,6 +212,8 @@ def test_methscan_matrix_given_as_a_call_file_is_one_clear_line(tmp_path: Path) 
     text = str(err.value)
     assert "\n" not in text and text.isprintable()
     assert "zip archive" in text and "MethSCAn" in text
+    with pytest.raises(InputError, match=r"1\.npz: not a text call table: a zip archive"):
+        list(read_calls(ms / "1.npz", "bismark-cov"))  # a format given: the same one line
     bad = tmp_path / "other"
     bad.mkdir()
     (bad / "column_header.txt").write_text("a\nb\n")

@@ -1552,13 +1552,17 @@ def read_calls(
         raise UsageError("chunk_rows must be >= 1")
     _check_path(p)
     _check_rejected(p)
-    if spec is not None:
-        if fmt not in (None, "tsv"):
-            raise UsageError(f"a column spec is used with the tsv format, not {fmt!r}")
-        fmt = "tsv"
-    elif fmt is None:
-        found = detect(p)
+    if spec is None and fmt is None:
+        found = detect(p)  # (refuses binary files itself)
         fmt, spec = found.format, found.spec
+    else:
+        if spec is not None:
+            if fmt not in (None, "tsv"):
+                raise UsageError(f"a column spec is used with the tsv format, not {fmt!r}")
+            fmt = "tsv"
+        binary = _binary_content(p)
+        if binary is not None:
+            raise InputError(p, None, f"not a text call table: {binary}")
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(FORMATS)})")
     if spec is None:
