@@ -904,7 +904,8 @@ class CpgformerModel:
         by_length: dict[int, list] = {}
         for t in tiles:
             by_length.setdefault(t.stop - t.start, []).append(t)
-        with torch.inference_mode():
+        report = bar(len(tiles), desc=f"cpgformer {chrom.name}", unit="tile")
+        with torch.inference_mode(), report:
             for group in by_length.values():
                 for b in range(0, len(group), self.batch_size):
                     batch = group[b : b + self.batch_size]
@@ -925,6 +926,7 @@ class CpgformerModel:
                         lo = np.searchsorted(uniq, t.keep_start)
                         hi = np.searchsorted(uniq, t.keep_stop)
                         raw[lo:hi] = o[uniq[lo:hi] - t.start]
+                    report.update(len(batch))
         probs = to_probabilities(raw, self.predictor.data_mode, self.temperature)
         return probs[inverse, cols].astype(np.float64)
 

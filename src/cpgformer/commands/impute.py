@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="dataset store written by cpgformer prepare")
     parser.add_argument("checkpoint", help="checkpoint written by cpgformer train (or calibrate)")
     parser.add_argument("-o", "--output", required=True, help="imputed store directory to write")
-    parser.add_argument("--chroms", nargs="+", help="impute only these chromosomes")
+    parser.add_argument("--chroms", nargs="+", help="impute only these chromosomes (default: all)")
     parser.add_argument(
         "--keep-observed",
         action="store_true",
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="sites per stored chunk (unit of resuming; default ~4 M entries per chunk)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps"
     )
@@ -66,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="compiled CPU inference (torch.compile; up to 32 cells, modes axial, intracell, "
-        "intercell, none): ~1.5x faster for long runs, compiles for tens of seconds first; "
-        "same as CPGFORMER_COMPILE=1",
+        "intercell, none): compiles for tens of seconds first, then runs at 0.9-1.3x the speed "
+        "of the default fused-kernel path, so it rarely pays off; same as CPGFORMER_COMPILE=1",
     )
     parser.add_argument(
         "--ignore-fingerprint",

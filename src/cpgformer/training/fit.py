@@ -358,7 +358,9 @@ def fit(
     last_cb = ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False
     )
-    cbs: list[Any] = [checkpoint_cb, last_cb, *callbacks]
+    from cpgformer.training.progress_callback import TrainingProgress
+
+    cbs: list[Any] = [checkpoint_cb, last_cb, TrainingProgress(), *callbacks]
     if training.early_stopping:
         cbs.append(
             EarlyStopping(monitor="val_loss", mode="min", patience=training.patience, strict=False)
