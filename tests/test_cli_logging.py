@@ -188,7 +188,9 @@ def test_quiet_prints_nothing_but_errors_for_every_command(
     _check_quiet(capfd, ["explain", str(store), str(ckpt), "--sites", str(sites), "-o",
                          str(t / "explained"), "--no-figures", "--n-steps", "4",
                          "--overwrite"])  # fmt: skip
-    ran |= {"train", "calibrate", "impute", "export", "benchmark", "explain"}
+    _check_quiet(capfd, ["cells", str(ckpt), str(store), "-o", str(t / "cellmap"),
+                         "--overwrite"])  # fmt: skip
+    ran |= {"train", "calibrate", "impute", "export", "benchmark", "explain", "cells"}
     # commands too slow for a test run end to end: their errors still come through
     _check_error(capfd, ["convert-checkpoint", str(t / "missing.pt"), "-o", str(t / "c.pt")])
     (t / "taken").write_text("")
