@@ -9,7 +9,8 @@
 # chrV (validation), chrT (test)), 1,600 trained cells; `scbs` — the 27 scbs cells of
 # benchmarks/cells_accuracy.sh, 22 trained (cells 01-09, 11-19, 21-24), 5 new (25-29).
 # Usage: bash benchmarks/new_cells.sh sim|scbs [OUT_DIR]
-# Knobs: STEPS (default 600), MODEL_ARGS (default: compact model), CPGFORMER_SHARED.
+# Knobs: STEPS (default 600), MODEL_ARGS (default: compact model), CPGFORMER_SHARED. The simulated
+# case trains on 256 random cells per step (segments of 128 sites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CASE=${1:?sim or scbs}
@@ -17,7 +18,7 @@ OUT=${2:-bench_new_cells_$CASE}
 SHARED=${CPGFORMER_SHARED:-../shared}
 STEPS=${STEPS:-600}
 MODEL_ARGS=${MODEL_ARGS:-"--hidden 32 --n-layers 2 --n-heads 4 --segment-length 256 --batch-size 2 \
---warmup-steps 50 --lr 2e-3 --lr-decay 1.0 --no-early-stopping --val-check-interval 100 \
+--warmup-steps 50 --lr 2e-3 --lr-decay 1.0 --no-early-stopping \
 --limit-val-batches 10 --no-tensorboard --mode induced --cell-encoder profile"}
 CPGFORMER=${CPGFORMER:-.venv/bin/cpgformer}
 PY=${PYTHON:-.venv/bin/python}
@@ -46,12 +47,13 @@ PYEOF
   mapfile -t files < <(ls "$OUT"/sim/cells/*.cov.gz)
   trained=("${files[@]:0:1600}"); new=("${files[@]:1600}")
   VAL=chrV; TEST=chrT; PREP_ARGS="--fasta $OUT/genome3.fa"
+  CASE_ARGS="--segment-length 128 --batch-size 1 --resample-cells 256"
 else
   DATA="$SHARED/data/scbs_tutorial"
   for i in 01 02 03 04 05 06 07 08 09 11 12 13 14 15 16 17 18 19 21 22 23 24; do
     trained+=("$DATA/cell_$i.cov.gz"); done
   for i in 25 26 27 28 29; do new+=("$DATA/cell_$i.cov.gz"); done
-  VAL=5; TEST=10; PREP_ARGS="--pair-adjacent"
+  VAL=5; TEST=10; PREP_ARGS="--pair-adjacent"; CASE_ARGS=""
 fi
 # shellcheck disable=SC2086
 [ -d "$OUT/store-train" ] || "$CPGFORMER" -q prepare "${trained[@]}" $PREP_ARGS -o "$OUT/store-train"
@@ -61,7 +63,7 @@ if [ ! -f "$OUT/run/checkpoints/last.ckpt" ]; then
   start=$(date +%s)
   # shellcheck disable=SC2086
   "$CPGFORMER" train "$OUT/store-train" -o "$OUT/run" --val-chromosomes "$VAL" \
-    --test-chromosomes "$TEST" --max-steps "$STEPS" $MODEL_ARGS --seed 0
+    --test-chromosomes "$TEST" --max-steps "$STEPS" $MODEL_ARGS $CASE_ARGS --seed 0
   echo "train seconds: $(( $(date +%s) - start ))" | tee "$OUT/train_time.txt"
 fi
 names() { for f in "$@"; do basename "$f" | sed 's/\.cov\.gz$//'; done | paste -sd, -; }
