@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -74,7 +75,8 @@ def test_cells_command_writes_map_clusters_and_comparison(tmp_path: Path) -> Non
     # the three groups are plain in the raw bins: found exactly
     assert clustering.loc["raw", "ari_vs_labels"] == pytest.approx(1.0)
     assert -1 <= clustering.loc["imputed", "ari_vs_labels"] <= 1
-    # the profile representation separates the groups too (first principal components)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "spearman_group" not in summary  # a categorical colour: no correlation
     reps = cell_representations(ckpt, open_dataset(store))
     assert reps.shape == (24, 8)
 
@@ -102,3 +104,15 @@ def test_outliers_flag_a_far_cell() -> None:
     x[7] += 25
     score, flag = outliers(x)
     assert flag[7] and flag.sum() == 1 and score.argmax() == 7
+
+
+def test_axis_correlations_follow_a_gradient() -> None:
+    from cpgformer.cells import axis_correlations, cell_map
+
+    rng = np.random.default_rng(1)
+    t = np.linspace(0, 1, 40)
+    reps = np.stack([t * 5, np.sin(t * 3), rng.normal(scale=0.05, size=40)], axis=1)
+    obs = pd.DataFrame({"name": [f"c{i}" for i in range(40)], "pseudotime": t})
+    adata = cell_map(reps, obs, n_clusters=2)
+    rho = axis_correlations(adata, "pseudotime")
+    assert max(abs(v) for v in rho.values()) > 0.9

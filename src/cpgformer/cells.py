@@ -124,6 +124,28 @@ def cell_map(
     return adata
 
 
+def axis_correlations(adata: Any, column: str) -> dict[str, float]:
+    """Spearman correlation of a numeric obs column with the map's axes and the first diffusion
+    component of the cells' neighbour graph (cells where the column is missing left out)."""
+    import scanpy as sc
+    from scipy.stats import spearmanr
+
+    values = pd.to_numeric(adata.obs[column], errors="coerce").to_numpy(dtype=float)
+    known = ~np.isnan(values)
+    if known.sum() < 3:
+        return {}
+    if "X_diffmap" not in adata.obsm:
+        sc.tl.diffmap(adata, n_comps=3)
+    axes = {
+        "umap_1": adata.obsm["X_umap"][:, 0],
+        "umap_2": adata.obsm["X_umap"][:, 1],
+        "diffusion_1": adata.obsm["X_diffmap"][:, 1],  # component 0 is the trivial one
+    }
+    return {
+        name: float(spearmanr(values[known], axis[known]).statistic) for name, axis in axes.items()
+    }
+
+
 def plot_map(adata: Any, color: str, path: Path, basis: str = "X_umap") -> None:
     """Scatter of the map coloured by ``color`` (numeric: colour bar; else categories) next to the
     clusters; outliers ringed."""

@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
             "clusters": adata.obs["cluster"].value_counts().to_dict(),
             "outliers": [str(n) for n in adata.obs_names[adata.obs["outlier"].to_numpy(bool)]],
         }
+        if pd.api.types.is_numeric_dtype(adata.obs[args.color]) and not pd.api.types.is_bool_dtype(
+            adata.obs[args.color]
+        ):
+            summary[f"spearman_{args.color}"] = lib.axis_correlations(adata, args.color)
         if comparison is not None:
             result, coords = comparison
             result.to_csv(out / "clustering.tsv", sep="\t", index=False)
