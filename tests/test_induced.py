@@ -312,3 +312,22 @@ def test_profiles_from_dense_calls_equal_profiles_from_the_store(tmp_path: Path)
     chrom.positions, chrom.states = positions, labels
     dense = profiler.transform(DenseCalls([chrom], 10))
     assert np.allclose(dense, profiler.transform(ds))
+
+
+def test_ablation_switches_remove_their_input() -> None:
+    """No positions: the output ignores the sites' coordinates. No cell identity: no cell
+    parameters, and swapping two cells' data swaps their outputs whatever their ids."""
+    torch.manual_seed(0)
+    base = dict(n_cells=5, dna_window=0, n_layers=2, hidden=16, n_heads=2, head_dim=4)
+    states, positions, cells = _inputs(1, 30, 5)
+    model = CpGTransformer(ModelConfig(**base, use_positions=False)).eval()
+    moved = torch.cumsum(torch.randint(1, 5000, positions.shape), 1)
+    assert torch.allclose(model(states, positions, cells), model(states, moved, cells))
+    full = CpGTransformer(ModelConfig(**base)).eval()
+    assert not torch.allclose(full(states, positions, cells), full(states, moved, cells))
+    blind = CpGTransformer(ModelConfig(**base, cell_identity=False)).eval()
+    assert not any("cell" in name for name, _ in blind.named_parameters())
+    out = blind(states, positions, cells)
+    other_ids = blind(states, positions, cells.flip(1))
+    assert torch.allclose(out, other_ids)
+    assert blind.config.inductive and not blind.config.uses_profiles

@@ -53,7 +53,7 @@ class LoadedCheckpoint:
     def use_cells_of(self, dataset: Any) -> None:
         """Make an inductive model embed the cells of ``dataset`` (a store): their profiles are
         computed with the checkpoint's fitted profiler. Table models are left as they are."""
-        if not self.inductive:
+        if not self.config.uses_profiles:
             return
         if not self.cell_profiles:
             raise CheckpointError("the checkpoint of an inductive model records no cell profiler")

@@ -154,7 +154,9 @@ class ModelSource:
     @property
     def inductive(self) -> bool:
         """True when the model embeds any cell from its data (applies to new cells)."""
-        return bool(self.config.get("cell_encoder") == "profile")
+        return self.config.get("cell_encoder") == "profile" or not self.config.get(
+            "cell_identity", True
+        )
 
     def cell_ids_for(self, ds: Any, ignore_fingerprint: bool = False) -> np.ndarray:
         """Model cell id of each store column, after checking store and checkpoint fit together.

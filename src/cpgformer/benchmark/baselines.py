@@ -836,13 +836,16 @@ class CpgformerModel:
     def fit(self, train: Sequence[ChromData], cells: Sequence[str]) -> None:
         from cpgformer.impute import cell_index_map
 
-        if self.loaded is not None and self.loaded.inductive:
+        if self.loaded is not None and self.loaded.config.uses_profiles:
             # cells embedded from profiles of the training chromosomes' calls (never the test's)
             from cpgformer.data.profiles import CellProfiler, DenseCalls
 
             profiler = CellProfiler.from_dict(self.loaded.cell_profiles or {})
             features = profiler.transform(DenseCalls(train, len(cells)))
             self.loaded.model.set_cell_profiles(torch.from_numpy(features))
+            self.cell_ids = np.arange(len(cells), dtype=np.int64)
+            return
+        if self.loaded is not None and self.loaded.inductive:  # no cell identity at all
             self.cell_ids = np.arange(len(cells), dtype=np.int64)
             return
         if self.model_cells is None and len(cells) != self.predictor.n_cells:

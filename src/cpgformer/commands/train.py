@@ -145,6 +145,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="initialise from a checkpoint (ours, or an original CpG Transformer .pt): cell "
         "embeddings re-initialised, everything else loaded with strict checks",
     )
+    add_config_arguments(parser)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the model, data and training configs (read by :func:`build_configs`)."""
     seen: set[str] = set()
     for section in _SECTIONS:
         group = parser.add_argument_group(f"{section} parameters")

@@ -15,6 +15,7 @@ MODES: dict[str, tuple[str, ...]] = {
     "intercell": ("cells",),
     "none": (),
     "induced": ("sites", "induced"),
+    "intercell-induced": ("induced",),
 }
 """Attention mode -> the attention sublayers of each transformer layer, in order.
 
@@ -73,6 +74,8 @@ class ModelConfig:
     n_inducing: int = 16
     cell_encoder: str = "table"
     profile_features: int = 18
+    use_positions: bool = True
+    cell_identity: bool = True
 
     def __post_init__(self) -> None:
         if self.dna_window is None:
@@ -125,8 +128,14 @@ class ModelConfig:
 
     @property
     def inductive(self) -> bool:
-        """True when cells are embedded from their data (any cell), not looked up in a table."""
-        return self.cell_encoder == "profile"
+        """True when the model applies to any cell: cells embedded from their data (or, in the
+        no-identity ablation, not embedded at all) instead of looked up in a table."""
+        return self.cell_encoder == "profile" or not self.cell_identity
+
+    @property
+    def uses_profiles(self) -> bool:
+        """True when the model embeds cells from their profile features."""
+        return self.cell_encoder == "profile" and self.cell_identity
 
     @property
     def attention_kinds(self) -> tuple[str, ...]:

@@ -325,7 +325,7 @@ def fit(
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
     )
-    if config.inductive:
+    if config.uses_profiles:
         task.set_profiler(_profiler_for_run(ds, dm, config, ckpt_path, source_profiles), ds)
     key_map: list[tuple[str, str, str]] = []
     if source_state is not None:

@@ -132,7 +132,7 @@ def estimate_step(
     try:
         torch.manual_seed(0)
         model = CpGTransformer(probe_config).to(dev).train()
-        if probe_config.inductive:
+        if probe_config.uses_profiles:
             model.set_cell_profiles(torch.randn(cells, probe_config.profile_features))
         states = torch.randint(0, 3, (1, probe_sites, cells), device=dev)
         if probe_config.data_mode == "continuous":
