@@ -31,6 +31,14 @@ from cpgformer.errors import UsageError
 from cpgformer.impute import ImputedStore, open_imputed
 from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names, read_bed_regions
 from cpgformer.utils.atomic import atomic_path
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import (
+    check_files_in,
+    check_output,
+    record_files_in,
+    remove_leftovers,
+    remove_leftovers_in,
+)
 from cpgformer.utils.progress import bar
 
 log = logging.getLogger(__name__)
@@ -71,12 +79,32 @@ def export(
     imp = imputed if isinstance(imputed, ImputedStore) else open_imputed(imputed)
     out = Path(out)
     chroms = _chroms(imp, opts.chroms)
+    inputs = [imp.path, opts.regions, opts.fasta]
+    if to in ("h5ad", "regions"):
+        check_output(out, "h5ad", overwrite=opts.overwrite, inputs=inputs)
+        with output_lock(out):
+            check_output(out, "h5ad", overwrite=opts.overwrite, inputs=inputs)
+            remove_leftovers(out)
+            return _export_h5ad(imp, out, to, chroms, opts)
+    if to in ("bedgraph", "allc"):
+        check_output(out, "export", overwrite=opts.overwrite, inputs=inputs, exist_ok=True)
+        with output_lock(out):
+            written = (write_bedgraphs if to == "bedgraph" else write_allc)(imp, out, chroms, opts)
+            names = [p.name for p in written]
+            if to == "allc":
+                names += [n + ".tbi" for n in names]
+            record_files_in(out, "export", names)
+            return written
+    raise UsageError(f"unknown export target {to!r} (choose from {', '.join(TARGETS)})")
+
+
+def _export_h5ad(
+    imp: ImputedStore, out: Path, to: str, chroms: list[str], opts: ExportOptions
+) -> list[Path]:
     if to == "h5ad":
-        _check_new(out, opts.overwrite)
         adata = to_anndata(imp, chroms, float16=opts.float16, uncertainty=opts.uncertainty)
         return [_write_h5ad(adata, out)]
     if to == "regions":
-        _check_new(out, opts.overwrite)
         if (opts.regions is None) == (opts.bin_size is None):
             raise UsageError("--to regions needs exactly one of --regions BED or --bin-size")
         if opts.regions is not None:
@@ -85,10 +113,6 @@ def export(
             table = fixed_bins(imp, int(opts.bin_size), chroms)  # type: ignore[arg-type]
         adata = aggregate_regions(imp, table, values=opts.region_values, chroms=chroms)
         return [_write_h5ad(adata, out)]
-    if to == "bedgraph":
-        return write_bedgraphs(imp, out, chroms, opts)
-    if to == "allc":
-        return write_allc(imp, out, chroms, opts)
     raise UsageError(f"unknown export target {to!r} (choose from {', '.join(TARGETS)})")
 
 
@@ -284,9 +308,8 @@ def write_bedgraphs(
     }
     names = {k: cell_file_names(imp.cells, f".{k}.bedGraph.gz") for k in kinds}
     targets = [out / names[k][i] for i in range(imp.n_cells) for k in kinds]
-    if not opts.overwrite:
-        for t in targets:
-            _check_new(t, False)
+    check_files_in(out, [t.name for t in targets], overwrite=opts.overwrite)
+    remove_leftovers_in(out, [t.name for t in targets])
     written: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, len(kinds), opts.max_open_files)
@@ -377,9 +400,8 @@ def write_allc(
         log.info("no FASTA: ALLC context column is CGN")
     out.mkdir(parents=True, exist_ok=True)
     names = cell_file_names(imp.cells, ".allc.tsv.gz")
-    if not opts.overwrite:
-        for n in names:
-            _check_new(out / n, False)
+    check_files_in(out, names + [n + ".tbi" for n in names], overwrite=opts.overwrite)
+    remove_leftovers_in(out, names + [n + ".tbi" for n in names])
     written: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, 2, opts.max_open_files)

@@ -52,7 +52,9 @@ from torch import Tensor
 from cpgformer import __version__
 from cpgformer.codes import MISSING
 from cpgformer.errors import InputError, UsageError
-from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file
+from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import check_output, remove_leftovers
 from cpgformer.utils.progress import bar
 
 log = logging.getLogger(__name__)
@@ -616,6 +618,13 @@ def cell_index_map(store_cells: Sequence[str], model_cells: Sequence[str] | None
     return np.array([model_index[c] for c in store_cells], dtype=np.int64)
 
 
+def _clean_partials(work: Path) -> None:
+    """Remove temporary files that killed earlier runs left inside a resumed output."""
+    for path in work.rglob(PARTIAL_PREFIX + "*"):
+        if path.is_file():
+            path.unlink()
+
+
 def _partial_dir(out: Path) -> Path:
     return out.parent / f"{PARTIAL_PREFIX}{out.name}.impute"
 
@@ -746,74 +755,76 @@ def impute(
         ],
     }
 
-    # ---- output directory: fresh, or resume an unfinished run with the same plan
-    if out.exists():
-        if not opts.overwrite:
-            raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
+    # ---- output directory: fresh, or resume an unfinished run with the same plan (one writer)
+    inputs = [ds.path, model if not isinstance(model, ModelSource) else None, fasta]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
     work = _partial_dir(out)
-    plan_path = work / "plan.json"
-    if work.exists():
-        try:
-            with open(plan_path) as fh:
-                old = json.load(fh)
-        except (OSError, ValueError):
-            old = None
-        if old != json.loads(json.dumps(plan, default=_json_default)):
-            if not opts.overwrite:
-                raise UsageError(
-                    f"{work}: an unfinished imputation with other settings (store, checkpoint or "
-                    "options) is there; rerun it with its settings to resume, or pass --overwrite"
-                )
-            shutil.rmtree(work)
-        else:
-            log.info("resuming the unfinished imputation in %s", work)
-    if not work.exists():
-        work.mkdir(parents=True)
-        _save_json(plan_path, plan)
-    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
-    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+    with output_lock(out):
+        check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
+        plan_path = work / "plan.json"
+        if work.exists():
+            try:
+                with open(plan_path) as fh:
+                    old = json.load(fh)
+            except (OSError, ValueError):
+                old = None
+            if old != json.loads(json.dumps(plan, default=_json_default)):
+                if not opts.overwrite:
+                    raise UsageError(
+                        f"{work}: an unfinished imputation with other settings (store, checkpoint or "
+                        "options) is there; rerun it with its settings to resume, or pass --overwrite"
+                    )
+                shutil.rmtree(work)
+            else:
+                log.info("resuming the unfinished imputation in %s", work)
+        if not work.exists():
+            work.mkdir(parents=True)
+            _save_json(plan_path, plan)
+        ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+        os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
 
-    # ---- chunks
-    total = sum(c["n_chunks"] for c in plan["chromosomes"])
-    done_before = 0
-    with bar(total, desc="imputing", unit="chunk") as progress_bar:
-        for k, src in enumerate(sources):
-            cdir = work / "chroms" / str(k)
-            cdir.mkdir(parents=True, exist_ok=True)
-            _write_static(cdir, src)
-            windows_fn = None
-            if predictor.dna_window:
-                windows_fn = _windows_fn(reference, src, predictor.dna_window)
-            for i in range(plan["chromosomes"][k]["n_chunks"]):
-                path = cdir / f"p-{i:06d}.npy"
-                if path.exists():
-                    done_before += 1
+        # ---- chunks
+        total = sum(c["n_chunks"] for c in plan["chromosomes"])
+        done_before = 0
+        with bar(total, desc="imputing", unit="chunk") as progress_bar:
+            for k, src in enumerate(sources):
+                cdir = work / "chroms" / str(k)
+                cdir.mkdir(parents=True, exist_ok=True)
+                _write_static(cdir, src)
+                windows_fn = None
+                if predictor.dna_window:
+                    windows_fn = _windows_fn(reference, src, predictor.dna_window)
+                for i in range(plan["chromosomes"][k]["n_chunks"]):
+                    path = cdir / f"p-{i:06d}.npy"
+                    if path.exists():
+                        done_before += 1
+                        progress_bar.update(1)
+                        continue
+                    a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
+                    probs = _impute_chunk(
+                        predictor, src, a, b, cell_ids, windows_fn, temperature, opts
+                    )
+                    _save_npy(path, quantize(probs, opts.dtype))
                     progress_bar.update(1)
-                    continue
-                a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
-                probs = _impute_chunk(predictor, src, a, b, cell_ids, windows_fn, temperature, opts)
-                _save_npy(path, quantize(probs, opts.dtype))
-                progress_bar.update(1)
-    if done_before:
-        log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
+        if done_before:
+            log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
 
-    manifest = dict(plan)
-    manifest.update(
-        {
-            "complete": True,
-            "package_version": __version__,
-            "model_config": source.config,
-            "tile_sites": opts.tile_sites,
-            "margin_sites": predictor.margin,
-            "n_cells": ds.n_cells,
-            "n_sites": int(sum(s.n_sites for s in sources)),
-        }
-    )
-    _save_json(work / "manifest.json", manifest)
-    plan_path.unlink()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+        manifest = dict(plan)
+        manifest.update(
+            {
+                "complete": True,
+                "package_version": __version__,
+                "model_config": source.config,
+                "tile_sites": opts.tile_sites,
+                "margin_sites": predictor.margin,
+                "n_cells": ds.n_cells,
+                "n_sites": int(sum(s.n_sites for s in sources)),
+            }
+        )
+        _save_json(work / "manifest.json", manifest)
+        plan_path.unlink()
+        _clean_partials(work)
+        replace_dir(work, out)
     log.info(
         "imputed %d sites x %d cells on %d chromosome(s) into %s",
         manifest["n_sites"],
@@ -1245,12 +1256,31 @@ def calibrate(
     fingerprint and data parameters, and the fitted ``temperature``. Returns the report (ECE and
     NLL before/after on the masked calls, ECE of the denoised observed calls before/after).
     """
+    out = Path(out)
+    inputs = [getattr(store, "path", store), checkpoint, fasta]
+    check_output(out, "model", overwrite=overwrite, inputs=inputs)
+    with output_lock(out):
+        check_output(out, "model", overwrite=overwrite, inputs=inputs)
+        remove_leftovers(out)
+        return _calibrate(
+            store, checkpoint, out, chroms, fraction, seed, tile_sites, batch_size, fasta
+        )
+
+
+def _calibrate(
+    store: Any,
+    checkpoint: str | os.PathLike[str],
+    out: Path,
+    chroms: Sequence[str] | None,
+    fraction: float,
+    seed: int,
+    tile_sites: int,
+    batch_size: int,
+    fasta: str | None,
+) -> dict:
     from cpgformer.checkpoint import load_checkpoint, save_checkpoint
     from cpgformer.io.store import open_dataset
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
     ds = open_dataset(store)
     loaded = load_checkpoint(checkpoint)
     if loaded.store_fingerprint and loaded.store_fingerprint != ds.fingerprint:

@@ -684,7 +684,7 @@ def prepare(
     reader = _CellReader(opts, reference, spec)
     t0 = time.perf_counter()
     reports: list[FileReport] = []
-    with atomic_dir(output, overwrite=overwrite) as tmp:
+    with atomic_dir(output, overwrite=overwrite, kind="store", inputs=[*paths, opts.fasta]) as tmp:
         spill = _Spill(tmp / "spill", opts.spill_bytes)
         results = _read_all(paths, names, opts, reader)
         for i, (calls, report) in enumerate(

@@ -296,6 +296,7 @@ def write_store(
     cell_info: Any = None,
     *,
     overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
 ) -> dict:
     """Write a store atomically (``.partial-`` directory renamed into place); return the manifest.
 
@@ -305,7 +306,7 @@ def write_store(
     ``flags`` and any extra per-cell columns to ``cells.tsv``. The fingerprint is a SHA-256 over the
     cell names and every chromosome's positions, indptr, cell, mc, cov and label arrays.
     """
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, kind="store", inputs=inputs) as tmp:
         manifest = write_store_into(tmp, chroms, cell_names, manifest_extra, cell_info)
     log.info(
         "wrote store %s: %d cells, %d chromosomes, %d sites, %d calls",

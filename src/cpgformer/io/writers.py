@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cpgformer.errors import InputError, UsageError
-from cpgformer.utils.atomic import PARTIAL_PREFIX
+from cpgformer.utils.atomic import PARTIAL_PREFIX, default_file_mode
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -53,6 +53,7 @@ def _temp_name(target: Path) -> Path:
         dir=target.parent,
     )
     os.close(fd)
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; exported files follow the umask
     return Path(tmp)
 
 

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 PARTIAL_PREFIX = ".partial-"
@@ -22,25 +22,83 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``path`` on success and is removed on failure."""
-    target = Path(path)
-    if target.exists() and not overwrite:
-        from cpgformer.errors import UsageError
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file under the current umask."""
+    return 0o666 & ~_umask()
 
-        raise UsageError(f"{target}: already exists (choose another output or remove it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX + target.name + "-", dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual umask mode
+
+def default_dir_mode() -> int:
+    """The mode a plain ``mkdir`` gives a new directory under the current umask."""
+    return 0o777 & ~_umask()
+
+
+def _mkstemp(target: Path, prefix: str, suffix: str = "") -> str:
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
+    os.close(fd)
+    os.chmod(tmp_name, default_file_mode())  # mkstemp makes 0600; outputs follow the umask
+    return tmp_name
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    *,
+    kind: str = "output",
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` on success and is removed on failure.
+
+    The output is checked first (:func:`cpgformer.utils.outputs.check_output`: ``--overwrite``
+    replaces only a cpgformer output of the same ``kind``, never the working directory or an
+    input) and locked for the whole block (:func:`cpgformer.utils.locks.output_lock`); leftovers of
+    killed runs writing the same output are removed. Kinds without a manifest of their own get a
+    marker file.
+    """
+    from cpgformer.utils.locks import output_lock
+    from cpgformer.utils.outputs import (
+        MANIFEST_FORMATS,
+        check_output,
+        remove_leftovers,
+        write_marker,
+    )
+
+    target = Path(path)
+    inputs = list(inputs)
+    check_output(target, kind, overwrite=overwrite, inputs=inputs)
+    with output_lock(target):
+        check_output(target, kind, overwrite=overwrite, inputs=inputs)  # again, now under the lock
+        remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX + target.name + "-", dir=target.parent))
+        try:
+            tmp.chmod(default_dir_mode())  # mkdtemp makes 0700; outputs get the usual umask mode
+            yield tmp
+            if kind not in MANIFEST_FORMATS:
+                write_marker(tmp, kind)
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Rename the finished ``tmp`` to ``target``; an existing ``target`` (already checked as
+    replaceable) is first moved aside and removed only once the new output is in place."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX + target.name + "-old-", dir=target.parent))
+    os.rmdir(old)
+    os.replace(target, old)
     try:
-        yield tmp
+        os.replace(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(old, target)
         raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
 
 
 @contextlib.contextmanager
@@ -48,8 +106,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     """Open a temporary file that replaces ``path`` only when the block finishes without error."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL_PREFIX + target.name + "-", dir=target.parent)
-    os.close(fd)
+    tmp_name = _mkstemp(target, PARTIAL_PREFIX + target.name + "-")
     try:
         with open(tmp_name, mode) as handle:
             yield handle
