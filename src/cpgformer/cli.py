@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from cpgformer import __version__
-from cpgformer.errors import CpgformerError
+from cpgformer.errors import CpgformerError, describe_os_error
 
 log = logging.getLogger("cpgformer")
 
@@ -84,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             log.exception("failed")
         sys.stderr.write(f"cpgformer {args.command}: error: {exc}\n")
+        return 2
+    except OSError as exc:  # the environment: permissions, full disk, damaged files
+        if args.verbose:
+            log.exception("failed")
+        sys.stderr.write(f"cpgformer {args.command}: error: {describe_os_error(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"cpgformer {args.command}: interrupted\n")

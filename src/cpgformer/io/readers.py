@@ -44,6 +44,9 @@ _SNIFF_LINES = 200
 # Column layouts
 # --------------------------------------------------------------------------------------------------
 
+MAX_COORDINATE = 1 << 40
+"""Largest coordinate read (about 1.1e12 bp, beyond any chromosome); larger values are refused."""
+
 
 @dataclass(frozen=True)
 class ColumnSpec:
@@ -857,7 +860,13 @@ def _locate_bad_line(
             value = parts[col].strip()
             try:
                 if kind == "int":
-                    int(value)
+                    if abs(int(value)) > MAX_COORDINATE:
+                        return InputError(
+                            path,
+                            line_no,
+                            f"column {col + 1} ({role}): {value} is out of range "
+                            f"(at most {MAX_COORDINATE})",
+                        )
                 elif not math.isfinite(float(value)):
                     raise ValueError(value)
             except ValueError:
@@ -929,7 +938,7 @@ def _parse_block(
             skip_blank_lines=False,
             keep_default_na=False,
         )
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
         raise refuse(exc) from None
     if len(df) != n_lines:
         raise refuse(ValueError(f"{len(df)} rows for {n_lines} lines"))
@@ -1039,8 +1048,10 @@ def _convert(
             frac = None
         fail(cov > np.iinfo(np.int32).max, "count too large")
 
-        # ---- coordinates
+        # ---- coordinates (beyond any chromosome: refused before any arithmetic can overflow)
         start = col(spec.pos)
+        fail(start > MAX_COORDINATE, f"column {spec.pos}: position beyond {MAX_COORDINATE}")
+        start = start.astype(np.int64, copy=False)
         pooled_rows: np.ndarray | None = None
         if spec.base == 1:
             fail(start < 1, f"column {spec.pos}: position must be >= 1 in a 1-based file")
@@ -1048,6 +1059,8 @@ def _convert(
             fail(start < 0, f"column {spec.pos}: negative position")
         if spec.end is not None:
             end = col(spec.end)
+            fail(end > MAX_COORDINATE, f"column {spec.end}: coordinate beyond {MAX_COORDINATE}")
+            end = end.astype(np.int64, copy=False)
             fail(end < 0, f"column {spec.end}: negative end coordinate")
             length = end - start
             kind = spec.interval

@@ -7,6 +7,7 @@ complete. Anything left over after a crash carries the ``.partial-`` prefix and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -14,6 +15,29 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 PARTIAL_PREFIX = ".partial-"
+
+# OS errors of writing an output (reported as the output's problem, not as a crash)
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+}
+
+
+def _as_environment_problem(exc: BaseException, target: Path) -> BaseException | None:
+    """An :class:`~cpgformer.errors.EnvironmentProblem` naming ``target`` for an error of the
+    environment while writing it (a full disk, permissions); None for anything else."""
+    from cpgformer.errors import EnvironmentProblem, environment_problem
+
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return environment_problem(exc, target)
+    if isinstance(exc, RuntimeError) and "write failed" in str(exc):  # torch.save's stream writer
+        return EnvironmentProblem(f"{target}: writing failed (disk full or file-size limit?)")
+    return None
 
 
 def _umask() -> int:
@@ -76,8 +100,11 @@ def atomic_dir(
             if kind not in MANIFEST_FORMATS:
                 write_marker(tmp, kind)
             replace_dir(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            problem = _as_environment_problem(exc, target)
+            if problem is not None:
+                raise problem from exc
             raise
 
 
@@ -106,14 +133,23 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     """Open a temporary file that replaces ``path`` only when the block finishes without error."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = _mkstemp(target, PARTIAL_PREFIX + target.name + "-")
+    try:
+        tmp_name = _mkstemp(target, PARTIAL_PREFIX + target.name + "-")
+    except OSError as exc:
+        problem = _as_environment_problem(exc, target)
+        if problem is not None:
+            raise problem from exc
+        raise
     try:
         with open(tmp_name, mode) as handle:
             yield handle
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        problem = _as_environment_problem(exc, target)
+        if problem is not None:
+            raise problem from exc
         raise
 
 
@@ -123,19 +159,28 @@ def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManag
     @contextlib.contextmanager
     def _cm() -> Iterator[Path]:
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(target.suffixes)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=PARTIAL_PREFIX + target.stem + "-", suffix=suffix, dir=target.parent
-        )
-        os.close(fd)
-        os.unlink(tmp_name)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            suffix = "".join(target.suffixes)
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=PARTIAL_PREFIX + target.stem + "-", suffix=suffix, dir=target.parent
+            )
+            os.close(fd)
+            os.unlink(tmp_name)
+        except OSError as exc:
+            problem = _as_environment_problem(exc, target)
+            if problem is not None:
+                raise problem from exc
+            raise
         try:
             yield Path(tmp_name)
             os.replace(tmp_name, target)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
+            problem = _as_environment_problem(exc, target)
+            if problem is not None:
+                raise problem from exc
             raise
 
     return _cm()
