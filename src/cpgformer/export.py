@@ -30,7 +30,7 @@ from cpgformer import __version__
 from cpgformer.errors import UsageError
 from cpgformer.impute import ImputedStore, open_imputed
 from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names, read_bed_regions
-from cpgformer.utils.atomic import atomic_path
+from cpgformer.utils.atomic import atomic_path, ensure_free_space
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import (
     check_files_in,
@@ -133,10 +133,20 @@ def _chroms(imp: ImputedStore, chroms: Sequence[str] | None) -> list[str]:
 
 
 def _write_h5ad(adata: Any, out: Path) -> Path:
+    ensure_free_space(out, _h5ad_bytes(adata))  # HDF5 cannot stop cleanly on a full disk
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     log.info("wrote %s (%d cells x %d columns)", out, adata.n_obs, adata.n_vars)
     return out
+
+
+def _h5ad_bytes(adata: Any) -> int:
+    """About how many bytes ``adata`` takes in an uncompressed ``.h5ad``."""
+    total = 0
+    for m in [adata.X, *adata.layers.values()]:
+        data = getattr(m, "data", m)  # sparse: the stored values (+ indices)
+        total += int(getattr(data, "nbytes", 0)) * (2 if data is not m else 1)
+    return total + 64 * (adata.n_obs + adata.n_vars)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -768,7 +768,10 @@ def impute(
                     old = json.load(fh)
             except (OSError, ValueError):
                 old = None
-            if old != json.loads(json.dumps(plan, default=_json_default)):
+            if old is None:  # a run stopped before its plan was written: nothing to adopt
+                log.info("removing %s (an earlier run stopped before it started)", work)
+                shutil.rmtree(work)
+            elif old != json.loads(json.dumps(plan, default=_json_default)):
                 if not opts.overwrite:
                     raise UsageError(
                         f"{work}: an unfinished imputation with other settings (store, checkpoint or "

@@ -184,3 +184,24 @@ def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManag
             raise
 
     return _cm()
+
+
+def ensure_free_space(path: str | os.PathLike[str], nbytes: int) -> None:
+    """Refuse to start writing about ``nbytes`` at ``path`` when its file system has less free.
+
+    For writers that cannot fail cleanly half-way (HDF5 on a full disk), so that a full disk is
+    reported before anything is written.
+    """
+    from cpgformer.errors import EnvironmentProblem
+
+    target = Path(path)
+    folder = target.parent if target.parent.exists() else Path.cwd()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise EnvironmentProblem(
+            f"{target}: not enough free space (needs about {nbytes / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB free)"
+        )
