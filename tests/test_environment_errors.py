@@ -19,8 +19,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from _reliability_helpers import cli, cov_text, make_store, tiny_checkpoint, tree, write_cells
+
 from cpgformer.errors import EnvironmentProblem, describe_os_error
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -16,8 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from _reliability_helpers import cli, make_store, tiny_checkpoint, tree, write_cells
+
 from cpgformer.io.store import open_dataset
 from cpgformer.utils.locks import lock_path, output_lock
 from cpgformer.utils.outputs import MARKER, check_output, output_kind
