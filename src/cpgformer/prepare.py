@@ -59,6 +59,8 @@ class PrepareOptions:
     cell_names: list[str] | None = None
     spill_bytes: int = DEFAULT_SPILL_BYTES
     jobs: int = 1
+    contig_aliases: str = "unify"  # io/contigs.py: "unify" or "refuse"
+    keep_contigs: tuple[str, ...] = ()  # io/contigs.py: "spike-in", "unplaced"
 
     def check(self) -> None:
         if self.binarize not in BINARIZE_RULES:
@@ -75,6 +77,11 @@ class PrepareOptions:
             raise UsageError("spill buffer must be at least 64 KiB")
         if self.jobs < 1:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
+        from cpgformer.io.contigs import ALIAS_POLICIES, parse_keep
+
+        if self.contig_aliases not in ALIAS_POLICIES:
+            raise UsageError(f"--contig-aliases must be one of {', '.join(ALIAS_POLICIES)}")
+        self.keep_contigs = parse_keep(self.keep_contigs)
 
     def as_manifest(self) -> dict:
         return {
@@ -88,6 +95,8 @@ class PrepareOptions:
             "min_cov": self.min_cov,
             "pair_adjacent": self.pair_adjacent,
             "explicit_cell_names": self.cell_names is not None,
+            "contig_aliases": self.contig_aliases,
+            "keep_contigs": list(self.keep_contigs),
         }
 
 
@@ -695,7 +704,9 @@ def prepare(
             del calls
         spill.flush()
         t_read = time.perf_counter() - t0
-        chroms = list(spill.parts)
+        from cpgformer.io.contigs import reconcile_contigs  # aliases, spike-ins, unplaced
+
+        chroms, contigs = reconcile_contigs(spill, reports, opts.contig_aliases, opts.keep_contigs)
         if reference is not None:
             order = {c: k for k, c in enumerate(reference.contigs)}
             chroms.sort(key=lambda c: order.get(c, len(order)))
@@ -739,6 +750,7 @@ def prepare(
             "data_mode": "binary",
             "dropped": dict(sum((Counter(r.dropped) for r in reports), Counter())),
             "n_adjacent_pairs": n_adjacent,
+            "contigs": contigs,
         }
         cell_info = {
             "name": names,
