@@ -824,9 +824,12 @@ def impute(
                 "n_sites": int(sum(s.n_sites for s in sources)),
             }
         )
+        _clean_partials(work)
+        from cpgformer.integrity import file_digests
+
+        manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
         _save_json(work / "manifest.json", manifest)
         plan_path.unlink()
-        _clean_partials(work)
         replace_dir(work, out)
     log.info(
         "imputed %d sites x %d cells on %d chromosome(s) into %s",
@@ -978,6 +981,9 @@ class ImputedStore:
         self.chromosomes: list[str] = [c["name"] for c in manifest["chromosomes"]]
         self._meta = {c["name"]: c for c in manifest["chromosomes"]}
         self.chunk_sites: int = int(manifest["chunk_sites"])
+        from cpgformer.integrity import verify_imputed_files
+
+        verify_imputed_files(self.path, manifest)  # every chunk there and complete
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._cell_table: pd.DataFrame | None = None
 

@@ -270,6 +270,10 @@ def write_store_into(
     }
     df = _cell_frame(cell_names, n_calls, n_meth, n_labelled, cov_sum, cell_info)
     df.to_csv(out / "cells.tsv", sep="\t", index=False, na_rep="NA")
+    from cpgformer.integrity import _store_entries, file_digests
+
+    names = [rel for rel, _shape, _dtype in _store_entries(manifest)] + ["cells.tsv"]
+    manifest["files"] = file_digests(out, names)  # sizes and SHA-256 (cpgformer check)
     with open(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1, default=_json_default)
         fh.write("\n")
@@ -354,6 +358,9 @@ class Dataset:
         cells = manifest.get("cells")
         self.cells: list[str] = list(cells) if cells is not None else list(self.cell_table["name"])
         self.fingerprint: str = manifest["fingerprint"]
+        from cpgformer.integrity import verify_store_files
+
+        verify_store_files(self.path, manifest)  # every array there, complete, as promised
 
     def __repr__(self) -> str:
         return (
