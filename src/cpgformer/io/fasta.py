@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import shutil
 import zlib
 from collections.abc import Iterable
@@ -167,6 +168,14 @@ class Reference:
             )
         except (pyfaidx.FastaIndexingError, ValueError) as exc:
             raise InputError(self.path, None, f"cannot index FASTA: {exc}") from None
+        except (RuntimeError, UnicodeDecodeError) as exc:  # pyfaidx on blank or binary lines
+            entry = re.search(r"at entry (.*?)Please report", str(exc))
+            where = f" in contig {entry.group(1)!r}" if entry else ""
+            raise InputError(
+                self.path,
+                None,
+                f"cannot index FASTA: blank, binary or irregular sequence lines{where}",
+            ) from None
 
     def _handle(self) -> pyfaidx.Fasta:
         """The pyfaidx handle of this process (a forked worker must not share the parent's file
@@ -295,8 +304,19 @@ class Reference:
         out = np.full(end - start, CODE_N, dtype=np.int8)
         lo, hi = max(start, 0), min(end, length)
         if hi > lo:
-            seq = self._handle()[target][lo:hi]
-            out[lo - start : hi - start] = encode_sequence(seq)
+            try:
+                seq = self._handle()[target][lo:hi]
+            except UnicodeDecodeError:
+                seq = ""
+            codes = encode_sequence(seq)
+            if len(codes) != hi - lo:  # bytes that are not single ASCII letters
+                raise InputError(
+                    self.path,
+                    None,
+                    f"contig {target!r}: sequence is not plain ASCII letters near {lo}-{hi} "
+                    "(binary or multi-byte characters)",
+                )
+            out[lo - start : hi - start] = codes
         return out
 
     def _codes_around(

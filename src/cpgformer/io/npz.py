@@ -80,8 +80,11 @@ def read_names_file(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(p, None, "no such file (expected one cell name per line)")
-    with open(p) as fh:
-        names = [line.strip() for line in fh]
+    try:
+        with open(p, encoding="utf-8-sig") as fh:
+            names = [line.strip() for line in fh]
+    except UnicodeDecodeError:
+        raise InputError(p, None, "not a text file of cell names (binary content)") from None
     return [n for n in names if n]
 
 
