@@ -334,3 +334,20 @@ def test_leftover_export_files_are_removed_by_the_rerun(tmp_path, capsys, impute
     names = sorted(p.name for p in out.iterdir())
     assert ".partial-c1-abcd1234.imputed.bedGraph.gz" not in names
     assert ".partial-mine-abcd1234.txt" in names
+
+
+def test_files_of_a_killed_export_are_replaced_by_the_rerun(tmp_path, capsys, imputed):
+    """A killed export leaves finished files that its marker lists as pending: the same command
+    replaces them without --overwrite."""
+    from cpgformer.utils.outputs import begin_files_in, read_marker
+
+    _store, _ckpt, imp = imputed
+    out = tmp_path / "bg"
+    out.mkdir()
+    names = ["c1.imputed.bedGraph.gz", "c2.imputed.bedGraph.gz"]
+    begin_files_in(out, "export", names)
+    (out / names[0]).write_bytes(b"finished by the killed run")
+    assert cli(capsys, "export", imp, "--to", "bedgraph", "-o", out)[0] == 0
+    assert (out / names[0]).read_bytes()[:2] == b"\x1f\x8b"
+    marker = read_marker(out)
+    assert marker["files"] == names and marker["pending"] == []

@@ -33,6 +33,7 @@ from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names, re
 from cpgformer.utils.atomic import atomic_path, ensure_free_space
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import (
+    begin_files_in,
     check_files_in,
     check_output,
     record_files_in,
@@ -320,6 +321,7 @@ def write_bedgraphs(
     targets = [out / names[k][i] for i in range(imp.n_cells) for k in kinds]
     check_files_in(out, [t.name for t in targets], overwrite=opts.overwrite)
     remove_leftovers_in(out, [t.name for t in targets])
+    begin_files_in(out, "export", [t.name for t in targets])
     written: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, len(kinds), opts.max_open_files)
@@ -412,6 +414,7 @@ def write_allc(
     names = cell_file_names(imp.cells, ".allc.tsv.gz")
     check_files_in(out, names + [n + ".tbi" for n in names], overwrite=opts.overwrite)
     remove_leftovers_in(out, names + [n + ".tbi" for n in names])
+    begin_files_in(out, "export", names + [n + ".tbi" for n in names])
     written: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, 2, opts.max_open_files)

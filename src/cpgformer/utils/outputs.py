@@ -215,7 +215,9 @@ def check_files_in(
     """Files to be written into an export folder: an existing one is replaced only with
     ``--overwrite`` and only when this folder's marker lists it as written by cpgformer."""
     d = Path(directory)
-    existing = [n for n in names if (d / n).exists() or (d / n).is_symlink()]
+    marker = read_marker(d)
+    pending = set(marker.get("pending") or [])  # being written by a run that did not finish
+    existing = [n for n in names if ((d / n).exists() or (d / n).is_symlink()) and n not in pending]
     if not existing:
         return
     if not overwrite:
@@ -223,7 +225,7 @@ def check_files_in(
             f"{d / existing[0]}: already exists (choose another output, or pass --overwrite to "
             "replace files that cpgformer wrote)"
         )
-    ours = set(read_marker(d).get("files") or [])
+    ours = set(marker.get("files") or [])
     for n in existing:
         if n not in ours or (d / n).is_symlink() or not (d / n).is_file():
             raise UsageError(
@@ -232,12 +234,21 @@ def check_files_in(
             )
 
 
+def begin_files_in(directory: str | os.PathLike[str], kind: str, names: Iterable[str]) -> None:
+    """Record in the folder's marker that cpgformer is about to write ``names`` there: if the run
+    is killed, its rerun replaces them without ``--overwrite``."""
+    old = read_marker(directory)
+    files = sorted(set(old.get("files") or [])) if old.get("kind") == kind else []
+    write_marker(directory, kind, files=files, pending=sorted(set(names)))
+
+
 def record_files_in(directory: str | os.PathLike[str], kind: str, names: Iterable[str]) -> None:
     """Add ``names`` to the marker of an export folder (the files cpgformer wrote there)."""
     old = read_marker(directory)
     files = set(old.get("files") or []) if old.get("kind") == kind else set()
     files.update(names)
-    write_marker(directory, kind, files=sorted(files))
+    pending = sorted(set(old.get("pending") or []) - files)
+    write_marker(directory, kind, files=sorted(files), pending=pending)
 
 
 def leftover_pattern(target: str | os.PathLike[str]) -> re.Pattern[str]:
