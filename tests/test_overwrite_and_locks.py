@@ -169,7 +169,7 @@ def test_h5ad_overwrite_only_replaces_a_cpgformer_file(tmp_path, capsys, imputed
 
 
 def test_bedgraph_overwrite_replaces_only_files_cpgformer_wrote(tmp_path, capsys, imputed):
-    _store, _ckpt, imp = imputed
+    store, _ckpt, imp = imputed
     out = tmp_path / "bg"
     out.mkdir()
     (out / "README").write_text("mine")
@@ -189,6 +189,11 @@ def test_bedgraph_overwrite_replaces_only_files_cpgformer_wrote(tmp_path, capsys
     assert code == 2 and "not a file cpgformer wrote" in msg
     assert (other / "c1.imputed.bedGraph.gz").read_bytes() == b"user data"
     assert sorted(p.name for p in other.iterdir()) == ["c1.imputed.bedGraph.gz"]
+    # never into another cpgformer output
+    before = sorted(p.name for p in store.rglob("*"))
+    code, msg = cli(capsys, "export", imp, "--to", "allc", "-o", store)
+    assert code == 2 and "files are never added to it" in msg
+    assert sorted(p.name for p in store.rglob("*")) == before
 
 
 def test_export_npz_and_simulate_refuse_unrelated_folders(tmp_path, capsys):

@@ -191,6 +191,12 @@ def check_output(
     if not (p.exists() or p.is_symlink()):
         return False
     if exist_ok and p.is_dir() and not p.is_symlink():
+        found = output_kind(p)
+        if found not in (None, kind):
+            raise UsageError(
+                f"{target}: is a cpgformer {label(found)}; files are never added to it "
+                "(choose another output)"
+            )
         return True
     if not overwrite:
         raise UsageError(
