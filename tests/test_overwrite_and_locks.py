@@ -85,6 +85,8 @@ def test_impute_into_its_own_store_is_refused(tmp_path, capsys):
     before = tree(tmp_path)
     code, msg = cli(capsys, "impute", store, ckpt, "-o", store, "--overwrite")
     assert code == 2 and "is an input" in msg
+    code, msg = cli(capsys, "impute", store, ckpt, "-o", store / "imputed")
+    assert code == 2 and "is inside an input" in msg
     assert tree(tmp_path) == before
 
 

@@ -187,6 +187,10 @@ def check_output(
             raise UsageError(
                 f"{target}: contains an input of this command ({item}); choose another output path"
             )
+        if i in t.parents and i.is_dir():  # e.g. -o STORE/imputed: never write into an input
+            raise UsageError(
+                f"{target}: is inside an input of this command ({item}); choose another output path"
+            )
     p = Path(target)
     if not (p.exists() or p.is_symlink()):
         return False
