@@ -358,3 +358,10 @@ def test_files_of_a_killed_export_are_replaced_by_the_rerun(tmp_path, capsys, im
     assert (out / names[0]).read_bytes()[:2] == b"\x1f\x8b"
     marker = read_marker(out)
     assert marker["files"] == names and marker["pending"] == []
+
+
+def test_an_empty_folder_is_used_as_the_output(tmp_path, capsys):
+    cells = write_cells(tmp_path / "data")
+    (tmp_path / "store").mkdir()
+    assert cli(capsys, "prepare", *cells, "-o", tmp_path / "store")[0] == 0
+    assert output_kind(tmp_path / "store") == "store"

@@ -194,7 +194,10 @@ def check_output(
     p = Path(target)
     if not (p.exists() or p.is_symlink()):
         return False
-    if exist_ok and p.is_dir() and not p.is_symlink():
+    is_dir = p.is_dir() and not p.is_symlink()
+    if is_dir and not exist_ok and not any(p.iterdir()):
+        return True  # an empty folder (e.g. made with mkdir beforehand) holds nothing to lose
+    if exist_ok and is_dir:
         found = output_kind(p)
         if found not in (None, kind):
             raise UsageError(
