@@ -329,3 +329,24 @@ def test_outputs_follow_the_umask(tmp_path, capsys, umask):
 
 def test_cov_text_helper_round_trip():
     assert cov_text([("chr1", 5, 1, 3)]) == "chr1\t5\t5\t25.0\t1\t3\n"
+
+
+def test_any_os_error_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """An I/O error of the disk anywhere in a command: one line, exit 2 (traceback with -v)."""
+    import cpgformer.commands.info as info
+
+    def failing(_args):  # noqa: ANN001, ANN202
+        raise OSError(errno.EIO, "Input/output error", "store/chroms/0/mc.npy")
+
+    monkeypatch.setattr(info, "run", failing)
+    from cpgformer.cli import main
+
+    capsys.readouterr()
+    assert main(["info", "store"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "cpgformer info: error: store/chroms/0/mc.npy: input/output error (damaged file or "
+        "failing disk)"
+    ]
+    assert main(["-v", "info", "store"]) == 2
+    assert "Traceback" in capsys.readouterr().err
