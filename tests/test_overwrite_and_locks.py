@@ -365,3 +365,17 @@ def test_an_empty_folder_is_used_as_the_output(tmp_path, capsys):
     (tmp_path / "store").mkdir()
     assert cli(capsys, "prepare", *cells, "-o", tmp_path / "store")[0] == 0
     assert output_kind(tmp_path / "store") == "store"
+
+
+def test_file_system_without_locks_warns_and_writes(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(_fd, _op):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cells = write_cells(tmp_path / "data")
+    code, err = cli(capsys, "prepare", *cells, "-o", tmp_path / "store")
+    assert code == 0 and "does not support locks" in err
+    assert output_kind(tmp_path / "store") == "store" and not lock_path(tmp_path / "store").exists()

@@ -26,6 +26,7 @@ from cpgformer.errors import UsageError
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".cpgformer-lock"
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def lock_path(target: str | os.PathLike[str]) -> Path:
@@ -80,6 +81,13 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno in _NO_LOCKING:  # e.g. some network file systems: write unlocked
+                log.warning(
+                    "%s: this file system does not support locks; make sure no other cpgformer "
+                    "process writes the same output",
+                    path.parent,
+                )
+                break
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
