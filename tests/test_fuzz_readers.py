@@ -23,6 +23,7 @@ from cpgformer.io.readers import FORMATS, ReadStats, detect_format, parse_column
 FUZZ = settings(
     max_examples=int(os.environ.get("CPGFORMER_FUZZ_EXAMPLES", "40")),
     deadline=None,
+    database=None,  # no .hypothesis folder: tests write only into their temporary folders
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -194,7 +195,7 @@ _SPEC_PART = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(parts=st.lists(_SPEC_PART, min_size=0, max_size=9))
 def test_any_column_spec_parses_or_raises_one_line(parts):
     text = ":".join(parts)
@@ -206,7 +207,7 @@ def test_any_column_spec_parses_or_raises_one_line(parts):
     assert spec.chrom >= 1 and spec.pos >= 1
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(
     chrom=st.integers(1, 9),
     pos=st.integers(1, 9),
@@ -316,7 +317,7 @@ def test_fasta_reads_or_raises_one_line(tmp_path, lines, gz):
         _one_line(exc)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(
     n_cells=st.integers(0, 4),
     n_sites=st.integers(0, 6),
