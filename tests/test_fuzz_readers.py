@@ -7,17 +7,27 @@ reads back exactly what was written.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from cpgformer.errors import InputError, UsageError
 from cpgformer.io.readers import FORMATS, ReadStats, detect_format, parse_column_spec, read_calls
+
+# Hypothesis caches data (constants of the code under test) as soon as tests are collected: in a
+# temporary folder removed at exit, not in the working directory
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="cpgformer-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 
 # more examples for a longer search: CPGFORMER_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_readers.py
 FUZZ = settings(
