@@ -670,6 +670,23 @@ def impute(
     :class:`ModelSource`; ``device``: where a checkpoint's model runs (default CPU; the output does
     not depend on it beyond floating-point rounding, so a run may resume on another device). Resumes an interrupted run with the same settings; see the module docstring.
     """
+    opts = options or ImputeOptions()
+    out = Path(out)
+    inputs = [getattr(store, "path", store), None if isinstance(model, ModelSource) else model]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=[*inputs, opts.fasta])
+    with output_lock(out):  # one writer per output; the partial run below is ours to resume
+        return _impute(store, model, out, opts, device=device)
+
+
+def _impute(
+    store: Any,
+    model: ModelSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ImputeOptions | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> ImputedStore:
+    """:func:`impute` while holding the output's lock."""
     from cpgformer.io.store import Dataset, open_dataset
 
     opts = options or ImputeOptions()
@@ -759,78 +776,74 @@ def impute(
     inputs = [ds.path, model if not isinstance(model, ModelSource) else None, fasta]
     check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
     work = _partial_dir(out)
-    with output_lock(out):
-        check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
-        plan_path = work / "plan.json"
-        if work.exists():
-            try:
-                with open(plan_path) as fh:
-                    old = json.load(fh)
-            except (OSError, ValueError):
-                old = None
-            if old is None:  # a run stopped before its plan was written: nothing to adopt
-                log.info("removing %s (an earlier run stopped before it started)", work)
-                shutil.rmtree(work)
-            elif old != json.loads(json.dumps(plan, default=_json_default)):
-                if not opts.overwrite:
-                    raise UsageError(
-                        f"{work}: an unfinished imputation with other settings (store, checkpoint or "
-                        "options) is there; rerun it with its settings to resume, or pass --overwrite"
-                    )
-                shutil.rmtree(work)
-            else:
-                log.info("resuming the unfinished imputation in %s", work)
-        if not work.exists():
-            work.mkdir(parents=True)
-            _save_json(plan_path, plan)
-        ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
-        os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+    plan_path = work / "plan.json"
+    if work.exists():
+        try:
+            with open(plan_path) as fh:
+                old = json.load(fh)
+        except (OSError, ValueError):
+            old = None
+        if old is None:  # a run stopped before its plan was written: nothing to adopt
+            log.info("removing %s (an earlier run stopped before it started)", work)
+            shutil.rmtree(work)
+        elif old != json.loads(json.dumps(plan, default=_json_default)):
+            if not opts.overwrite:
+                raise UsageError(
+                    f"{work}: an unfinished imputation with other settings (store, checkpoint or "
+                    "options) is there; rerun it with its settings to resume, or pass --overwrite"
+                )
+            shutil.rmtree(work)
+        else:
+            log.info("resuming the unfinished imputation in %s", work)
+    if not work.exists():
+        work.mkdir(parents=True)
+        _save_json(plan_path, plan)
+    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
 
-        # ---- chunks
-        total = sum(c["n_chunks"] for c in plan["chromosomes"])
-        done_before = 0
-        with bar(total, desc="imputing", unit="chunk") as progress_bar:
-            for k, src in enumerate(sources):
-                cdir = work / "chroms" / str(k)
-                cdir.mkdir(parents=True, exist_ok=True)
-                _write_static(cdir, src)
-                windows_fn = None
-                if predictor.dna_window:
-                    windows_fn = _windows_fn(reference, src, predictor.dna_window)
-                for i in range(plan["chromosomes"][k]["n_chunks"]):
-                    path = cdir / f"p-{i:06d}.npy"
-                    if path.exists():
-                        done_before += 1
-                        progress_bar.update(1)
-                        continue
-                    a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
-                    probs = _impute_chunk(
-                        predictor, src, a, b, cell_ids, windows_fn, temperature, opts
-                    )
-                    _save_npy(path, quantize(probs, opts.dtype))
+    # ---- chunks
+    total = sum(c["n_chunks"] for c in plan["chromosomes"])
+    done_before = 0
+    with bar(total, desc="imputing", unit="chunk") as progress_bar:
+        for k, src in enumerate(sources):
+            cdir = work / "chroms" / str(k)
+            cdir.mkdir(parents=True, exist_ok=True)
+            _write_static(cdir, src)
+            windows_fn = None
+            if predictor.dna_window:
+                windows_fn = _windows_fn(reference, src, predictor.dna_window)
+            for i in range(plan["chromosomes"][k]["n_chunks"]):
+                path = cdir / f"p-{i:06d}.npy"
+                if path.exists():
+                    done_before += 1
                     progress_bar.update(1)
-        if done_before:
-            log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
+                    continue
+                a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
+                probs = _impute_chunk(predictor, src, a, b, cell_ids, windows_fn, temperature, opts)
+                _save_npy(path, quantize(probs, opts.dtype))
+                progress_bar.update(1)
+    if done_before:
+        log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
 
-        manifest = dict(plan)
-        manifest.update(
-            {
-                "complete": True,
-                "package_version": __version__,
-                "model_config": source.config,
-                "tile_sites": opts.tile_sites,
-                "margin_sites": predictor.margin,
-                "n_cells": ds.n_cells,
-                "n_sites": int(sum(s.n_sites for s in sources)),
-            }
-        )
-        _clean_partials(work)
-        from cpgformer.integrity import file_digests
+    manifest = dict(plan)
+    manifest.update(
+        {
+            "complete": True,
+            "package_version": __version__,
+            "model_config": source.config,
+            "tile_sites": opts.tile_sites,
+            "margin_sites": predictor.margin,
+            "n_cells": ds.n_cells,
+            "n_sites": int(sum(s.n_sites for s in sources)),
+        }
+    )
+    _clean_partials(work)
+    from cpgformer.integrity import file_digests
 
-        manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
-        _save_json(work / "manifest.json", manifest)
-        plan_path.unlink()
-        replace_dir(work, out)
+    manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
+    _save_json(work / "manifest.json", manifest)
+    plan_path.unlink()
+    replace_dir(work, out)
     log.info(
         "imputed %d sites x %d cells on %d chromosome(s) into %s",
         manifest["n_sites"],
