@@ -275,7 +275,7 @@ def run_benchmark(
         "timings": timings,
         "n_entries": int(predictions.shape[0]),
     }
-    with atomic_dir(out_path, overwrite=overwrite) as tmp:
+    with atomic_dir(out_path, overwrite, kind="benchmark", inputs=[store_path, checkpoint]) as tmp:
         tables = write_report(tmp, predictions, model_names, settings, plots=plots)
     log.info("benchmark report written to %s", out_path)
     return BenchmarkResult(out_path, *tables, predictions, settings)
