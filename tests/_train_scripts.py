@@ -102,6 +102,7 @@ def main(argv: list[str]) -> None:
     data = DataConfig(segment_length=16, val_chromosomes=("5",), test_chromosomes=())
     if mode in ("kill", "resume"):
         training = TrainConfig(
+            schedule="published",
             max_epochs=3,
             warmup_steps=2,
             log_every_n_steps=1,
@@ -122,6 +123,7 @@ def main(argv: list[str]) -> None:
         )
     elif mode == "ddp":
         training = TrainConfig(
+            schedule="published",
             max_epochs=1,
             warmup_steps=2,
             log_every_n_steps=1,

@@ -112,6 +112,7 @@ def run_demo(
             seed=seed,
         ),
         training=TrainConfig(
+            schedule="published",
             max_steps=max_steps,
             max_epochs=1000,
             warmup_steps=min(1000, max(1, max_steps // 10)),

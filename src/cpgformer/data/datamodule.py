@@ -32,13 +32,7 @@ from cpgformer.data.masking import (
     perturb,
     segment_rng,
 )
-from cpgformer.data.segments import (
-    SPLITS,
-    Segment,
-    build_segments,
-    match_chromosomes,
-    split_segments,
-)
+from cpgformer.data.segments import SPLITS, Segment, resolve_split
 from cpgformer.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -243,6 +237,9 @@ class _Collate:
 class SegmentDataModule(pl.LightningDataModule):
     """Train/validation/test segments of a store for a model with ``data_mode`` and ``dna_window``.
 
+    The split is :func:`cpgformer.data.segments.resolve_split` of the config; region hold-out gaps
+    default to ``receptive_field`` sites (the model's).
+
     ``rank``/``world_size`` default to the attached trainer's (set in :meth:`setup`); pass them to use
     the module without a trainer.
     """
@@ -256,6 +253,7 @@ class SegmentDataModule(pl.LightningDataModule):
         dna_window: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        receptive_field: int = 0,
     ) -> None:
         super().__init__()
         from cpgformer.io.store import open_dataset
@@ -273,21 +271,30 @@ class SegmentDataModule(pl.LightningDataModule):
                 "without a reference FASTA; use --dna-window 0 or re-run prepare with --fasta"
             )
         cfg = self.config
-        n_sites = {c: self.store.n_sites(c) for c in self.store.chromosomes}
-        self.segments = build_segments(n_sites, cfg.segment_length)
-        if cfg.val_fraction is not None or cfg.test_fraction is not None:
-            self.val_chromosomes: list[str] = []
-            self.test_chromosomes: list[str] = []
-        else:
-            self.val_chromosomes = match_chromosomes(cfg.val_chromosomes, self.store.chromosomes)
-            self.test_chromosomes = match_chromosomes(cfg.test_chromosomes, self.store.chromosomes)
-        self.splits = split_segments(
-            self.segments,
-            val_chromosomes=self.val_chromosomes,
-            test_chromosomes=self.test_chromosomes,
+        self.receptive_field = int(receptive_field)
+        positions = {c: self.store.positions(c) for c in self.store.chromosomes}
+        self.plan = resolve_split(
+            positions,
+            segment_length=cfg.segment_length,
+            split=cfg.split,
+            val_chromosomes=cfg.val_chromosomes,
+            test_chromosomes=cfg.test_chromosomes,
             val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction,
+            region_block_sites=cfg.region_block_sites,
+            region_gap_sites=cfg.region_gap_sites,
+            receptive_field=self.receptive_field,
             seed=cfg.seed,
+        )
+        if self.plan.note and (rank or 0) == 0:
+            log.warning("%s", self.plan.note)
+        log.info("split: %s", self.plan.describe())
+        self.val_chromosomes: list[str] = list(self.plan.val_chromosomes)
+        self.test_chromosomes: list[str] = list(self.plan.test_chromosomes)
+        self.splits = self.plan.segments
+        self.segments = sorted(
+            (s for part in self.splits.values() for s in part),
+            key=lambda s: (s.chrom_index, s.start),
         )
         for split in ("train", "val"):
             if not self.splits[split]:
@@ -375,6 +382,19 @@ class SegmentDataModule(pl.LightningDataModule):
             pad=split == "train",
         )
 
+    def n_batches(self, split: str, world_size: int = 1) -> int:
+        """Batches per epoch of one process among ``world_size`` (training pads to equal counts)."""
+        segs = self.splits[split]
+        sampler = SegmentBatchSampler(
+            [s.length for s in segs],
+            self.config.batch_size,
+            shuffle=False,
+            rank=0,
+            world_size=world_size,
+            pad=split == "train",
+        )
+        return len(sampler)
+
     def _loader(self, split: str) -> DataLoader:
         if self.rank is None or self.world_size is None:
             self.setup()
@@ -405,6 +425,8 @@ class SegmentDataModule(pl.LightningDataModule):
         d["val_chromosomes_resolved"] = list(self.val_chromosomes)
         d["test_chromosomes_resolved"] = list(self.test_chromosomes)
         d["n_segments"] = {s: len(self.splits[s]) for s in SPLITS}
+        positions = {c: self.store.positions(c) for c in self.store.chromosomes}
+        d.update(self.plan.record(positions))
         d["data_mode"] = self.data_mode
         d["dna_window"] = self.dna_window
         return d

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from cpgformer.data.datamodule import DataConfig, SegmentDataModule
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
 from cpgformer.training.config import TrainConfig
+from cpgformer.training.schedule import SchedulePlan, TimeBudget, plan_schedule
 from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
 from cpgformer.utils.atomic import atomic_file, atomic_path
 
@@ -53,6 +55,10 @@ class FitResult:
     last_checkpoint: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
     key_map: list[tuple[str, str, str]] = field(default_factory=list)
+    split: str = ""
+    """How the store was split (printed by the CLI; an automatic choice says why)."""
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """The resolved schedule (:class:`cpgformer.training.schedule.SchedulePlan` as a dict)."""
 
 
 # ---- transfer ------------------------------------------------------------------------------------
@@ -245,6 +251,7 @@ def fit(
 
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    started = time.monotonic()
     run = Path(run_dir)
     training = training or TrainConfig()
     data = data or DataConfig()
@@ -308,13 +315,22 @@ def fit(
 
     pl.seed_everything(training.seed, workers=True, verbose=False)
     dm = SegmentDataModule(
-        store, data, data_mode=config.data_mode, dna_window=config.dna_window or 0
+        store,
+        data,
+        data_mode=config.data_mode,
+        dna_window=config.dna_window or 0,
+        receptive_field=config.receptive_field_sites,
     )
+    # the plan's step counts need the number of processes: provisional here, final after the Trainer
+    plan = plan_schedule(training, 1)
     task = CpGTask(
         config,
         lr=training.lr,
-        warmup_steps=training.warmup_steps,
+        warmup_steps=plan.warmup,
         lr_decay=training.lr_decay,
+        schedule=plan.schedule,
+        horizon=plan.horizon,
+        final_lr_fraction=plan.final_lr_fraction,
         cells=dm.cells,
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
@@ -350,12 +366,17 @@ def fit(
         dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False
     )
     cbs: list[Any] = [checkpoint_cb, last_cb, *callbacks]
+    early_cb = None
     if training.early_stopping:
-        cbs.append(
-            EarlyStopping(monitor="val_loss", mode="min", patience=training.patience, strict=False)
+        early_cb = EarlyStopping(
+            monitor="val_loss", mode="min", patience=training.patience, strict=False
         )
+        cbs.append(early_cb)
     if progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=1))
+    adaptive = plan.schedule == "adaptive"
+    if adaptive and training.max_epochs != TrainConfig.max_epochs:
+        log.warning("--max-epochs is ignored by the adaptive schedule (it counts steps or time)")
     trainer = pl.Trainer(
         default_root_dir=str(run),
         accelerator=training.accelerator,
@@ -363,11 +384,12 @@ def fit(
         strategy=training.strategy,
         num_nodes=training.num_nodes,
         precision=training.precision,
-        max_epochs=training.max_epochs,
-        max_steps=training.max_steps,
+        max_epochs=-1 if adaptive else training.max_epochs,
+        max_steps=-1 if adaptive else training.max_steps,
         limit_train_batches=_limit(training.limit_train_batches),
         limit_val_batches=_limit(training.limit_val_batches),
-        val_check_interval=_limit(training.val_check_interval),
+        val_check_interval=None if adaptive else _limit(training.val_check_interval),
+        check_val_every_n_epoch=None if adaptive else 1,
         log_every_n_steps=training.log_every_n_steps,
         callbacks=cbs,
         logger=loggers,
@@ -376,6 +398,39 @@ def fit(
         use_distributed_sampler=False,  # the DataModule assigns disjoint segments to ranks
         num_sanity_val_steps=1,
     )
+    budget_cb = None
+    if adaptive:
+        plan = plan_schedule(training, dm.n_batches("train", trainer.world_size))
+        task.horizon, task.warmup_steps = plan.horizon, plan.warmup
+        trainer.val_check_interval = plan.val_interval
+        trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
+        if early_cb is not None:
+            if plan.patience is None:
+                trainer.callbacks.remove(early_cb)
+                early_cb = None
+            else:
+                early_cb.patience = plan.patience
+        if plan.time_budget_s is not None:
+            budget_cb = TimeBudget(
+                plan,
+                started,
+                fixed_interval=training.val_interval_steps is not None,
+                fixed_warmup=training.warmup_steps is not None,
+                early_stopping=early_cb,
+                n_val_batches=dm.n_batches("val", trainer.world_size),
+            )
+            trainer.callbacks.insert(0, budget_cb)
+        log.info(
+            "adaptive schedule: %s, warm-up %d steps, validation every %d steps%s",
+            f"time budget {plan.time_budget_s:.0f} s"
+            if plan.time_budget_s is not None
+            else f"{plan.horizon} steps",
+            plan.warmup,
+            plan.val_interval,
+            f", early stopping after {plan.patience_steps} steps without improvement"
+            if plan.patience
+            else "",
+        )
     if trainer.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
         _write_json(
@@ -386,6 +441,7 @@ def fit(
                 "model": config.to_dict(),
                 "data": dm.params(),
                 "training": training.to_dict(),
+                "schedule": plan.to_dict(),
                 "init_from": None if init_from is None else str(init_from),
             },
         )
@@ -420,6 +476,11 @@ def fit(
             "last_checkpoint": str(last_path) if last_path else None,
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,
+            "split": dm.plan.describe(),
+            "split_note": dm.plan.note,
+            "schedule": plan.to_dict(),
+            "stopped_by": _stopped_by(trainer, plan, budget_cb, early_cb),
+            "seconds": round(time.monotonic() - started, 3),
         }
         _write_json(run / "summary.json", summary)
         if val_rows:
@@ -431,7 +492,22 @@ def fit(
                 final.get("val_auroc", math.nan),
                 final.get("val_baseline_auroc", math.nan),
             )
-    return FitResult(run, best, last_path, metrics, key_map)
+    return FitResult(
+        run, best, last_path, metrics, key_map, split=dm.plan.describe(), schedule=plan.to_dict()
+    )
+
+
+def _stopped_by(trainer: Any, plan: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:
+    if budget_cb is not None and budget_cb.stopped_by_budget:
+        return "time budget"
+    if early_cb is not None and getattr(early_cb, "stopped_epoch", 0) > 0:
+        return "early stopping"
+    if trainer.interrupted:
+        return "interrupted"
+    max_steps = trainer.max_steps
+    if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
+        return "max steps"
+    return "max epochs" if plan.schedule == "published" else "end"
 
 
 def _launcher_rank_zero() -> bool:
