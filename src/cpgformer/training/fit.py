@@ -38,7 +38,12 @@ from cpgformer.data.datamodule import DataConfig, SegmentDataModule
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
 from cpgformer.training.config import TrainConfig
-from cpgformer.training.schedule import SchedulePlan, TimeBudget, plan_schedule
+from cpgformer.training.schedule import (
+    CALIBRATION_STEPS,
+    SchedulePlan,
+    TimeBudget,
+    plan_schedule,
+)
 from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
 from cpgformer.utils.atomic import atomic_file, atomic_path
 
@@ -421,12 +426,11 @@ def fit(
             )
             trainer.callbacks.insert(0, budget_cb)
         log.info(
-            "adaptive schedule: %s, warm-up %d steps, validation every %d steps%s",
-            f"time budget {plan.time_budget_s:.0f} s"
+            "adaptive schedule: %s%s",
+            f"time budget {plan.time_budget_s:.0f} s (planned after {CALIBRATION_STEPS} steps)"
             if plan.time_budget_s is not None
-            else f"{plan.horizon} steps",
-            plan.warmup,
-            plan.val_interval,
+            else f"{plan.horizon} steps, warm-up {plan.warmup}, validation every "
+            f"{plan.val_interval} steps",
             f", early stopping after {plan.patience_steps} steps without improvement"
             if plan.patience
             else "",

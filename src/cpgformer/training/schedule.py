@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,8 +30,12 @@ VALIDATIONS_PER_HORIZON = 20
 WARMUP_SHARE, MAX_WARMUP = 0.05, PUBLISHED_WARMUP_STEPS
 VALIDATION_TIME_SHARE = 0.2
 """Under a time budget, validations take at most about this share of it."""
-CALIBRATION_STEPS = 3
+CALIBRATION_STEPS = 5
 """Under a time budget, the first plan is made after this many optimiser steps."""
+NEVER = 10**15
+"""A validation interval that is never reached (validations are triggered by time instead)."""
+STEP_COST_WINDOW = 64
+"""Step time is measured over this many recent steps (the first ones are slower)."""
 
 
 @dataclass
@@ -116,16 +121,18 @@ def adaptive_lr(step: int, lr: float, warmup: int, horizon: int, final_fraction:
 
 
 class TimeBudget(Callback):
-    """Ends training at a wall-clock deadline, with the horizon planned to end there.
+    """Ends training at a wall-clock deadline, with the schedule planned to end there.
 
     ``start``: ``time.monotonic()`` when the run started (setup counts against the budget). After
-    :data:`CALIBRATION_STEPS` steps the step and validation costs are measured (the sanity check's
-    validation batch scaled to the validation set until a real validation has run) and the plan
-    is made: up to 20 validations taking at most ~20 % of the remaining time, the horizon at the
-    number of steps that fit. Every validation re-plans the horizon from the measured costs. Training
-    stops when one more step, the final validation and a margin would pass the deadline; that final
-    validation runs (Lightning validates when asked to stop) and keeps the best checkpoint current.
-    Decisions are made on process 0 and broadcast, so all processes stay in step.
+    :data:`CALIBRATION_STEPS` steps, the warm-up is sized (5 % of the steps that fit, at most 1,000)
+    and the validations are spaced in time: about 20 in all, taking at most ~20 % of the budget
+    (validation cost: the sanity check's batch scaled to the validation set, then measured). After
+    every step the horizon of the learning-rate decay is re-planned from the measured step time
+    (recent steps, validation excluded), so the decay ends at the deadline even when the machine
+    slows down. Training stops when one more step, the final validation and a margin would pass the
+    deadline; that final validation runs (Lightning validates when asked to stop) and keeps the
+    best checkpoint current. Decisions are made on process 0 and broadcast, so processes stay in
+    step.
     """
 
     def __init__(
@@ -154,11 +161,11 @@ class TimeBudget(Callback):
         self._val_t0 = 0.0
         self._val_costs: list[float] = []
         self._val_in_train = 0.0
-        self._t_first_step: float | None = None
-        self._steps_at_first = 0
-        self._val_at_first = 0.0
-        self.train_seconds = 0.0
+        self._busy: deque[tuple[int, float]] = deque(maxlen=STEP_COST_WINDOW)
         self._t_train0 = 0.0
+        self._val_every_s = math.inf
+        self._next_val = math.inf
+        self._n_val_planned = VALIDATIONS_PER_HORIZON
 
     # ---- measurements ---------------------------------------------------------------------------
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
@@ -171,94 +178,97 @@ class TimeBudget(Callback):
         if not trainer.sanity_checking:
             self._val_t0 = time.monotonic()
 
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            cost = time.monotonic() - self._val_t0
+            self._val_costs.append(cost)
+            self._val_in_train += cost
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._t_train0 = time.monotonic()
+        if not self.fixed_interval:
+            trainer.val_check_batch = NEVER
 
-    def _val_cost(self, trainer: Any) -> float:
+    def _val_cost(self) -> float:
         if self._val_costs:
             return max(self._val_costs[-2:])
         if self._sanity_cost is None:
             return 0.0
-        n_val = max(1, self.n_val_batches)
-        sanity_batches = max(1, min(trainer.num_sanity_val_steps, n_val))
-        return self._sanity_cost / sanity_batches * n_val
+        return self._sanity_cost * max(1, self.n_val_batches)
 
     def _step_cost(self, step: int) -> float:
-        now = time.monotonic()
-        if self._t_first_step is None or step <= self._steps_at_first:
-            return (now - self._t_train0 - self._val_in_train) / max(1, step)
-        busy = now - self._t_first_step - (self._val_in_train - self._val_at_first)
-        return busy / (step - self._steps_at_first)
+        """Seconds per optimiser step over the recent steps (validation time excluded)."""
+        busy_now = time.monotonic() - self._val_in_train
+        if len(self._busy) >= 2:
+            step0, busy0 = self._busy[0]
+            if step > step0:
+                return (busy_now - busy0) / (step - step0)
+        return (busy_now - self._t_train0) / max(1, step)
 
     # ---- planning -------------------------------------------------------------------------------
-    def _replan(self, trainer: Any, pl_module: Any, first: bool) -> None:
+    def _decide(self, trainer: Any, pl_module: Any) -> tuple[int, int, bool, bool, int | None]:
+        """(horizon, warm-up, validate now, stop, early-stopping patience) on process 0."""
         step = trainer.global_step
-        values = None
-        if trainer.is_global_zero:
-            step_cost = max(self._step_cost(step), 1e-6)
-            val_cost = self._val_cost(trainer)
-            remaining = self.deadline - time.monotonic() - self.margin - val_cost
-            interval = trainer.val_check_batch
-            if first and not self.fixed_interval:
-                n_val = int(VALIDATION_TIME_SHARE * max(remaining, 0.0) / max(val_cost, 1e-6))
-                n_val = min(VALIDATIONS_PER_HORIZON, max(1, n_val))
-                steps_left = max(1.0, (remaining - (n_val - 1) * val_cost) / step_cost)
-                interval = max(1, math.ceil(steps_left / n_val))
-            else:
-                steps_left = max(1.0, remaining / (step_cost + val_cost / max(1, int(interval))))
-            horizon = step + int(steps_left)
-            if self.plan.max_steps > 0:
-                horizon = min(horizon, self.plan.max_steps)
-            warmup = pl_module.warmup_steps
-            if first and not self.fixed_warmup:
-                warmup = default_warmup(horizon)
-            values = (int(horizon), int(interval), int(warmup), step_cost, val_cost)
-        values = trainer.strategy.broadcast(values, src=0)
-        horizon, interval, warmup, step_cost, val_cost = values
-        trainer.val_check_batch = interval
-        pl_module.horizon = horizon
-        pl_module.warmup_steps = warmup
-        self.plan.horizon, self.plan.val_interval, self.plan.warmup = horizon, interval, warmup
-        if self.early_stopping is not None and self.plan.patience_steps:
-            self.early_stopping.patience = math.ceil(self.plan.patience_steps / interval)
-        if first:
-            log.info(
-                "time budget %.0f s: %.3f s per step, %.2f s per validation -> about %d steps, "
-                "validation every %d steps, warm-up %d steps",
-                self.plan.time_budget_s,
-                step_cost,
-                val_cost,
-                horizon,
-                interval,
-                warmup,
-            )
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking:
-            return
-        cost = time.monotonic() - self._val_t0
-        self._val_costs.append(cost)
-        self._val_in_train += cost
-        if self.planned and not trainer.should_stop:
-            self._replan(trainer, pl_module, first=False)
+        now = time.monotonic()
+        step_cost = max(self._step_cost(step), 1e-6)
+        val_cost = self._val_cost()
+        warmup = int(pl_module.warmup_steps)
+        patience = None
+        if not self.planned and step >= CALIBRATION_STEPS:
+            available = self.deadline - self.margin - now
+            n_val = int(VALIDATION_TIME_SHARE * max(available, 0.0) / max(val_cost, 1e-6))
+            self._n_val_planned = max(1, min(VALIDATIONS_PER_HORIZON, n_val))
+            self._val_every_s = max(available, 0.0) / self._n_val_planned
+            self._next_val = now + self._val_every_s
+            train_time = available - self._n_val_planned * val_cost
+            if not self.fixed_warmup:
+                warmup = default_warmup(step + int(max(train_time, 0.0) / step_cost))
+            if self.plan.patience_steps and not self.fixed_interval:
+                steps_per_val = max(1.0, train_time / self._n_val_planned / step_cost)
+                patience = math.ceil(self.plan.patience_steps / steps_per_val)
+        # validations still to come, the final one included
+        if self._val_every_s < math.inf:
+            to_come = max(1.0, (self.deadline - self.margin - now) / self._val_every_s)
+        else:
+            to_come = 1.0
+        train_left = self.deadline - self.margin - now - to_come * val_cost
+        horizon = step + max(1, int(train_left / step_cost))
+        if self.plan.max_steps > 0:
+            horizon = min(horizon, self.plan.max_steps)
+        validate = not self.fixed_interval and now >= self._next_val
+        if validate:
+            self._next_val = now + self._val_every_s
+        stop = now + step_cost + val_cost + self.margin >= self.deadline
+        return horizon, max(1, warmup), validate, stop, patience
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if self._t_first_step is None:
-            self._t_first_step = time.monotonic()
-            self._steps_at_first = step
-            self._val_at_first = self._val_in_train
-        if not self.planned and step >= CALIBRATION_STEPS:
-            self._replan(trainer, pl_module, first=True)
-            self.planned = True
-        stop = False
-        if trainer.is_global_zero:
-            now = time.monotonic()
-            needed = self._step_cost(step) + self._val_cost(trainer) + self.margin
-            stop = now + needed >= self.deadline
-        stop = bool(trainer.strategy.broadcast(stop, src=0))
+        self._busy.append((step, time.monotonic() - self._val_in_train))
+        decision = self._decide(trainer, pl_module) if trainer.is_global_zero else None
+        horizon, warmup, validate, stop, patience = trainer.strategy.broadcast(decision, src=0)
+        if patience is not None and self.early_stopping is not None:
+            self.early_stopping.patience = int(patience)
+        first = not self.planned and step >= CALIBRATION_STEPS
+        self.planned = self.planned or first
+        pl_module.horizon, pl_module.warmup_steps = int(horizon), int(warmup)
+        self.plan.horizon, self.plan.warmup = int(horizon), int(warmup)
+        if not self.fixed_interval:
+            # Lightning validates after this hook when (batch index + 1) % val_check_batch == 0
+            total = trainer.fit_loop.epoch_loop.total_batch_idx
+            trainer.val_check_batch = total + 1 if validate else NEVER
+        if first:
+            log.info(
+                "time budget %.0f s: %.3f s per step, %.2f s per validation -> about %d steps, "
+                "%d validations, warm-up %d steps",
+                self.plan.time_budget_s,
+                self._step_cost(step),
+                self._val_cost(),
+                horizon,
+                self._n_val_planned,
+                warmup,
+            )
         if stop and not trainer.should_stop:
             trainer.should_stop = True
             self.stopped_by_budget = True
@@ -266,3 +276,4 @@ class TimeBudget(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.train_seconds = time.monotonic() - self.start
+        self.plan.val_interval = None if not self.fixed_interval else self.plan.val_interval
