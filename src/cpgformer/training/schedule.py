@@ -239,6 +239,14 @@ class TimeBudget(Callback):
         if validate:
             self._next_val = now + self._val_every_s
         stop = now + step_cost + val_cost + self.margin >= self.deadline
+        if stop:
+            log.info(
+                "%.1f s left: one more step (%.2f s) and the final validation (%.2f s) would pass "
+                "the time budget",
+                self.deadline - now,
+                step_cost,
+                val_cost,
+            )
         return horizon, max(1, warmup), validate, stop, patience
 
     def on_train_batch_end(
