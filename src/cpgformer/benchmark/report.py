@@ -47,6 +47,17 @@ def metric_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(overall, per cell, per context) metric tables for the models' prediction columns."""
     labels = predictions["label"].to_numpy()
+    if labels.size and labels.min() == labels.max():
+        log.warning(
+            "every scored call has label %d: AUROC, AUPRC and MCC are undefined (nan)", labels[0]
+        )
+    one_class = predictions.groupby("cell")["label"].nunique()
+    if (one_class == 1).any():
+        log.warning(
+            "%d of %d cells have scored calls of one class only: their AUROC/AUPRC are nan",
+            int((one_class == 1).sum()),
+            one_class.size,
+        )
     contexts = {"cpg_density": bin_labels(predictions["cpg_density"].to_numpy(), DENSITY_EDGES)}
     if "tss_distance" in predictions:
         contexts["tss_distance"] = distance_bin_labels(predictions["tss_distance"].to_numpy())
