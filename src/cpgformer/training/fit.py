@@ -141,11 +141,17 @@ def transfer_weights(
 
 # ---- plots and logs ------------------------------------------------------------------------------
 def read_metrics(paths: Sequence[Path]) -> list[dict[str, float]]:
-    """Rows of Lightning CSV logs (later files continue earlier ones), empty cells dropped."""
+    """Rows of Lightning CSV logs (later files continue earlier ones), empty cells dropped.
+
+    A resumed run restarts from its last checkpoint, so the steps an earlier log recorded after
+    that checkpoint are logged again by the next one: the later log's rows replace them (no
+    duplicate rows).
+    """
     rows: list[dict[str, float]] = []
     for p in paths:
         if not p.is_file():
             continue
+        new: list[dict[str, float]] = []
         with open(p, newline="") as fh:
             for row in csv.DictReader(fh):
                 clean = {}
@@ -155,7 +161,12 @@ def read_metrics(paths: Sequence[Path]) -> list[dict[str, float]]:
                             clean[k] = float(v)
                         except ValueError:
                             continue
-                rows.append(clean)
+                new.append(clean)
+        steps = [r["step"] for r in new if "step" in r]
+        if steps:
+            first = min(steps)
+            rows = [r for r in rows if r.get("step", -1.0) < first]
+        rows.extend(new)
     return rows
 
 
