@@ -285,5 +285,12 @@ def run(args: argparse.Namespace) -> int:
     for key in ("best_val_loss", "val_loss", "val_auroc", "val_auprc", "val_baseline_auroc"):
         if key in m:
             lines.append(f"{key}: {m[key]:.4f}")
+    if result.interrupted:
+        lines.append(
+            f"interrupted by {result.interrupted}: {result.last_checkpoint} saved; "
+            f"continue with: cpgformer train {args.store} -o {args.output} --resume"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
+    if result.interrupted:
+        return 130 if result.interrupted == "SIGINT" else 143
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
@@ -75,6 +76,7 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
         self.world_size = world_size
         self.pad = pad
         self.sampler = _EpochHolder()
+        self._resume: tuple[int, int] | None = None
 
     @property
     def epoch(self) -> int:
@@ -82,6 +84,14 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue a run that had taken ``batches_done`` batches of epoch ``epoch``: the next
+        iteration starts with the batch after them (a finished epoch continues with the next one)."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume = (epoch, batches_done)
 
     def global_batches(self) -> list[list[int]]:
         n = self.lengths.size
@@ -111,7 +121,12 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
         return list(enumerate(self.global_batches()))[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for number, batch in self.rank_batches():
+        skip = 0
+        if self._resume is not None:
+            if self._resume[0] == self.epoch:
+                skip = self._resume[1]
+            self._resume = None
+        for number, batch in self.rank_batches()[skip:]:
             yield [(i, self.epoch, number) for i in batch]
 
     def __len__(self) -> int:
@@ -232,6 +247,28 @@ class _Collate:
 
     def __call__(self, items: Sequence[SegmentItem]) -> Batch:
         return collate(items, self.data_mode)
+
+
+class _ResumableLoader(DataLoader):
+    """The training loader: its position in the epoch is saved in checkpoints (Lightning calls
+    ``state_dict``/``load_state_dict`` on loaders that have them), so a resumed run continues with
+    the batch after the last one taken -- same order, same masks -- instead of restarting the epoch.
+    """
+
+    def __init__(self, *args: Any, position: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, SegmentBatchSampler)
+        epoch, done = self._position() if self._position is not None else (sampler.epoch, 0)
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, SegmentBatchSampler)
+        sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
 
 
 class SegmentDataModule(pl.LightningDataModule):
@@ -399,14 +436,27 @@ class SegmentDataModule(pl.LightningDataModule):
         if self.rank is None or self.world_size is None:
             self.setup()
         workers = self.config.num_workers
-        return DataLoader(
-            self.dataset(split),
+        # a loader of its own generator: creating its iterator must not draw from the global
+        # torch RNG (dropout), or a resumed run would see other random numbers than an
+        # uninterrupted one
+        kwargs: dict[str, Any] = dict(
             batch_sampler=self.batch_sampler(split),
             collate_fn=_Collate(self.data_mode),
             num_workers=workers,
             persistent_workers=False,
             pin_memory=False,
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
+        if split == "train":
+            return _ResumableLoader(self.dataset(split), position=self._train_position, **kwargs)
+        return DataLoader(self.dataset(split), **kwargs)
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, training batches completed in it) of the attached trainer."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

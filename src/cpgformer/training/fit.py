@@ -64,6 +64,8 @@ class FitResult:
     """How the store was split (printed by the CLI; an automatic choice says why)."""
     schedule: dict[str, Any] = field(default_factory=dict)
     """The resolved schedule (:class:`cpgformer.training.schedule.SchedulePlan` as a dict)."""
+    interrupted: str = ""
+    """"SIGTERM" or "SIGINT" when a signal stopped training (``last_checkpoint`` holds the state)."""
 
 
 # ---- transfer ------------------------------------------------------------------------------------
@@ -381,7 +383,7 @@ def fit(
     last_cb = ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False
     )
-    cbs: list[Any] = [checkpoint_cb, last_cb, *callbacks]
+    cbs: list[Any] = [checkpoint_cb, last_cb, _save_on_interrupt(last), *callbacks]
     early_cb = None
     if training.early_stopping:
         early_cb = EarlyStopping(
@@ -465,8 +467,15 @@ def fit(
                 fh.write("parameter\tsource\tstatus\n")
                 for row in key_map:
                     fh.write("\t".join(row) + "\n")
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-    if trainer.global_step > max(last_cb._last_global_step_saved, 0) and not trainer.interrupted:
+    interrupted = _fit_interruptible(trainer, task, dm, ckpt_path, last)
+    if interrupted:
+        log.warning(
+            "%s: training stopped after step %d; %s saved (continue with --resume)",
+            interrupted,
+            trainer.global_step,
+            last,
+        )
+    elif trainer.global_step > max(last_cb._last_global_step_saved, 0) and not trainer.interrupted:
         # stopped between validations (max_steps, limit on batches): keep last.ckpt current
         trainer.save_checkpoint(str(last))
 
@@ -494,7 +503,7 @@ def fit(
             "split": dm.plan.describe(),
             "split_note": dm.plan.note,
             "schedule": plan.to_dict(),
-            "stopped_by": _stopped_by(trainer, plan, budget_cb, early_cb),
+            "stopped_by": interrupted or _stopped_by(trainer, plan, budget_cb, early_cb),
             "seconds": round(time.monotonic() - started, 3),
         }
         _write_json(run / "summary.json", summary)
@@ -508,8 +517,64 @@ def fit(
                 final.get("val_baseline_auroc", math.nan),
             )
     return FitResult(
-        run, best, last_path, metrics, key_map, split=dm.plan.describe(), schedule=plan.to_dict()
+        run,
+        best,
+        last_path,
+        metrics,
+        key_map,
+        split=dm.plan.describe(),
+        schedule=plan.to_dict(),
+        interrupted=interrupted,
     )
+
+
+def _save_on_interrupt(path: Path) -> Any:
+    """A callback writing ``path`` when training is stopped by SIGTERM (or SIGINT, see
+    :func:`_fit_interruptible`), after the step in progress."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class SaveOnInterrupt(Callback):
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if isinstance(exception, SIGTERMException):
+                trainer.save_checkpoint(str(path))
+
+    return SaveOnInterrupt()
+
+
+def _fit_interruptible(trainer: Any, task: Any, dm: Any, ckpt_path: str | None, last: Path) -> str:
+    """``trainer.fit`` that ends within a step of SIGTERM or SIGINT (Ctrl-C), saving ``last``.
+
+    SIGINT is handled like SIGTERM (Lightning's own SIGINT handling exits the process without a
+    checkpoint): the current step finishes, the checkpoint is written, and the signal's name is
+    returned ("" when training ended normally).
+    """
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    received: list[str] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if received:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        received.append("SIGINT")
+        trainer._signal_connector.received_sigterm = True
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave SIGINT alone
+        previous = None
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # (the checkpoint was written by _SaveOnInterrupt before Lightning tore the run down)
+        return received[0] if received else "SIGTERM"
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return ""
 
 
 def _stopped_by(trainer: Any, plan: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:

@@ -34,6 +34,41 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "cpgformer"
 CHECKPOINT_FORMAT_VERSION = 1
+RNG_KEY = "cpgformer_rng"
+
+
+def _rng_states() -> dict[str, Any]:
+    """The random states training draws from (torch CPU and CUDA, numpy, Python), as tensors and
+    plain numbers only (checkpoints are read with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos)]
+        + [int(has_gauss), float(gauss)],
+        "python": [int(version), [int(v) for v in py_state], py_gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = states["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def other_cells_mean(states: torch.Tensor, data_mode: str = "binary") -> torch.Tensor:
@@ -253,6 +288,12 @@ class CpGTask(pl.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
+    def on_train_start(self) -> None:
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            _set_rng_states(states)
+            self._rng_to_restore = None
+
     # ---- checkpoints ----------------------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {
@@ -275,8 +316,12 @@ class CpGTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
+        # random states (dropout), so that a resumed run draws what the uninterrupted one would
+        checkpoint[RNG_KEY] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied when training starts (after the sanity check and the loaders are set up)
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
         meta = checkpoint.get(CHECKPOINT_KEY) or {}
         training = meta.get("training") or {}
         if "warmup_end_epoch" in training:
