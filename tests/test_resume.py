@@ -59,13 +59,23 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert ra == rb
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(store, run directory) of the uninterrupted reference run (14 steps, 5 per epoch)."""
+    base = tmp_path_factory.mktemp("exact")
+    store = make_store(base / "store", {"1": 80, "5": 16}, 4, seed=8)
+    full = run_script("exact-full", str(store), str(base / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    return store, base / "full"
+
+
 @pytest.mark.slow
-def test_killed_run_resumed_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+def test_killed_run_resumed_equals_the_uninterrupted_run(
+    tmp_path: Path, uninterrupted: tuple[Path, Path]
+) -> None:
     """A run killed inside an epoch (SIGKILL) and resumed gives the same weights and metrics as
     an uninterrupted run with the same seed: data order, masks and random state continue."""
-    store = make_store(tmp_path / "store", {"1": 80, "5": 16}, 4, seed=8)  # 5 steps per epoch
-    full = run_script("exact-full", str(store), str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-3000:]
+    store, full = uninterrupted
     run = tmp_path / "run"
     killed = run_script("exact-kill", str(store), str(run))
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -75,15 +85,15 @@ def test_killed_run_resumed_equals_the_uninterrupted_run(tmp_path: Path) -> None
     assert (saved["epoch"], saved["global_step"]) == (1, 8)  # 3 batches into epoch 1
     resumed = run_script("exact-resume", str(store), str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(tmp_path / "full", run)
+    _assert_same_run(full, run)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signame", ["term", "int"])
 def test_sigterm_and_sigint_save_a_checkpoint_and_stop_within_seconds(
-    tmp_path: Path, signame: str
+    tmp_path: Path, signame: str, uninterrupted: tuple[Path, Path]
 ) -> None:
-    store = make_store(tmp_path / "store", {"1": 80, "5": 16}, 4, seed=8)
+    store, full = uninterrupted
     run = tmp_path / "run"
     stopped = run_script(f"exact-{signame}", str(store), str(run))
     assert stopped.returncode == 0, stopped.stderr[-3000:]
@@ -99,6 +109,4 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_stop_within_seconds(
     assert summary["stopped_by"] == line[0]
     resumed = run_script("exact-resume", str(store), str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    full = run_script("exact-full", str(store), str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-3000:]
-    _assert_same_run(tmp_path / "full", run)
+    _assert_same_run(full, run)
