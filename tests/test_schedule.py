@@ -103,6 +103,17 @@ def test_max_steps_run_follows_the_planned_cosine(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stopped_by"] == "max steps" and summary["global_step"] == 40
     assert result.schedule["val_interval"] == 2 and result.schedule["horizon"] == 40
+    # the run's config.json is a valid --config for another run
+    import argparse
+
+    from cpgformer.commands import train as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    args = parser.parse_args(["S", "-o", "R", "--config", str(tmp_path / "run" / "config.json")])
+    model, data, training, _ = cmd.build_configs(args, n_cells=4, has_fasta=False)
+    assert model == tiny_config(4) and data == DataConfig(segment_length=16)
+    assert training == _fast(max_steps=40, lr=1e-3, warmup_steps=4, final_lr_fraction=0.1)
 
 
 @pytest.mark.parametrize("budget", [6.0])

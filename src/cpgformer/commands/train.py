@@ -103,6 +103,7 @@ HELPS: dict[str, str] = {
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}
 _SKIP = {"model": {"n_cells"}, "data": {"seed"}, "training": set()}
+_RUN_RECORD = {"store", "store_fingerprint", "init_from", "schedule_plan"}
 
 
 def _parse_optional(inner: type) -> Any:
@@ -201,6 +202,8 @@ def _load_config_file(path: str) -> dict[str, dict[str, Any]]:
                     out["training"]["seed"] = v
                 # other keys (resolved split, n_cells, ...) are what a run's config.json records
             continue
+        if key in _RUN_RECORD:
+            continue  # what a run's config.json records besides its parameters
         owners = [s for s in _SECTIONS if key in known[s]]
         if not owners:
             raise InputError(path, None, f"unknown parameter {key!r}")

@@ -458,7 +458,7 @@ def fit(
                 "model": config.to_dict(),
                 "data": dm.params(),
                 "training": training.to_dict(),
-                "schedule": plan.to_dict(),
+                "schedule_plan": plan.to_dict(),
                 "init_from": None if init_from is None else str(init_from),
             },
         )
