@@ -1,9 +1,11 @@
 """``run_benchmark``: every model on identical hidden entries of the test chromosomes, then the report.
 
-Flow: open the store; load the training chromosomes (all but the test ones) as dense matrices and
-``fit`` every model on them; per test chromosome choose the scored entries (seeded, from the observed
-pattern only), build *one* masked input and give that same input to every model; score and write
-the report (:mod:`cpgformer.benchmark.report`).
+Flow: open the store; resolve the split (:func:`resolve_benchmark_split`: test chromosomes, or the
+test blocks of a region hold-out); load the training chromosomes (all but the test ones) or the
+training blocks as dense matrices and ``fit`` every model on them; per test chromosome or block
+choose the scored entries (seeded, from the observed pattern only), build *one* masked input and
+give that same input to every model; score and write the report, with paired bootstrap intervals
+of cpgformer minus each model (:mod:`cpgformer.benchmark.report`).
 
 Memory: chromosomes are densified (sites x cells int8), the training ones all at once -- fine for
 benchmark-sized data (1e6 sites x 100 cells = 100 MB), not for whole atlases.

@@ -391,9 +391,8 @@ def region_split(
     return regions, segments
 
 
-def default_block_sites(n_sites: Mapping[str, int], segment_length: int, gap_rows: int) -> int:
+def default_block_sites(segment_length: int, gap_rows: int) -> int:
     """Automatic held-out block size: four segments, and at least ten gaps long."""
-    del n_sites
     return max(4 * segment_length, 10 * max(gap_rows, 1))
 
 
@@ -473,7 +472,7 @@ def resolve_split(
             f"got {vf} and {tf}"
         )
     gap_rows = int(region_gap_sites) if region_gap_sites > 0 else int(receptive_field)
-    block = int(region_block_sites) or default_block_sites(n_sites, segment_length, gap_rows)
+    block = int(region_block_sites) or default_block_sites(segment_length, gap_rows)
     regions, parts = region_split(
         positions,
         segment_length,
