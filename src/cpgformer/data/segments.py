@@ -104,7 +104,8 @@ def match_chromosomes(requested: Sequence[str], available: Sequence[str]) -> lis
             shown = ", ".join(list(available)[:12]) + (" ..." if len(available) > 12 else "")
             raise UsageError(
                 f"chromosome {name!r} is not in the store (has {shown}); "
-                "choose others with --val-chromosomes/--test-chromosomes or split by fraction"
+                "choose others with --val-chromosomes/--test-chromosomes, or --split regions "
+                "(blocks along the chromosomes)"
             )
         out.append(found[0])
     return out
