@@ -218,3 +218,40 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     boot = (bench / "paired_bootstrap.tsv").read_text().splitlines()
     assert boot[0].startswith("scope\tcell\tmodel\tmetric")
     assert sum(line.startswith("all\t") for line in boot) == 4  # 2 baselines x AUROC, AUPRC
+
+
+@pytest.mark.slow
+def test_devmethyl_locus_trains_and_benchmarks_without_renaming(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Acceptance: the 740-cell one-locus scNMT set runs through prepare, train and benchmark with
+    the default split (no chromosome renaming, no --test-chroms)."""
+    from conftest import SHARED
+
+    from cpgformer.cli import main
+
+    cells = SHARED / "data" / "devmethyl_scnmt" / "cells"
+    if not cells.is_dir():
+        pytest.skip(f"shared data not found: {cells}")
+    store = tmp_path / "store"
+    assert main(["-q", "prepare", *map(str, sorted(cells.glob("*.cov.gz"))), "-o", str(store)]) == 0
+    run = tmp_path / "run"
+    tiny = "--n-layers 1 --hidden 16 --n-heads 2 --head-dim 4 --site-window 5 --cell-embed 8"
+    code = main(
+        ["-q", "train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "6"]
+        + ["--no-tensorboard"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "split: region hold-out" in out
+    config = json.loads((run / "config.json").read_text())
+    test_blocks = config["data"]["test_regions"]
+    assert len(test_blocks) == 1 and test_blocks[0][0] == "chr8"
+    bench = tmp_path / "bench"
+    code = main(
+        ["-q", "benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
+        + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-plots"]
+    )
+    assert code == 0
+    settings = json.loads((bench / "settings.json").read_text())
+    assert settings["split"] == "regions" and settings["test_regions"] == test_blocks
+    assert settings["n_cells"] == 740 and settings["n_entries"] > 100
