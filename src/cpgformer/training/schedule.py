@@ -36,6 +36,8 @@ NEVER = 10**15
 """A validation interval that is never reached (validations are triggered by time instead)."""
 STEP_COST_WINDOW = 64
 """Step time is measured over this many recent steps (the first ones are slower)."""
+SLOW_STEP_WINDOW = 8
+"""The stop decision allows for the slowest of this many recent steps."""
 
 
 @dataclass
@@ -129,8 +131,8 @@ class TimeBudget(Callback):
     (validation cost: the sanity check's batch scaled to the validation set, then measured). After
     every step the horizon of the learning-rate decay is re-planned from the measured step time
     (recent steps, validation excluded), so the decay ends at the deadline even when the machine
-    slows down. Training stops when one more step, the final validation and a margin would pass the
-    deadline; that final validation runs (Lightning validates when asked to stop) and keeps the
+    slows down. Training stops when one more step (as slow as the slowest of the last 8), the final
+    validation and a margin would pass the deadline; that final validation runs (Lightning validates when asked to stop) and keeps the
     best checkpoint current. Decisions are made on process 0 and broadcast, so processes stay in
     step.
     """
@@ -205,6 +207,12 @@ class TimeBudget(Callback):
                 return (busy_now - busy0) / (step - step0)
         return (busy_now - self._t_train0) / max(1, step)
 
+    def _slowest_step(self, default: float) -> float:
+        """The longest of the last few steps (validation time excluded)."""
+        recent = list(self._busy)[-SLOW_STEP_WINDOW - 1 :]
+        gaps = [(b1 - b0) / (s1 - s0) for (s0, b0), (s1, b1) in zip(recent, recent[1:]) if s1 > s0]
+        return max(gaps) if gaps else default
+
     # ---- planning -------------------------------------------------------------------------------
     def _decide(self, trainer: Any, pl_module: Any) -> tuple[int, int, bool, bool, int | None]:
         """(horizon, warm-up, validate now, stop, early-stopping patience) on process 0."""
@@ -238,13 +246,14 @@ class TimeBudget(Callback):
         validate = not self.fixed_interval and now >= self._next_val
         if validate:
             self._next_val = now + self._val_every_s
-        stop = now + step_cost + val_cost + self.margin >= self.deadline
+        # stop on the slowest recent step, not the mean: a slow step must not overrun the budget
+        stop = now + self._slowest_step(step_cost) + val_cost + self.margin >= self.deadline
         if stop:
             log.info(
-                "%.1f s left: one more step (%.2f s) and the final validation (%.2f s) would pass "
-                "the time budget",
+                "%.1f s left: one more step (up to %.2f s) and the final validation (%.2f s) would "
+                "pass the time budget",
                 self.deadline - now,
-                step_cost,
+                self._slowest_step(step_cost),
                 val_cost,
             )
         return horizon, max(1, warmup), validate, stop, patience
