@@ -120,6 +120,7 @@ def _run_demo(out: Path, max_steps: int, baselines: tuple[str, ...], seed: int) 
             seed=seed,
         ),
         training=TrainConfig(
+            schedule="published",
             max_steps=max_steps,
             max_epochs=1000,
             warmup_steps=min(1000, max(1, max_steps // 10)),
