@@ -305,7 +305,10 @@ def test_outputs_follow_the_umask(tmp_path, capsys, umask):
         imp = tmp_path / "imp"
         assert cli(capsys, "impute", store, ckpt, "-o", imp)[0] == 0
         assert cli(capsys, "export", imp, "--to", "bedgraph", "-o", tmp_path / "bg")[0] == 0
-        assert cli(capsys, "export", imp, "--to", "allc", "-o", tmp_path / "allc")[0] == 0
+        assert (
+            cli(capsys, "export", imp, "--to", "allc", "-o", tmp_path / "allc", "--allow-cgn")[0]
+            == 0
+        )
         assert cli(capsys, "export", imp, "-o", tmp_path / "x.h5ad")[0] == 0
         with atomic_file(tmp_path / "run" / "metrics.csv", "w") as fh:
             fh.write("step,loss\n")
