@@ -148,6 +148,16 @@ def identical(kind: str, a: Path, b: Path) -> bool:
     return arrays_of(a) == arrays_of(b)
 
 
+def _finished(name: str, out: Path) -> bool:
+    """Whether the killed run had completed its output (a rerun would rightly refuse it)."""
+    if name in ("prepare", "impute"):
+        return out.exists()
+    if name == "export":
+        marker = out / ".cpgformer-output.json"
+        return marker.exists() and not json.loads(marker.read_text()).get("pending")
+    return False
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -200,7 +210,7 @@ def main() -> int:
                 delay = rng.uniform(0.0, 1.2 * times[name])
                 mid = killed_run(cpgformer(*cmd, out), base, delay)
                 n_mid += mid
-                finished = name in ("prepare", "impute") and out.exists()  # killed while exiting
+                finished = _finished(name, out)  # killed while exiting: the output is complete
                 if mid and not finished:  # the same command again (train: --resume if it can)
                     last = out / "checkpoints" / "last.ckpt"
                     run(cpgformer(*cmd, out, *(resume if last.exists() else [])), base)
