@@ -89,6 +89,9 @@ def test_automatic_split_choices() -> None:
     assert record["split_resolved"] == "regions" and record["region_gap_sites"] == 5
     assert regions_from_record(record) == plan.regions
     assert {s.chrom for part in plan.segments.values() for s in part} == {"chr8"}
+    # chromosomes named in the data config are used as given
+    assert DataConfig().split == "auto"
+    assert DataConfig(val_chromosomes=("chr2",)).split == "chromosomes"
     # named chromosomes are used as given: an unknown one is an error
     with pytest.raises(UsageError, match="chr5"):
         resolve_split({"chr8": _positions(300)}, segment_length=64, split="chromosomes")
