@@ -414,8 +414,7 @@ def test_cli_benchmark_and_errors(tmp_path, capsys):
     store = tiny_store(tmp_path / "s", n_cells=4)
     code = main(
         [
-            "-q",
-            "benchmark",
+            "benchmark",  # (no -q: it would silence the table checked here)
             str(store),
             "--models",
             "site-mean,nearest-neighbour",

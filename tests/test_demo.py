@@ -17,9 +17,7 @@ def test_embedded_demo_data_is_complete() -> None:
 
 def test_demo_command_writes_report_plots_and_h5ad(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    code = main(
-        ["-q", "demo", "-o", str(out), "--max-steps", "4", "--baselines", "site-mean,cell-mean"]
-    )
+    code = main(["demo", "-o", str(out), "--max-steps", "4", "--baselines", "site-mean,cell-mean"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| model | n | auroc" in printed and "AnnData:" in printed

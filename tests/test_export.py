@@ -111,7 +111,7 @@ def test_h5ad_round_trips_positions_cells_and_layers(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.var["start"].to_numpy(), pos)
     np.testing.assert_array_equal(a.var["end"].to_numpy(), pos + 2)
     assert list(a.var["chrom"].astype(str)) == ["1"] * n1 + ["2"] * n2
-    assert a.var_names[0] == f"1_{pos[0]}_{pos[0] + 2}"
+    assert a.var_names[0] == f"1:{pos[0] + 1}-{pos[0] + 2}"  # the CpG, 1-based closed
     x = np.vstack([imp.values("1", 0, n1), imp.values("2", 0, n2)]).T
     np.testing.assert_array_equal(a.X, x)
     states = np.vstack([ds.states("1", 0, n1), ds.states("2", 0, n2)]).T
@@ -177,7 +177,10 @@ def test_cell_file_names_are_safe_and_unique() -> None:
 
 def test_allc_is_tabix_queryable(hand_imputed, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "allc"
-    files = export(hand_imputed, out, "allc")
+    with pytest.raises(UsageError, match="--fasta"):
+        export(hand_imputed, out, "allc")  # no FASTA: refused, nothing written
+    assert not out.exists()
+    files = export(hand_imputed, out, "allc", ExportOptions(allow_cgn=True))
     assert len(files) == 3
     path = out / "cA.allc.tsv.gz"
     assert (out / "cA.allc.tsv.gz.tbi").exists()
@@ -187,7 +190,7 @@ def test_allc_is_tabix_queryable(hand_imputed, tmp_path: Path) -> None:  # noqa:
     assert list(tbx.fetch("1", 10, 11)) == ["1\t11\t+\tCGN\t1\t2\t1"]
     assert list(tbx.fetch("1", 20, 30)) == ["1\t26\t+\tCGN\t1\t1\t0"]  # imputed p = 0.5 -> mc 1
     assert list(tbx.fetch("2")) == ["2\t6\t+\tCGN\t1\t1\t0", "2\t8\t+\tCGN\t3\t3\t1"]
-    export(hand_imputed, tmp_path / "allc10", "allc", ExportOptions(allc_scale=10))
+    export(hand_imputed, tmp_path / "allc10", "allc", ExportOptions(allc_scale=10, allow_cgn=True))
     rows = list(pysam.TabixFile(str(tmp_path / "allc10" / "cB.allc.tsv.gz")).fetch("1"))
     assert rows == ["1\t11\t+\tCGN\t5\t10\t0", "1\t26\t+\tCGN\t1\t1\t1", "1\t101\t+\tCGN\t5\t10\t0"]
 
@@ -282,18 +285,20 @@ def test_regions_export_from_bed_and_bins(hand_imputed, tmp_path: Path) -> None:
     bed = tmp_path / "r.bed"
     bed.write_text("track name=x\n1\t0\t30\tfirst\n1\t30\t200\n9\t0\t5\tnowhere\n")
     table = read_bed_regions(bed)
-    assert list(table["name"]) == ["first", "1:30-200", "nowhere"]
+    assert list(table["name"]) == ["first", "1:31-200", "nowhere"]  # 1-based, as browsers read
     out = tmp_path / "regions.h5ad"
     export(hand_imputed, out, "regions", ExportOptions(regions=str(bed)))
     a = ad.read_h5ad(out)
-    assert list(a.var["name"]) == ["first", "1:30-200"]
+    assert list(a.var["name"]) == ["first", "1:31-200"]
+    assert list(a.var_names) == ["1:1-30", "1:31-200"]
     # cA over [0, 30): sites 10 (observed 1) and 25 (missing, 0.5) -> mean 0.75, var 0.0625
     assert a.layers["imp_mean"][0, 0] == pytest.approx(0.75)
     assert a.layers["imp_var"][0, 0] == pytest.approx(0.0625)
     assert a.layers["cov"][0, 0] == 2 and a.layers["mc"][0, 0] == 1
     bins = export(hand_imputed, tmp_path / "bins.h5ad", "regions", ExportOptions(bin_size=50))
     b = ad.read_h5ad(bins[0])
-    assert list(b.var_names) == ["1_0_50", "1_100_150", "2_0_50"]
+    assert list(b.var_names) == ["1:1-50", "1:101-150", "2:1-50"]
+    assert list(b.var["name"]) == list(b.var_names)
     assert list(b.var["n_cpg"]) == [2, 1, 2]
     bad = tmp_path / "bad.bed"
     bad.write_text("1\tx\t5\n")

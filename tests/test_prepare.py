@@ -322,7 +322,7 @@ def test_custom_columns_vmrseq_csv(tmp_path, capsys) -> None:
     p = tmp_path / "v1.csv"
     p.write_text("chr,pos,strand,mc_count,total\nchr1,10,+,1,1\nchr1,11,-,0,1\nchr1,40,+,2,2\n")
     out = tmp_path / "s"
-    args = ["-q", "prepare", "--columns", "1:2:4:5c:,:1:strand=3", str(p), "-o", str(out)]
+    args = ["prepare", "--columns", "1:2:4:5c:,:1:strand=3", str(p), "-o", str(out)]
     assert main(args) == 0
     assert capsys.readouterr().out.startswith(f"{out}: 1 cells, 1 chromosomes, 2 sites, 2 calls")
     ds = open_dataset(out)

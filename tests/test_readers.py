@@ -70,6 +70,10 @@ def test_registry_has_all_formats():
         "deepcpg",
         "deepcpg-bedgraph",
         "methyldackel-methylkit",
+        "methrix",
+        "per-c-state",
+        "percent-rate",
+        "scage",
         "tsv",
     }
 
@@ -196,7 +200,7 @@ def test_allc_context_filter_strand_total_coverage():
 
 def test_legacy_allc_header_is_skipped(caplog):
     stats = ReadStats()
-    with caplog.at_level(logging.INFO, logger="cpgformer.io.readers"):
+    with caplog.at_level(logging.DEBUG, logger="cpgformer.io.readers"):
         got = rows(FIX / "allc_cell_h_1.tsv", "allc", stats=stats)
     assert got == [("1", 1, 1, 3, 3, 2, False), ("1", 2, -1, 1, 2, 3, False)]
     assert stats.header is not None and stats.header.startswith("chr\tpos")
@@ -388,7 +392,7 @@ def test_line_numbers_in_later_blocks(tmp_path):
     ],
 )
 def test_detect_format(name, expected, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="cpgformer.io.readers"):
+    with caplog.at_level(logging.DEBUG, logger="cpgformer.io.readers"):
         assert detect_format(FIX / name) == expected
     assert expected in caplog.text
     # content signatures alone (neutral file name, gzip)

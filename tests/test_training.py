@@ -411,7 +411,12 @@ def test_resample_cells_and_dna_windows(tmp_path: Path) -> None:
             expected = Reference(fasta).windows("1", np.asarray(pos), 11)
             assert np.array_equal(b.dna[k].numpy(), expected)
     val = next(iter(dm.val_dataloader()))
-    assert val.states.shape[2] == 6  # validation always uses every cell
+    assert val.states.shape[2] == 3  # validation segments: a fixed subset of the same size
+    again = next(iter(dm.val_dataloader()))
+    assert torch.equal(val.cell_ids, again.cell_ids)  # the same at every validation
+    assert torch.equal(val.targets, again.targets) and torch.equal(val.loss_mask, again.loss_mask)
+    full = ds.states("5", int(val.starts[0]), int(val.starts[0]) + 16)
+    assert np.array_equal(val.targets[0].numpy(), full[:, val.cell_ids[0].numpy()])
     with pytest.raises(UsageError, match="FASTA"):
         SegmentDataModule(
             make_store(tmp_path / "n", {"1": 16, "5": 16}, 2),

@@ -43,6 +43,24 @@ class LoadedCheckpoint:
     temperature: float = 1.0
     training: dict[str, Any] = field(default_factory=dict)
     kind: str = "lightning"  # "lightning" | "model"
+    cell_profiles: dict[str, Any] | None = None  # fitted CellProfiler of an inductive model
+
+    @property
+    def inductive(self) -> bool:
+        """True when the model embeds any cell from its data (no fixed cell table)."""
+        return bool(self.config.inductive)
+
+    def use_cells_of(self, dataset: Any) -> None:
+        """Make an inductive model embed the cells of ``dataset`` (a store): their profiles are
+        computed with the checkpoint's fitted profiler. Table models are left as they are."""
+        if not self.config.uses_profiles:
+            return
+        if not self.cell_profiles:
+            raise CheckpointError("the checkpoint of an inductive model records no cell profiler")
+        from cpgformer.data.profiles import CellProfiler
+
+        profiler = CellProfiler.from_dict(self.cell_profiles)
+        self.model.set_cell_profiles(torch.from_numpy(profiler.transform(dataset)))
 
 
 def _read(path: str | os.PathLike[str]) -> Any:
@@ -106,6 +124,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             temperature=float(meta.get("temperature") or 1.0),
             training=dict(meta.get("training") or {}),
             kind="model",
+            cell_profiles=meta.get("cell_profiles"),
         )
     meta = obj.get(LIGHTNING_KEY)
     if not isinstance(meta, Mapping) or "state_dict" not in obj:
@@ -136,6 +155,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         temperature=float(meta.get("temperature") or 1.0),
         training=dict(meta.get("training") or {}),
         kind="lightning",
+        cell_profiles=meta.get("cell_profiles"),
     )
 
 
@@ -147,6 +167,7 @@ def save_checkpoint(
     store_fingerprint: str | None = None,
     data: Mapping[str, Any] | None = None,
     temperature: float = 1.0,
+    cell_profiles: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a plain model file (atomic) that :func:`load_checkpoint` reads back."""
     from cpgformer.nn.serialize import save_model
@@ -159,5 +180,6 @@ def save_checkpoint(
             "store_fingerprint": store_fingerprint,
             "data": dict(data or {}),
             "temperature": float(temperature),
+            "cell_profiles": dict(cell_profiles) if cell_profiles else None,
         },
     )

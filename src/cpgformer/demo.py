@@ -82,6 +82,8 @@ def run_demo(
     from cpgformer.training.fit import TrainConfig, fit
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory (choose another -o)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out}: already exists and is not empty (use --overwrite or another -o)")
     if out.exists() and overwrite:

@@ -42,3 +42,7 @@ class UsageError(CpgformerError):
 
 class CheckpointError(CpgformerError):
     """A checkpoint that cannot be loaded: missing/unexpected keys, shape mismatch, wrong format."""
+
+
+class NoCallsError(InputError):
+    """An input file without a single usable call (empty, header only, everything filtered out)."""

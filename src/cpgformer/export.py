@@ -1,12 +1,17 @@
 """Export an imputed store to the files downstream tools read.
 
-* ``h5ad``: AnnData, obs = cells, var = CpG sites; ``X`` = model probability (denoised), layers
-  ``observed`` (sparse int8 +1 methylated / -1 unmethylated / 0 missing), ``mc``, ``cov`` (sparse
-  int32), ``imputed`` (observed calls kept, model for missing), ``uncertainty`` (Bernoulli variance
-  p(1 - p) of ``X``, binary models only).
+* ``h5ad``: AnnData, obs = cells (index = cell names), var = CpG sites (index ``chrom:start-end``,
+  the CpG as a 1-based closed interval; columns ``chrom``, 0-based ``start``, ``end``,
+  ``n_cells_obs``); ``X`` and every layer are described in :data:`LAYER_MEANINGS` (also stored in
+  ``uns["cpgformer"]["layers"]``); gzip-compressed.
 * ``bedgraph``: per cell ``<cell>.<kind>.bedGraph.gz`` (kinds imputed / denoised / observed).
-* ``allc``: per cell ``<cell>.allc.tsv.gz`` + ``.tbi`` (7 columns; observed entries keep their reads).
-* ``regions``: cells x regions AnnData from a BED file or fixed bins.
+* ``allc``: per cell ``<cell>.allc.tsv.gz`` + ``.tbi`` (7 columns; observed entries keep their reads;
+  contexts from the reference, so ALLCools' CG filter {CGA, CGC, CGG, CGT} keeps them).
+* ``regions``: cells x regions AnnData from a BED file or fixed bins (index ``chrom:start-end``,
+  1-based as genome browsers read it).
+
+Every target takes ``chrom_style``: ``as-is`` (the store's contig names), ``ucsc`` (``chr1``,
+``chrM``) or ``ensembl`` (``1``, ``MT``).
 
 Everything streams over the store's chunks except the CpG-level AnnData, which holds its matrices in
 memory (select chromosomes with ``chroms`` for big data).
@@ -36,6 +41,35 @@ from cpgformer.utils.progress import bar
 log = logging.getLogger(__name__)
 
 TARGETS = ("h5ad", "bedgraph", "allc", "regions")
+CHROM_STYLES = ("as-is", "ucsc", "ensembl")
+COMPRESSIONS = ("gzip", "lzf", "none")
+ALLCOOLS_CG_CONTEXTS = frozenset({"CGA", "CGC", "CGG", "CGT"})
+"""The contexts ALLCools' CG filter keeps (its ``mc_type`` CGN expanded to A/C/G/T)."""
+
+LAYER_MEANINGS = {
+    "X": "model probability P(methylated) for every (cell, CpG), observed entries denoised "
+    "(float; with --keep-observed at impute time: observed calls kept)",
+    "imputed": "observed calls kept (1 methylated / 0 unmethylated by the store's binarisation; "
+    "continuous stores: mc/cov), model probability where nothing was observed (float)",
+    "observed": "observed call: +1 methylated, -1 unmethylated, 0 not observed or excluded "
+    "(sparse int8)",
+    "mc": "methylated reads of the observed call, 0 where not observed (sparse int32)",
+    "cov": "total reads of the observed call, 0 where not observed (sparse int32)",
+    "uncertainty": "p(1 - p) of X, the Bernoulli variance, 0 to 0.25 (float; binary models)",
+}
+"""What ``X`` and each layer of the CpG-level AnnData hold."""
+
+REGION_LAYER_MEANINGS = {
+    "X": "imp_mean",
+    "mc": "methylated reads summed over the region's observed calls (sparse int32)",
+    "cov": "total reads summed over the region's observed calls (sparse int32)",
+    "frac": "mc / cov, NaN where cov = 0",
+    "meth_sites": "observed CpGs called methylated (label 1)",
+    "total_sites": "observed CpGs with a label",
+    "imp_mean": "mean probability over the region's CpGs (imputed: observed calls kept; "
+    "denoised: model everywhere), NaN for regions without CpGs",
+    "imp_var": "population variance of those probabilities",
+}
 BEDGRAPH_KINDS = ("imputed", "denoised", "observed")
 COORDINATES = "0-based half-open [start, end) with start = + strand C of the CpG, end = start + 2"
 
@@ -55,6 +89,39 @@ class ExportOptions:
     uncertainty: bool = True  # h5ad uncertainty layer
     max_open_files: int = 128  # bedgraph/allc: files open at once
     overwrite: bool = False
+    chrom_style: str = "as-is"  # contig names written: as-is, ucsc (chr1, chrM), ensembl (1, MT)
+    compression: str = "gzip"  # h5ad/regions: gzip, lzf or none
+    allow_cgn: bool = False  # allc without a FASTA: write context CGN instead of refusing
+
+
+def style_chrom(name: str, style: str) -> str:
+    """A contig name in ``style``: ``as-is``; ``ucsc`` ``1`` -> ``chr1``, ``MT`` -> ``chrM``;
+    ``ensembl`` ``chr1`` -> ``1``, ``chrM`` -> ``MT``."""
+    if style == "as-is":
+        return name
+    if style == "ucsc":
+        if name.lower().startswith("chr"):
+            return "chr" + name[3:]
+        return "chrM" if name in ("MT", "M") else "chr" + name
+    if style == "ensembl":
+        if name.lower().startswith("chr") and len(name) > 3:
+            rest = name[3:]
+            return "MT" if rest == "M" else rest
+        return "MT" if name == "M" else name
+    raise UsageError(f"--chrom-style must be one of {', '.join(CHROM_STYLES)}, got {style!r}")
+
+
+def chrom_names(chroms: Sequence[str], style: str) -> dict[str, str]:
+    """Store contig -> written name; :class:`UsageError` when two contigs would share a name."""
+    out = {c: style_chrom(c, style) for c in chroms}
+    seen: dict[str, str] = {}
+    for c, n in out.items():
+        if n in seen:
+            raise UsageError(
+                f"--chrom-style {style}: contigs {seen[n]!r} and {c!r} would both be named {n!r}"
+            )
+        seen[n] = c
+    return out
 
 
 def export(
@@ -71,10 +138,19 @@ def export(
     imp = imputed if isinstance(imputed, ImputedStore) else open_imputed(imputed)
     out = Path(out)
     chroms = _chroms(imp, opts.chroms)
+    chrom_names(chroms, opts.chrom_style)  # checked before any work
+    if opts.compression not in COMPRESSIONS:
+        raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
     if to == "h5ad":
         _check_new(out, opts.overwrite)
-        adata = to_anndata(imp, chroms, float16=opts.float16, uncertainty=opts.uncertainty)
-        return [_write_h5ad(adata, out)]
+        adata = to_anndata(
+            imp,
+            chroms,
+            float16=opts.float16,
+            uncertainty=opts.uncertainty,
+            chrom_style=opts.chrom_style,
+        )
+        return [_write_h5ad(adata, out, opts.compression)]
     if to == "regions":
         _check_new(out, opts.overwrite)
         if (opts.regions is None) == (opts.bin_size is None):
@@ -82,9 +158,16 @@ def export(
         if opts.regions is not None:
             table = read_bed_regions(opts.regions)
         else:
-            table = fixed_bins(imp, int(opts.bin_size), chroms)  # type: ignore[arg-type]
-        adata = aggregate_regions(imp, table, values=opts.region_values, chroms=chroms)
-        return [_write_h5ad(adata, out)]
+            table = fixed_bins(
+                imp,
+                int(opts.bin_size),  # type: ignore[arg-type]
+                chroms,
+                opts.chrom_style,
+            )
+        adata = aggregate_regions(
+            imp, table, values=opts.region_values, chroms=chroms, chrom_style=opts.chrom_style
+        )
+        return [_write_h5ad(adata, out, opts.compression)]
     if to == "bedgraph":
         return write_bedgraphs(imp, out, chroms, opts)
     if to == "allc":
@@ -108,9 +191,9 @@ def _chroms(imp: ImputedStore, chroms: Sequence[str] | None) -> list[str]:
     return [c for c in imp.chromosomes if c in set(chroms)]  # keep the store's contig order
 
 
-def _write_h5ad(adata: Any, out: Path) -> Path:
+def _write_h5ad(adata: Any, out: Path, compression: str = "gzip") -> Path:
     with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+        adata.write_h5ad(tmp, compression=None if compression == "none" else compression)
     log.info("wrote %s (%d cells x %d columns)", out, adata.n_obs, adata.n_vars)
     return out
 
@@ -122,8 +205,6 @@ def _write_h5ad(adata: Any, out: Path) -> Path:
 def _obs(imp: ImputedStore) -> pd.DataFrame:
     table = imp.cell_table.copy()
     table.index = pd.Index(table.pop("name").astype(str), name="cell")
-    if "n_calls" in table.columns:
-        table.insert(0, "n_obs", table["n_calls"].astype(np.int64))
     for col in table.columns:
         if table[col].dtype == object:
             table[col] = table[col].astype(str)
@@ -151,8 +232,13 @@ def _uns(imp: ImputedStore, **extra: Any) -> dict:
     return info
 
 
-def site_var(imp: ImputedStore, chroms: Sequence[str]) -> pd.DataFrame:
-    """var table of the CpG-level AnnData: chrom (categorical), start, end, n_cells_obs."""
+def site_var(imp: ImputedStore, chroms: Sequence[str], chrom_style: str = "as-is") -> pd.DataFrame:
+    """var table of the CpG-level AnnData: chrom (categorical), start, end, n_cells_obs.
+
+    The index names each CpG ``chrom:start-end`` as a 1-based closed interval (the C and the G),
+    which genome browsers and region parsers read correctly; ``start`` stays 0-based.
+    """
+    written = chrom_names(chroms, chrom_style)
     names, starts, n_obs = [], [], []
     for c in chroms:
         pos = np.asarray(imp.positions(c), dtype=np.int64)
@@ -160,7 +246,7 @@ def site_var(imp: ImputedStore, chroms: Sequence[str]) -> pd.DataFrame:
         observed = np.concatenate([[0], np.cumsum(np.asarray(label) >= 0, dtype=np.int64)])
         ip = np.asarray(indptr)
         per_site = observed[ip[1:]] - observed[ip[:-1]]
-        names.append(np.full(len(pos), c, dtype=object))
+        names.append(np.full(len(pos), written[c], dtype=object))
         starts.append(pos)
         n_obs.append(per_site.astype(np.int64))
     chrom = np.concatenate(names) if names else np.zeros(0, dtype=object)
@@ -168,15 +254,15 @@ def site_var(imp: ImputedStore, chroms: Sequence[str]) -> pd.DataFrame:
     end = start + 2
     index = pd.Index(
         pd.Series(chrom, dtype=str)
-        + "_"
-        + pd.Series(start).astype(str)
-        + "_"
+        + ":"
+        + pd.Series(start + 1).astype(str)
+        + "-"
         + pd.Series(end).astype(str),
         name="site",
     )
     return pd.DataFrame(
         {
-            "chrom": pd.Categorical(chrom, categories=list(chroms)),
+            "chrom": pd.Categorical(chrom, categories=[written[c] for c in chroms]),
             "start": start,
             "end": end,
             "n_cells_obs": np.concatenate(n_obs) if n_obs else np.zeros(0, dtype=np.int64),
@@ -206,12 +292,13 @@ def to_anndata(
     *,
     float16: bool = False,
     uncertainty: bool = True,
+    chrom_style: str = "as-is",
 ) -> Any:
     """The CpG-level AnnData (see the module docstring) of the given chromosomes."""
     import anndata as ad
 
     chroms = _chroms(imp, chroms)
-    var = site_var(imp, chroms)
+    var = site_var(imp, chroms, chrom_style)
     n_total = len(var)
     dtype = np.float16 if float16 else np.float32
     x = np.empty((imp.n_cells, n_total), dtype=dtype)
@@ -239,13 +326,16 @@ def to_anndata(
     if has_uncertainty:
         xf = x.astype(np.float32)
         layers["uncertainty"] = (xf * (1.0 - xf)).astype(dtype)
+    meanings = {k: v for k, v in LAYER_MEANINGS.items() if k == "X" or k in layers}
+    if imp.keep_observed:
+        meanings["X"] = "observed calls kept, model probability P(methylated) for missing entries"
     uns = {
         "cpgformer": _uns(
             imp,
-            X="model probability P(methylated) for every entry (denoised)"
-            if not imp.keep_observed
-            else "observed calls kept, model probability for missing entries",
-            uncertainty="p(1-p) of X (Bernoulli variance, 0 to 0.25)" if has_uncertainty else "",
+            X=meanings["X"],
+            uncertainty=LAYER_MEANINGS["uncertainty"] if has_uncertainty else "",
+            layers=meanings,
+            chrom_style=chrom_style,
         )
     }
     adata = ad.AnnData(X=x, obs=_obs(imp), var=var, layers=layers, uns=uns)
@@ -276,6 +366,7 @@ def write_bedgraphs(
             f"{imp.path} was imputed with --keep-observed: denoised values of observed entries are "
             "not stored; rerun cpgformer impute without it"
         )
+    contig = chrom_names(chroms, opts.chrom_style)
     out.mkdir(parents=True, exist_ok=True)
     descriptions = {
         "imputed": "cpgformer: observed calls kept, model P(methylated) where missing",
@@ -309,7 +400,7 @@ def write_bedgraphs(
                     for a, b in imp.chunks(c):
                         values = _kind_values(imp, c, a, b, kinds)
                         for (i, k), w in writers.items():
-                            w.write(c, pos[a:b], values[k][:, i])
+                            w.write(contig[c], pos[a:b], values[k][:, i])
                         progress_bar.update(1)
                 written += [w.close() for w in writers.values()]
             except BaseException:
@@ -373,14 +464,25 @@ def write_allc(
         from cpgformer.io.fasta import Reference
 
         reference = Reference(fasta)
+    elif not opts.allow_cgn:
+        raise UsageError(
+            f"{imp.path}: no reference FASTA for the ALLC context column (the store was prepared "
+            "without one); give --fasta GENOME.fa so contexts are real (CGA/CGC/CGG/CGT), or "
+            "--allow-cgn to write the placeholder CGN, which ALLCools' CG filter drops"
+        )
     else:
-        log.info("no FASTA: ALLC context column is CGN")
+        log.warning(
+            "no FASTA: every ALLC row gets the context CGN, which ALLCools' CG context filter "
+            "(CGA, CGC, CGG, CGT) drops; give --fasta for real contexts"
+        )
+    contig = chrom_names(chroms, opts.chrom_style)
+    n_unknown = 0
     out.mkdir(parents=True, exist_ok=True)
     names = cell_file_names(imp.cells, ".allc.tsv.gz")
     if not opts.overwrite:
         for n in names:
             _check_new(out / n, False)
-    written: list[Path] = []
+    files: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, 2, opts.max_open_files)
     with bar(n_chunks * len(groups), desc="ALLC", unit="chunk") as progress_bar:
@@ -390,11 +492,13 @@ def write_allc(
                 for c in chroms:
                     pos = np.asarray(imp.positions(c))
                     for a, b in imp.chunks(c):
-                        ctx: np.ndarray | str = (
-                            allc_contexts(reference, c, pos[a:b])
-                            if reference is not None
-                            else "CGN"
-                        )
+                        ctx: np.ndarray | str = "CGN"
+                        if reference is not None:
+                            ctx = allc_contexts(reference, c, pos[a:b])
+                            if group.start == 0:
+                                n_unknown += int(
+                                    (~np.isin(ctx, sorted(ALLCOOLS_CG_CONTEXTS))).sum()
+                                )
                         p = imp.values(c, a, b)
                         mc, cov = imp.counts(c, a, b)
                         seen = cov > 0
@@ -408,23 +512,35 @@ def write_allc(
                         cov_all = np.where(seen, cov, icov)
                         flag = seen.astype(np.int8)
                         for i, w in writers.items():
-                            w.write(c, pos[a:b], ctx, mc_all[:, i], cov_all[:, i], flag[:, i])
+                            w.write(
+                                contig[c], pos[a:b], ctx, mc_all[:, i], cov_all[:, i], flag[:, i]
+                            )
                         progress_bar.update(1)
-                written += [w.close() for w in writers.values()]
+                files += [w.close() for w in writers.values()]
             except BaseException:
                 for w in writers.values():
                     w.abort()
                 raise
-    log.info("wrote %d ALLC files (+ tabix indexes) to %s", len(written), out)
-    return written
+    if n_unknown:
+        log.warning(
+            "%d CpG(s) have a context other than CGA/CGC/CGG/CGT in %s (N or the contig end "
+            "after the G); ALLCools' CG filter drops them",
+            n_unknown,
+            fasta,
+        )
+    log.info("wrote %d ALLC files (+ tabix indexes) to %s", len(files), out)
+    return files
 
 
 # --------------------------------------------------------------------------------------------------
 # regions
 
 
-def fixed_bins(imp: ImputedStore, bin_size: int, chroms: Sequence[str]) -> pd.DataFrame:
-    """Bins ``[k b, (k + 1) b)`` that contain at least one imputed CpG."""
+def fixed_bins(
+    imp: ImputedStore, bin_size: int, chroms: Sequence[str], chrom_style: str = "as-is"
+) -> pd.DataFrame:
+    """Bins ``[k b, (k + 1) b)`` that contain at least one imputed CpG (``chrom`` as in the store,
+    ``name`` 1-based ``chrom:start-end`` in ``chrom_style``)."""
     if bin_size < 1:
         raise UsageError(f"--bin-size must be >= 1, got {bin_size}")
     rows = []
@@ -437,14 +553,21 @@ def fixed_bins(imp: ImputedStore, bin_size: int, chroms: Sequence[str]) -> pd.Da
         if rows
         else pd.DataFrame(columns=["chrom", "start", "end"])
     )
-    table["name"] = (
-        table["chrom"].astype(str)
-        + ":"
-        + table["start"].astype(str)
-        + "-"
-        + table["end"].astype(str)
-    )
+    written = chrom_names(chroms, chrom_style)
+    table["name"] = region_names(table["chrom"].map(written), table["start"], table["end"])
     return table
+
+
+def region_names(chrom: Any, start: Any, end: Any) -> pd.Series:
+    """``chrom:start-end`` with a **1-based** start (the syntax genome browsers and samtools read)
+    for 0-based half-open ``[start, end)``."""
+    return (
+        pd.Series(np.asarray(chrom, dtype=object)).astype(str)
+        + ":"
+        + pd.Series(np.asarray(start, dtype=np.int64) + 1).astype(str)
+        + "-"
+        + pd.Series(np.asarray(end, dtype=np.int64)).astype(str)
+    )
 
 
 def _match_chrom(name: str, available: set[str]) -> str | None:
@@ -461,6 +584,7 @@ def aggregate_regions(
     values: str = "imputed",
     chroms: Sequence[str] | None = None,
     region_batch: int = 4096,
+    chrom_style: str = "as-is",
 ) -> Any:
     """cells x regions AnnData (formats.md 7.4).
 
@@ -555,9 +679,11 @@ def aggregate_regions(
         imp_mean = sum_p / denom
         imp_var = np.maximum(sum_p2 / denom - imp_mean**2, 0.0)
         frac = np.where(cov_sum > 0, mc_sum / np.maximum(cov_sum, 1), np.nan)
+    written = chrom_names(chroms, chrom_style)
+    out_chrom = regions["store_chrom"].astype(str).map(written)
     var = pd.DataFrame(
         {
-            "chrom": pd.Categorical(regions["store_chrom"].astype(str), categories=list(chroms)),
+            "chrom": pd.Categorical(out_chrom, categories=[written[c] for c in chroms]),
             "start": regions["start"].to_numpy(np.int64),
             "end": regions["end"].to_numpy(np.int64),
             "name": regions["name"].astype(str).to_numpy(),
@@ -565,8 +691,7 @@ def aggregate_regions(
         }
     )
     var.index = pd.Index(
-        var["chrom"].astype(str) + "_" + var["start"].astype(str) + "_" + var["end"].astype(str),
-        name="region",
+        region_names(out_chrom, var["start"], var["end"]).to_numpy(), name="region"
     )
     layers = {
         "mc": sp.csr_matrix(mc_sum.T.astype(np.int32)),
@@ -582,7 +707,15 @@ def aggregate_regions(
         obs=_obs(imp),
         var=var,
         layers=layers,
-        uns={"cpgformer": _uns(imp, region_values=values, region_rule="CpG start in [start, end)")},
+        uns={
+            "cpgformer": _uns(
+                imp,
+                region_values=values,
+                region_rule="CpG start in [start, end)",
+                layers=dict(REGION_LAYER_MEANINGS),
+                chrom_style=chrom_style,
+            )
+        },
     )
     if not adata.var_names.is_unique:
         adata.var_names_make_unique()

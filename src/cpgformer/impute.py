@@ -149,6 +149,46 @@ class ModelSource:
     store_fingerprint: str | None = None
     config: dict = field(default_factory=dict)
     temperature: float = 1.0
+    loaded: Any = None  # the LoadedCheckpoint (inductive models embed the store's cells with it)
+
+    @property
+    def inductive(self) -> bool:
+        """True when the model embeds any cell from its data (applies to new cells)."""
+        return self.config.get("cell_encoder") == "profile" or not self.config.get(
+            "cell_identity", True
+        )
+
+    def cell_ids_for(self, ds: Any, ignore_fingerprint: bool = False) -> np.ndarray:
+        """Model cell id of each store column, after checking store and checkpoint fit together.
+
+        Inductive models take any store: the store's cells are embedded from their own profiles.
+        Table models impute exactly their training cells: the store must be the training store
+        (fingerprint, unless ``ignore_fingerprint``) and hold the same cells (any order)."""
+        if self.inductive:
+            if self.loaded is None:
+                raise UsageError("an inductive model needs its checkpoint to embed new cells")
+            self.loaded.use_cells_of(ds)
+            return np.arange(ds.n_cells, dtype=np.int64)
+        if self.store_fingerprint and self.store_fingerprint != ds.fingerprint:
+            if not ignore_fingerprint:
+                raise UsageError(
+                    f"{ds.path}: store fingerprint {ds.fingerprint[:12]} differs from the one the "
+                    f"checkpoint was trained on ({self.store_fingerprint[:12]}); impute the "
+                    "training store, or pass --ignore-fingerprint to apply the model to another "
+                    "store of the same cells"
+                )
+        cell_ids = cell_index_map(ds.cells, self.cells)
+        if self.predictor.n_cells != ds.n_cells:
+            raise UsageError(
+                f"the model's cell table has {self.predictor.n_cells} cells, the store "
+                f"{ds.n_cells}: a model imputes exactly the cells it was trained on"
+            )
+        if self.cells is None:
+            log.warning(
+                "the checkpoint records no cell names: assuming the store's columns are the "
+                "model's cells in the same order"
+            )
+        return cell_ids
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -177,6 +217,7 @@ def load_model_source(
         store_fingerprint=loaded.store_fingerprint,
         config=config_dict,
         temperature=float(temperature) if temperature else 1.0,
+        loaded=loaded,
     )
 
 
@@ -219,6 +260,36 @@ def plan_tiles(start: int, stop: int, n_sites: int, tile_sites: int, margin: int
     return tiles
 
 
+MAX_TILE_TOKENS = 1 << 21
+"""Default bound on the (site, cell) tokens of one forward pass (about 1.2 KB each at inference)."""
+
+
+class TileShape(NamedTuple):
+    """How a block is cut for the model: tiles of ``tile_sites`` rows, ``batch_size`` tiles per
+    forward pass, cells in groups of ``cell_group`` columns."""
+
+    tile_sites: int
+    batch_size: int
+    cell_group: int
+
+
+def plan_tile_shape(
+    n_cells: int, tile_sites: int, batch_size: int, margin: int, max_tokens: int
+) -> TileShape:
+    """Tile length, batch and cell group so one forward pass holds at most ``max_tokens`` tokens
+    (unless a single tile of the shortest useful length and one cell already exceeds it).
+
+    Tiles shrink first (down to ``2 * margin + 64`` rows: shorter ones waste most rows as context),
+    then the cells are cut into groups. Cells of a group are imputed together; with attention
+    across cells a cell then sees only its group at a site."""
+    n_cells = max(1, n_cells)
+    shortest = min(tile_sites, 2 * margin + 64)
+    tile = max(shortest, min(tile_sites, max_tokens // n_cells))
+    group = n_cells if tile * n_cells <= max_tokens else max(1, max_tokens // tile)
+    batch = max(1, min(batch_size, max_tokens // (tile * group)))
+    return TileShape(tile, batch, group)
+
+
 def predict_block(
     predictor: Predictor,
     states: np.ndarray,
@@ -230,6 +301,7 @@ def predict_block(
     dna_embedding: Tensor | None = None,
     tile_sites: int = 1024,
     batch_size: int = 8,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """Model outputs for rows ``[keep_start, keep_stop)`` of a block of consecutive sites.
 
@@ -241,6 +313,25 @@ def predict_block(
     n_rows, n_cells = states.shape
     if cell_ids is None:
         cell_ids = np.arange(n_cells)
+    if max_tokens is not None:
+        shape = plan_tile_shape(n_cells, tile_sites, batch_size, predictor.margin, max_tokens)
+        tile_sites, batch_size = shape.tile_sites, shape.batch_size
+        if shape.cell_group < n_cells:
+            out = np.empty((keep_stop - keep_start, n_cells), dtype=np.float32)
+            for g in range(0, n_cells, shape.cell_group):
+                cols = slice(g, min(n_cells, g + shape.cell_group))
+                out[:, cols] = predict_block(
+                    predictor,
+                    np.ascontiguousarray(states[:, cols]),
+                    positions,
+                    keep_start,
+                    keep_stop,
+                    cell_ids=np.asarray(cell_ids)[cols],
+                    dna_embedding=dna_embedding,
+                    tile_sites=tile_sites,
+                    batch_size=batch_size,
+                )
+            return out
     cells_t = torch.as_tensor(np.asarray(cell_ids, dtype=np.int64))
     tiles = plan_tiles(keep_start, keep_stop, n_rows, tile_sites, predictor.margin)
     out = np.empty((keep_stop - keep_start, n_cells), dtype=np.float32)
@@ -576,6 +667,7 @@ class ImputeOptions:
     dtype: str = "float16"
     sites: str = "store"
     tile_sites: int = 1024
+    max_tile_tokens: int = MAX_TILE_TOKENS  # bounds memory: tiles shrink, then cells are grouped
     chunk_sites: int | None = None  # default: about 4 M entries per chunk
     batch_size: int = 8
     embed_chunk: int = 1024
@@ -674,27 +766,7 @@ def impute(
         raise UsageError(f"--sites must be one of {', '.join(SITE_MODES)}, got {opts.sites!r}")
 
     # ---- compatibility of store and checkpoint
-    if (
-        source.store_fingerprint
-        and source.store_fingerprint != ds.fingerprint
-        and not opts.ignore_fingerprint
-    ):
-        raise UsageError(
-            f"{ds.path}: store fingerprint {ds.fingerprint[:12]} differs from the one the checkpoint "
-            f"was trained on ({source.store_fingerprint[:12]}); impute the training store, or pass "
-            "--ignore-fingerprint to apply the model to another store of the same cells"
-        )
-    cell_ids = cell_index_map(ds.cells, source.cells)
-    if predictor.n_cells != ds.n_cells:
-        raise UsageError(
-            f"the model's cell table has {predictor.n_cells} cells, the store {ds.n_cells}: a model "
-            "imputes exactly the cells it was trained on"
-        )
-    if source.cells is None:
-        log.warning(
-            "the checkpoint records no cell names: assuming the store's columns are the model's "
-            "cells in the same order"
-        )
+    cell_ids = source.cell_ids_for(ds, opts.ignore_fingerprint)
     temperature = float(opts.temperature if opts.temperature else source.temperature)
     if temperature <= 0:
         raise UsageError(f"temperature must be > 0, got {temperature}")
@@ -874,6 +946,7 @@ def _impute_chunk(
         dna_embedding=embedding,
         tile_sites=opts.tile_sites,
         batch_size=opts.batch_size,
+        max_tokens=opts.max_tile_tokens,
     )
     probs = to_probabilities(raw, predictor.data_mode, temperature)
     if opts.keep_observed:
@@ -1163,7 +1236,7 @@ def masked_holdout(
         raise UsageError("calibration by temperature scaling applies to binary models only")
     if not 0 < fraction < 1:
         raise UsageError(f"mask fraction must be in (0, 1), got {fraction}")
-    cell_ids = cell_index_map(ds.cells, source.cells)
+    cell_ids = source.cell_ids_for(ds)
     reference = None
     if predictor.dna_window:
         fasta = fasta or ds.fasta_path

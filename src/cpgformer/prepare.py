@@ -17,6 +17,7 @@ leaves no store behind.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cpgformer.errors import InputError, UsageError
+from cpgformer.errors import InputError, NoCallsError, UsageError
 from cpgformer.io.records import CallChunk
 from cpgformer.io.store import ChromArrays, write_store_into
 from cpgformer.utils.atomic import atomic_dir
@@ -59,6 +60,7 @@ class PrepareOptions:
     cell_names: list[str] | None = None
     spill_bytes: int = DEFAULT_SPILL_BYTES
     jobs: int = 1
+    skip_empty: bool = False  # cells whose file holds no call are left out and listed
 
     def check(self) -> None:
         if self.binarize not in BINARIZE_RULES:
@@ -88,6 +90,7 @@ class PrepareOptions:
             "min_cov": self.min_cov,
             "pair_adjacent": self.pair_adjacent,
             "explicit_cell_names": self.cell_names is not None,
+            "skip_empty": self.skip_empty,
         }
 
 
@@ -347,7 +350,7 @@ class _CellReader:
         if self.reference is not None:
             self._threshold_check(path, n_valid, dict(invalid), first_bad)
         if report.n_calls == 0:
-            raise InputError(
+            raise NoCallsError(
                 path, None, f"no calls left after validation (dropped {report.dropped})"
             )
         return out, report
@@ -387,7 +390,7 @@ class _CellReader:
                 line = first_bad[0]
                 message += f"; first: {first_bad[1]}"
             raise InputError(path, line, message + f" [{self.opts.fasta}]")
-        log.warning(
+        log.debug(  # summed over the files in prepare's summary; per file in the manifest
             "%s: dropped %d of %d calls invalid against the FASTA (%s)",
             path,
             n_invalid,
@@ -550,22 +553,48 @@ def _worker_read(path: Path, name: str) -> tuple:
     assert _WORKER is not None
     try:
         return ("ok", *_WORKER.read(path, name))
+    except NoCallsError as exc:
+        return ("empty", exc.path, exc.line, exc.message)
     except InputError as exc:
         return ("input", exc.path, exc.line, exc.message)
     except UsageError as exc:
         return ("usage", str(exc))
 
 
+@dataclass
+class SkippedCell:
+    """A cell left out by ``--skip-empty`` (recorded in the manifest)."""
+
+    cell: str
+    path: str
+    reason: str
+
+
+_EMPTY_HINT = " (--skip-empty leaves cells without calls out)"
+
+
 def _read_all(
     paths: list[Path], names: list[str], opts: PrepareOptions, reader: _CellReader
-) -> Iterator[tuple[list[CellCalls], FileReport]]:
+) -> Iterator[tuple[list[CellCalls], FileReport] | SkippedCell]:
     """Per-file results in input order; with ``jobs > 1`` files are read by worker processes.
 
-    At most ``2 * jobs`` files are in flight, so memory stays bounded by a few files' rows.
+    At most ``2 * jobs`` files are in flight, so memory stays bounded by a few files' rows. A file
+    without calls gives a :class:`SkippedCell` with ``skip_empty``, else a :class:`NoCallsError`.
     """
+
+    def empty(path: Path, name: str, line: int | None, message: str) -> SkippedCell:
+        if not opts.skip_empty:
+            raise NoCallsError(path, line, message + _EMPTY_HINT)
+        return SkippedCell(name, str(path), message)
+
     if opts.jobs == 1 or len(paths) == 1:
         for path, name in zip(paths, names):
-            yield reader.read(path, name)
+            try:
+                result = reader.read(path, name)
+            except NoCallsError as exc:
+                yield empty(path, name, exc.line, exc.message)
+                continue
+            yield result
         return
     import collections
     import concurrent.futures as cf
@@ -580,17 +609,21 @@ def _read_all(
                     item = next(todo, None)
                     if item is None:
                         break
-                    pending.append(pool.submit(_worker_read, *item))
+                    pending.append((item, pool.submit(_worker_read, *item)))
                 if not pending:
                     return
-                result = pending.popleft().result()
+                (path, name), future = pending.popleft()
+                result = future.result()
+                if result[0] == "empty":
+                    yield empty(path, name, result[2], result[3])
+                    continue
                 if result[0] == "input":
                     raise InputError(result[1], result[2], result[3])
                 if result[0] == "usage":
                     raise UsageError(result[1])
                 yield result[1], result[2]
         finally:
-            for f in pending:
+            for _item, f in pending:
                 f.cancel()
 
 
@@ -671,6 +704,9 @@ def prepare(
             overwrite=overwrite,
             extra_parameters={"binarize": "threshold", "threshold": 0.5},
         )
+    methscan_dir = _methscan_input(inputs, opts.input_format)
+    if methscan_dir is not None:
+        return _prepare_methscan(methscan_dir[0], methscan_dir[1], output, opts, overwrite)
     paths = _check_inputs(inputs)
     names = _cell_names(paths, opts.cell_names)
     spec = None
@@ -684,16 +720,27 @@ def prepare(
     reader = _CellReader(opts, reference, spec)
     t0 = time.perf_counter()
     reports: list[FileReport] = []
+    skipped: list[SkippedCell] = []
     with atomic_dir(output, overwrite=overwrite) as tmp:
         spill = _Spill(tmp / "spill", opts.spill_bytes)
         results = _read_all(paths, names, opts, reader)
-        for i, (calls, report) in enumerate(
+        kept: list[int] = []
+        for i, result in enumerate(
             progress(results, desc="reading cells", total=len(paths), unit="file")
         ):
-            spill.add(i, calls)
+            if isinstance(result, SkippedCell):
+                skipped.append(result)
+                continue
+            calls, report = result
+            spill.add(len(kept), calls)
+            kept.append(i)
             reports.append(report)
-            del calls
+            del calls, result
         spill.flush()
+        if not kept:
+            raise UsageError(f"none of the {len(paths)} input files holds a call")
+        paths = [paths[i] for i in kept]
+        names = [names[i] for i in kept]
         t_read = time.perf_counter() - t0
         chroms = list(spill.parts)
         if reference is not None:
@@ -739,6 +786,7 @@ def prepare(
             "data_mode": "binary",
             "dropped": dict(sum((Counter(r.dropped) for r in reports), Counter())),
             "n_adjacent_pairs": n_adjacent,
+            "skipped_empty": [dataclasses.asdict(c) for c in skipped],
         }
         cell_info = {
             "name": names,
@@ -750,23 +798,54 @@ def prepare(
         shutil.rmtree(tmp / "spill", ignore_errors=True)
     elapsed = time.perf_counter() - t0
     n_read = sum(r.n_calls_read for r in reports)
+    formats = Counter(r.format.split(" ")[0] for r in reports)
     log.info(
-        "prepared %s: %d cells, %d chromosomes, %d sites, %d calls from %d rows "
-        "(read %.1f s, total %.1f s)",
+        "prepared %s: %d cells%s, %d chromosomes, %d sites, %d calls from %d rows of %d files "
+        "(%s; read %.1f s, total %.1f s)",
         output,
         manifest["n_cells"],
+        f" ({len(skipped)} without calls skipped)" if skipped else "",
         len(manifest["chromosomes"]),
         manifest["n_sites"],
         manifest["n_calls"],
         n_read,
+        len(reports) + len(skipped),
+        ", ".join(f"{n} {fmt}" for fmt, n in formats.most_common()),
         t_read,
         elapsed,
     )
+    if skipped:
+        shown = ", ".join(c.cell for c in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        log.warning(
+            "%d cell(s) without calls left out (listed in the manifest under skipped_empty): %s",
+            len(skipped),
+            shown,
+        )
     if n_adjacent and reference is None and not opts.pair_adjacent:
         log.warning(
             "%d adjacent (x, x+1) call pairs within cells look like unpooled strands of one CpG; "
             "give --fasta to pool them exactly (or --pair-adjacent)",
             n_adjacent,
+        )
+    invalid_reasons = ("not_cpg", "out_of_range", "n_base", "unknown_contig")
+    with_invalid = [r for r in reports if any(r.dropped.get(k) for k in invalid_reasons)]
+    if reference is not None and with_invalid:
+        total: Counter[str] = Counter()
+        for r in with_invalid:
+            total.update({k: r.dropped[k] for k in invalid_reasons if r.dropped.get(k)})
+        log.warning(
+            "%d of %d files had calls invalid against the FASTA, %d dropped in all (%s; per file "
+            "in the manifest's inputs)",
+            len(with_invalid),
+            len(reports),
+            sum(total.values()),
+            ", ".join(f"{k} {v}" for k, v in sorted(total.items())),
+        )
+    if opts.input_format is None and opts.columns is None and formats.get("deepcpg"):
+        log.info(
+            "%d file(s) read as DeepCpG profiles (one row per CpG at its + strand C); if their "
+            "rows are per-C calls on both strands, give --input-format per-c-state",
+            formats["deepcpg"],
         )
     return manifest
 
@@ -775,3 +854,153 @@ def _is_triple(path: str | os.PathLike[str]) -> bool:
     from cpgformer.io.npz import is_npz_triple_dir
 
     return is_npz_triple_dir(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# MethSCAn prepared matrices
+# --------------------------------------------------------------------------------------------------
+
+
+def _methscan_input(
+    inputs: Sequence[str | os.PathLike[str]], input_format: str | None
+) -> tuple[Path, list[Path] | None] | None:
+    """(directory, chosen matrices or None for all) when the inputs are MethSCAn matrices."""
+    from cpgformer.io import methscan
+
+    if input_format not in (None, "methscan"):
+        return None
+    if len(inputs) == 1 and methscan.is_methscan_dir(inputs[0]):
+        return Path(inputs[0]), None
+    paths = [Path(p) for p in inputs]
+    directory = methscan.methscan_dir_of(paths)
+    if directory is not None:
+        return directory, paths
+    if input_format == "methscan":
+        raise UsageError(
+            "--input-format methscan takes the directory written by MethSCAn prepare (with "
+            f"{methscan.HEADER_FILE} and <chromosome>.npz files) or some of its .npz files"
+        )
+    return None
+
+
+def _prepare_methscan(
+    directory: Path,
+    only: list[Path] | None,
+    output: str | os.PathLike[str],
+    opts: PrepareOptions,
+    overwrite: bool,
+) -> dict:
+    """A store from MethSCAn's per-chromosome matrices (see :mod:`cpgformer.io.methscan`).
+
+    With ``--fasta`` each call is anchored on its CpG (a call on the G is the - strand C), both
+    strands of a CpG are pooled within a cell and rows that are no CpG are dropped and counted.
+    """
+    from cpgformer.io import methscan
+    from cpgformer.io.fasta import SiteClass
+    from cpgformer.io.pooling import DROP_REASONS
+    from cpgformer.io.pooling import strand_rule as _strand_rule
+    from cpgformer.io.store import write_store
+
+    t0 = time.perf_counter()
+    file_names = methscan.read_cell_names(directory)
+    names = list(opts.cell_names) if opts.cell_names is not None else file_names
+    if len(names) != len(file_names):
+        raise UsageError(
+            f"{len(names)} cell names given for {len(file_names)} cells in {directory}"
+        )
+    if len(set(names)) != len(names):
+        raise UsageError(f"{directory}: duplicate cell names")
+    reference = _reference(opts.fasta)
+    files = methscan.matrix_files(directory, only)
+    files.sort(key=lambda f: chrom_sort_key(f.name[: -len(".npz")]))
+    dropped: Counter[str] = Counter()
+    n_merged = 0
+
+    def chroms() -> Iterator[ChromArrays]:
+        nonlocal n_merged
+        for path in progress(files, desc="MethSCAn matrices", unit="chrom"):
+            m = methscan.read_matrix(path, len(names))
+            chrom = m.chrom
+            if opts.chrom_names != "keep":
+                chrom = normalise_chrom(chrom, opts.chrom_names)
+            start, cell, meth = m.start, m.cell, m.meth
+            if reference is not None:
+                classes = reference.classify_sites(chrom, start)
+                valid = (classes == SiteClass.PLUS) | (classes == SiteClass.MINUS)
+                for code, reason in DROP_REASONS.items():
+                    n = int((classes == code).sum())
+                    if n:
+                        dropped[reason] += n
+                start = np.where(classes == SiteClass.MINUS, start - 1, start)[valid]
+                cell, meth = cell[valid], meth[valid]
+                order = np.lexsort((cell, start))
+                start, cell, meth = start[order], cell[order], meth[order]
+                new = np.ones(len(start), dtype=bool)
+                new[1:] = (start[1:] != start[:-1]) | (cell[1:] != cell[:-1])
+                first = np.flatnonzero(new)
+                n_merged += int(len(start) - len(first))
+                mc = np.add.reduceat(meth, first) if len(first) else meth[:0]
+                cov = np.diff(np.append(first, len(start))).astype(np.int32)
+                start, cell = start[first], cell[first]
+            else:
+                cov = np.ones(len(start), dtype=np.int32)
+                mc = meth
+            if not len(start):
+                continue
+            yield _merge_chrom(
+                chrom,
+                start.astype(np.int64),
+                cell.astype(np.int32),
+                np.asarray(mc, dtype=np.int32),
+                cov,
+                None,
+                opts,
+            )
+
+    extra = {
+        "parameters": {**opts.as_manifest(), "input_format": "methscan"},
+        "inputs": [
+            {
+                "path": str(directory),
+                "format": "methscan",
+                "matrices": [f.name for f in files],
+                "counts_available": False,
+            }
+        ],
+        "fasta": _fasta_identity(reference, opts.fasta),
+        "strand_rule": _strand_rule(reference, False),
+        "binarisation": {
+            "rule": opts.binarize,
+            "threshold": opts.threshold if opts.binarize == "threshold" else 0.5,
+            "min_cov": opts.min_cov,
+            "note": "MethSCAn keeps one binary call per C (1/-1): mc/cov 1/1 or 0/1",
+        },
+        "data_mode": "binary",
+        "dropped": dropped,
+    }
+    cell_info = {
+        "name": names,
+        "source_file": [str(directory)] * len(names),
+        "flags": ["counts_unavailable"] * len(names),
+        "format": ["methscan"] * len(names),
+    }
+    manifest = write_store(output, chroms(), names, extra, cell_info, overwrite=overwrite)
+    if n_merged:
+        manifest_note = f", {n_merged} strand pairs pooled"
+    else:
+        manifest_note = ""
+    log.info(
+        "prepared %s: %d cells, %d chromosomes, %d sites, %d calls from MethSCAn matrices in %s "
+        "(%d matrices%s%s; %.1f s)",
+        output,
+        manifest["n_cells"],
+        len(manifest["chromosomes"]),
+        manifest["n_sites"],
+        manifest["n_calls"],
+        directory,
+        len(files),
+        manifest_note,
+        "; dropped " + ", ".join(f"{n} {k}" for k, n in dropped.items()) if dropped else "",
+        time.perf_counter() - t0,
+    )
+    return manifest

@@ -799,6 +799,7 @@ class CpgformerModel:
         self.cell_ids: np.ndarray | None = None
         self._dna_cache: tuple[tuple[str, int], torch.Tensor | None] | None = None
         self.data: dict = {}
+        self.loaded: Any = None  # the LoadedCheckpoint (inductive models embed cells with it)
 
     @property
     def receptive_field(self) -> int:
@@ -822,6 +823,7 @@ class CpgformerModel:
             batch_size,
         )
         model.data = dict(loaded.data or {})
+        model.loaded = loaded
         return model
 
     @classmethod
@@ -834,6 +836,18 @@ class CpgformerModel:
     def fit(self, train: Sequence[ChromData], cells: Sequence[str]) -> None:
         from cpgformer.impute import cell_index_map
 
+        if self.loaded is not None and self.loaded.config.uses_profiles:
+            # cells embedded from profiles of the training chromosomes' calls (never the test's)
+            from cpgformer.data.profiles import CellProfiler, DenseCalls
+
+            profiler = CellProfiler.from_dict(self.loaded.cell_profiles or {})
+            features = profiler.transform(DenseCalls(train, len(cells)))
+            self.loaded.model.set_cell_profiles(torch.from_numpy(features))
+            self.cell_ids = np.arange(len(cells), dtype=np.int64)
+            return
+        if self.loaded is not None and self.loaded.inductive:  # no cell identity at all
+            self.cell_ids = np.arange(len(cells), dtype=np.int64)
+            return
         if self.model_cells is None and len(cells) != self.predictor.n_cells:
             raise UsageError(
                 f"the model has {self.predictor.n_cells} cells, the store {len(cells)}"
@@ -893,7 +907,8 @@ class CpgformerModel:
         by_length: dict[int, list] = {}
         for t in tiles:
             by_length.setdefault(t.stop - t.start, []).append(t)
-        with torch.inference_mode():
+        report = bar(len(tiles), desc=f"cpgformer {chrom.name}", unit="tile")
+        with torch.inference_mode(), report:
             for group in by_length.values():
                 for b in range(0, len(group), self.batch_size):
                     batch = group[b : b + self.batch_size]
@@ -914,6 +929,7 @@ class CpgformerModel:
                         lo = np.searchsorted(uniq, t.keep_start)
                         hi = np.searchsorted(uniq, t.keep_stop)
                         raw[lo:hi] = o[uniq[lo:hi] - t.start]
+                    report.update(len(batch))
         probs = to_probabilities(raw, self.predictor.data_mode, self.temperature)
         return probs[inverse, cols].astype(np.float64)
 

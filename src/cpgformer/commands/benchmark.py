@@ -39,7 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="comma-separated cells never hidden nor scored (they stay visible input)",
     )
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="holdout")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="holdout",
+        help="holdout: hide a fraction of observed test calls in read-sized runs; exhaustive: "
+        "the original's leave-one-out scoring of every observed call",
+    )
     parser.add_argument(
         "--hide-fraction",
         type=float,

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="cpgformer model file to write")
     parser.add_argument(
         "--cell-names",
-        help="text file with one cell name per line, in the order of the checkpoint's cell table",
+        help="text file with one cell name per line, in the order of the checkpoint's cell table "
+        "(default: no names recorded; impute then takes the store's cells in their order)",
     )
     parser.add_argument(
         "--trust-pickle",

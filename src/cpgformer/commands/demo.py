@@ -22,7 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="site-mean,cell-mean,nearest-neighbour,knn-cells,camelia,deepcpg",
         help="comma-separated baselines to benchmark against cpgformer",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of training, masking and the benchmark's hidden calls (same seed, "
+        "same metrics on the same machine)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 

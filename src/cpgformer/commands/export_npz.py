@@ -20,8 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: as imported, else binary)",
     )
     genome = parser.add_mutually_exclusive_group()
-    genome.add_argument("--fasta", default=None, help="reference FASTA to encode X.npz from")
-    genome.add_argument("--genome-npz", default=None, help="an X.npz to copy the genome from")
+    genome.add_argument(
+        "--fasta",
+        default=None,
+        help="reference FASTA to encode X.npz from (default: the store's, if any)",
+    )
+    genome.add_argument(
+        "--genome-npz", default=None, help="an X.npz to copy the genome from (default: none)"
+    )
     genome.add_argument(
         "--no-genome", action="store_true", help="write y.npz and pos.npz only (no X.npz)"
     )

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="FILE",
         help="call files, one per cell (gzip detected by content); or one directory holding an "
-        "X.npz/y.npz/pos.npz triple",
+        "X.npz/y.npz/pos.npz triple or MethSCAn's prepared matrices (<chrom>.npz + "
+        "column_header.txt)",
     )
     parser.add_argument("-o", "--output", required=True, help="store directory to create")
     parser.add_argument(
@@ -25,20 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FORMAT",
         help="bismark-cov, bismark-zero-cov, bismark-bedgraph, bismark-cpg-report, "
-        "bismark-merged-cov, methyldackel, methyldackel-fraction, allc, deepcpg, tsv (with "
-        "--columns) or npz (default: detected per file from its content and name)",
+        "bismark-merged-cov, methyldackel, methyldackel-fraction, methyldackel-methylkit, allc, "
+        "deepcpg, deepcpg-bedgraph, methrix, per-c-state, percent-rate, scage, tsv (with "
+        "--columns), npz (X/y/pos triple) or methscan (MethSCAn prepare directory) (default: "
+        "detected per file from its content and name)",
     )
     parser.add_argument(
         "--columns",
         default=None,
         metavar="SPEC",
-        help="custom column spec for delimited files, e.g. '1:2:4:5c:,:1' plus keys "
-        "base=0|1, strand=COL, frac=COL (implies --input-format tsv)",
+        help="custom column spec for delimited files, e.g. '1:2:4:5c:,:1' or "
+        "'chrom=1:pos=2:meth=3:unmeth=4:sep=;:header=1' (keys chrom pos meth unmeth cov frac "
+        "percent state strand context base sep header pooled; see docs/formats-supported.md; "
+        "implies --input-format tsv; default: none, the layout is detected)",
     )
     parser.add_argument(
         "--fasta",
         default=None,
-        help="reference FASTA: pool strands exactly and drop rows that are not CpGs",
+        help="reference FASTA: pool strands exactly and drop rows that are not CpGs (default: "
+        "none; unstranded per-C rows then stay at their own position)",
     )
     parser.add_argument(
         "--min-valid-frac",
@@ -50,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chrom-names",
         choices=CHROM_NAME_MODES,
         default="keep",
-        help="contig names: keep, add-chr (1 -> chr1, MT -> chrM) or strip-chr (keep)",
+        help="contig names: keep (as in the files), add-chr (1 -> chr1, MT -> chrM) or strip-chr "
+        "(chr1 -> 1, chrM -> MT)",
     )
     parser.add_argument(
         "--binarize",
@@ -89,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="processes reading files in parallel (1); memory grows by about one file per job",
     )
+    parser.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out cells whose file holds no call (empty, header only, or nothing left "
+        "after filtering) and list them in the manifest (default: such a file is an error)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument(
         "--json", action="store_true", help="print a JSON summary of the new store on stdout"
@@ -101,13 +114,14 @@ def run(args: argparse.Namespace) -> int:
     from cpgformer.io.npz import read_names_file
     from cpgformer.prepare import PrepareOptions, prepare
 
-    if args.input_format not in (None, "npz"):
+    if args.input_format not in (None, "npz", "methscan"):
         from cpgformer.errors import UsageError
         from cpgformer.io.readers import FORMATS
 
         if args.input_format not in FORMATS:
             raise UsageError(
-                f"unknown --input-format {args.input_format!r} (known: {', '.join(FORMATS)}, npz)"
+                f"unknown --input-format {args.input_format!r} (known: {', '.join(FORMATS)}, npz, "
+                "methscan)"
             )
     names = read_names_file(args.cell_names) if args.cell_names else None
     opts = PrepareOptions(
@@ -123,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         cell_names=names,
         spill_bytes=args.spill_mb << 20,
         jobs=args.jobs,
+        skip_empty=args.skip_empty,
     )
     manifest = prepare(args.inputs, args.output, opts, overwrite=args.overwrite)
     summary = {

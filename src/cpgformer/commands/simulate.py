@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--store",
-        help="also write the observed calls as a dataset store here (same as prepare on the files)",
+        help="also write the observed calls as a dataset store here (same as prepare on the files; "
+        "default: no store)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the output directory if it exists"

@@ -40,13 +40,19 @@ HELPS: dict[str, str] = {
     "n_heads": "attention heads",
     "head_dim": "size of each attention head",
     "site_window": "sliding attention window in sites (odd)",
-    "mode": "attention mode: axial, 2D, intracell, intercell, none",
+    "mode": "attention mode: axial, 2D, intracell, intercell, none (the published ones) or induced "
+    "(attention across cells through learned summary tokens: cost per cell flat in the number of "
+    "cells)",
     "data_mode": "binary (labels) or continuous (methylated fractions)",
     "layernorm": "layer normalisation after each sublayer",
     "activation": "feed-forward activation: relu or gelu",
     "attention_dropout": "dropout on attention probabilities",
     "cnn_dropout": "dropout in the DNA encoder",
     "attention_impl": "attention implementation: fast (blocked) or reference (dense)",
+    "n_inducing": "summary tokens per site of the induced mode",
+    "cell_encoder": "table (one learned vector per training cell, the published model) or profile "
+    "(cells embedded from their own data: the model applies to new cells)",
+    "profile_features": "cell profile features of the profile encoder (2 + principal components)",
     # data
     "segment_length": "sites per segment (rows of one example)",
     "batch_size": "segments per batch",
@@ -64,7 +70,8 @@ HELPS: dict[str, str] = {
     "observed = fraction of observed entries",
     "mask_fraction": "fraction used by the mask rule",
     "random_fraction": "share of perturbed entries given a random label instead of unknown",
-    "resample_cells": "train each batch on this many random cells (memory); all cells in validation",
+    "resample_cells": "train each batch on this many random cells (memory, time); validation "
+    "segments use a fixed random subset of the same size",
     "num_workers": "data loader worker processes",
     "label_sample_size": "observed labels sampled for the random-label distribution",
     # training
@@ -99,6 +106,8 @@ HELPS: dict[str, str] = {
     "precision": "32-true, bf16-mixed, 16-mixed, ...",
     "tensorboard": "also write TensorBoard logs (if tensorboard is installed)",
     "seed": "random seed (weights, shuffling, masks, splits)",
+    "memory_budget_gb": "activations of one training step must fit this (GB; default half the "
+    "available memory): segments are shortened, then cells subsampled per batch",
 }
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}
@@ -156,6 +165,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="initialise from a checkpoint (ours, or an original CpG Transformer .pt): cell "
         "embeddings re-initialised, everything else loaded with strict checks",
     )
+    add_config_arguments(parser)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the model, data and training configs (read by :func:`build_configs`)."""
     seen: set[str] = set()
     for section in _SECTIONS:
         group = parser.add_argument_group(f"{section} parameters")

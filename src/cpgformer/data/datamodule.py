@@ -166,7 +166,7 @@ class SegmentDataset(TorchDataset):
         self.seed = seed
         self.dna_window = dna_window or 0
         self.fasta_path = fasta_path
-        self.resample_cells = resample_cells if train else None
+        self.resample_cells = resample_cells
         self._ds: Any = None
         self._reference: Any = None
 
@@ -195,12 +195,21 @@ class SegmentDataset(TorchDataset):
     def __len__(self) -> int:
         return len(self.segments)
 
-    def cell_columns(self, epoch: int, batch_number: int) -> np.ndarray | None:
-        """The cell columns used by a training batch under ``resample_cells`` (None = all cells)."""
+    def cell_columns(
+        self, epoch: int, batch_number: int, segment: Segment | None = None
+    ) -> np.ndarray | None:
+        """The cell columns used under ``resample_cells`` (None = all cells): in training a new
+        random subset per batch and epoch; in validation/test a subset per segment, the same at
+        every validation (so every validation scores the same entries)."""
         n_cells = self.dataset.n_cells
         if self.resample_cells is None or self.resample_cells >= n_cells:
             return None
-        rng = segment_rng(self.seed, "cells", batch_number, epoch, purpose="cells")
+        if self.train or segment is None:
+            rng = segment_rng(self.seed, "cells", batch_number, epoch, purpose="cells")
+        else:
+            rng = segment_rng(
+                self.seed, f"eval-cells:{segment.chrom}", segment.index, None, "cells"
+            )
         return np.sort(rng.choice(n_cells, size=self.resample_cells, replace=False))
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> SegmentItem:
@@ -214,7 +223,7 @@ class SegmentDataset(TorchDataset):
             values = ds.states(seg.chrom, seg.start, seg.stop)
         else:
             values = ds.betas(seg.chrom, seg.start, seg.stop)
-        columns = self.cell_columns(epoch, batch_number) if self.train else None
+        columns = self.cell_columns(epoch, batch_number, seg)
         cell_ids = np.arange(ds.n_cells, dtype=np.int64)
         if columns is not None:
             values = values[:, columns]

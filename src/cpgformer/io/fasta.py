@@ -110,6 +110,7 @@ class Reference:
         if not self._contigs:
             raise InputError(self.path, None, "FASTA has no sequences")
         self._alias_cache: dict[str, str | None] = {}
+        self._alias_logged: set[str] = set()
 
     def _open_index(self) -> pyfaidx.Fasta:
         try:
@@ -231,7 +232,8 @@ class Reference:
                 )
             back[target] = name
             mapping[name] = target
-            if target != name:
+            if target != name and name not in self._alias_logged:
+                self._alias_logged.add(name)  # once per run, not once per input file
                 log.info("contig %r matched to FASTA contig %r", name, target)
         return mapping, missing
 

@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from cpgformer.errors import InputError, UsageError
+from cpgformer.errors import InputError, NoCallsError, UsageError
 from cpgformer.io.records import CallChunk
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class ColumnSpec:
     pooled: bool = False
     n_columns: tuple[int, ...] | None = None
     skip_zero_coverage: bool = False
+    fused: bool = False  # column 1 of the file is ``chrom_pos`` (scAge); numbers count it as two
 
     def __post_init__(self) -> None:
         counts = self.meth is not None
@@ -289,6 +290,44 @@ FORMATS: dict[str, FormatInfo] = {
             base=1,
             header=True,
             n_columns=(7,),
+        ),
+        _fmt(
+            "methrix",
+            "methrix-style counts: chrom, pos (1-based C), M (methylated reads), U (unmethylated "
+            "reads); per C, unstranded",
+            pos=2,
+            meth=3,
+            unmeth=4,
+            base=1,
+            n_columns=(4,),
+        ),
+        _fmt(
+            "per-c-state",
+            "per-C calls: chrom, pos (1-based C on either strand), 0/1 call; unstranded",
+            pos=2,
+            state=3,
+            base=1,
+            n_columns=(3,),
+        ),
+        _fmt(
+            "percent-rate",
+            "per-C rates: chrom, pos (1-based C), methylation percentage 0-100; unstranded, "
+            "no counts (cov 1 nominal)",
+            pos=2,
+            frac=3,
+            frac_scale=100.0,
+            base=1,
+            n_columns=(3,),
+        ),
+        _fmt(
+            "scage",
+            "scAge: chrom_pos (fused, 1-based C, e.g. chr1_3014555), methylation 0/1 or "
+            "fraction in [0, 1]; unstranded",
+            pos=2,
+            frac=3,
+            base=1,
+            fused=True,
+            n_columns=(3,),
         ),
         FormatInfo("tsv", None, "generic delimited file described by a column spec (--columns)"),
     )
@@ -614,6 +653,8 @@ def _is_comment(line: bytes | str) -> bool:
 def _split(line: str, sep: str) -> list[str]:
     if sep == " ":
         return line.split()
+    if sep in (",", ";"):
+        return [part.strip() for part in line.split(sep)]
     return line.split(sep)
 
 
@@ -650,35 +691,229 @@ def _data_lines(lines: list[str]) -> tuple[list[str], list[str]]:
     return skipped, data
 
 
-def _fields(line: str) -> list[str]:
+def _sniff_sep(line: str) -> str:
+    """The field separator of a data line: tab, else comma, else semicolon, else whitespace."""
+    if "\t" in line:
+        return "\t"
+    if "," in line:
+        return ","
+    if ";" in line:
+        return ";"
+    return " "
+
+
+def _fields(line: str, sep: str | None = None) -> list[str]:
+    sep = sep or _sniff_sep(line)
+    if sep in (",", ";"):
+        return [part.strip() for part in line.split(sep)]
     parts = line.split("\t")
     if len(parts) == 1 or any(p != p.strip() for p in parts):
         parts = line.split()
     return parts
 
 
-def detect_format(path: str | os.PathLike[str]) -> str:
-    """Guess the input format of ``path`` from its content and name (formats.md §1/§2); log it.
+_FUSED = re.compile(r"^(.+)_(\d+)$")
+_BINARY_MAGIC = {
+    b"PK\x03\x04": "a zip archive (a NumPy .npz? For MethSCAn's prepared matrices give their "
+    "directory: cpgformer prepare DATA_DIR; for the X/y/pos triple the folder holding it)",
+    b"\x93NUMPY": "a NumPy .npy array, not a call table",
+    b"BAM\x01": "a BAM file (call methylation first, e.g. with Bismark or MethylDackel)",
+    b"\x89HDF": "an HDF5 file, not a call table",
+}
 
-    Raises :class:`InputError` for rejected inputs (MethylDackel ``.counts``/``.logit`` bedGraphs) and
-    for content no reader understands.
+# header names -> column roles (lower case, '#', quotes and blanks removed)
+_HEADER_ROLES: dict[str, str] = {}
+for _role, _names in {
+    "chrom": "chrom chr chromosome chromo seqnames seqname contig seqid",
+    "pos": "pos position start loc locus base coordinate bp cpg_pos",
+    "end": "end stop",
+    "meth": "m mc meth methylated n_meth nmeth meth_reads methylated_reads count_methylated "
+    "numcs num_meth mcount",
+    "unmeth": "u unmeth unmethylated n_unmeth nunmeth unmeth_reads unmethylated_reads "
+    "count_unmethylated numts num_unmeth",
+    "cov": "cov coverage total depth n n_total total_reads reads",
+    "frac": "beta frac fraction meth_frac methylation rate meth_rate level meth_level "
+    "methylation_level value met ratio",
+    "percent": "percent pct perc meth_pct methylation_percentage percent_methylated freqc "
+    "meth_percent rate_percent",
+    "state": "state call methylation_state is_methylated binary",
+    "strand": "strand",
+    "context": "context",
+}.items():
+    for _name in _names.split():
+        _HEADER_ROLES[_name] = _role
+
+
+def _header_spec(header: list[str], rows: list[list[str]], sep: str) -> ColumnSpec | None:
+    """A column spec from header names (``chrom pos M U``, ``chr,pos,rate``, ...), or None."""
+    roles: dict[str, int] = {}
+    for i, name in enumerate(header):
+        key = name.strip().strip("\"'#").strip().lower().replace(" ", "_").replace(".", "_")
+        role = _HEADER_ROLES.get(key)
+        if role is None or role in roles:
+            continue
+        roles[role] = i + 1
+    if "chrom" not in roles or "pos" not in roles:
+        return None
+    kw: dict[str, object] = {"chrom": roles["chrom"], "pos": roles["pos"], "sep": sep}
+    kw["header"] = True
+
+    def numbers(col: int) -> list[float] | None:
+        try:
+            return [float(r[col - 1]) for r in rows if len(r) >= col]
+        except ValueError:
+            return None
+
+    if "meth" in roles and ("unmeth" in roles or "cov" in roles):
+        kw["meth"] = roles["meth"]
+        kw["unmeth" if "unmeth" in roles else "cov"] = roles.get("unmeth", roles.get("cov"))
+    elif "percent" in roles or "frac" in roles:
+        col = roles.get("percent", roles.get("frac"))
+        values = numbers(col)  # type: ignore[arg-type]
+        if values is None:
+            return None
+        kw["frac"] = col
+        if "percent" in roles or (values and max(values) > 1.0):
+            kw["frac_scale"] = 100.0
+        if "cov" in roles:
+            kw["cov"] = roles["cov"]
+    elif "state" in roles:
+        kw["state"] = roles["state"]
+    else:
+        return None
+    if "strand" in roles:
+        kw["strand"] = roles["strand"]
+    if "context" in roles:
+        kw["context"] = roles["context"]
+    base = 1
+    if "end" in roles:
+        starts, ends = numbers(roles["pos"]), numbers(roles["end"])
+        if starts is None or ends is None:
+            return None
+        diffs = {e - s for s, e in zip(starts, ends)}
+        if diffs == {1.0}:
+            base = 0
+        elif diffs != {0.0}:
+            return None
+    kw["base"] = base
+    try:
+        return ColumnSpec(**kw)  # type: ignore[arg-type]
+    except UsageError:
+        return None
+
+
+def spec_text(spec: ColumnSpec) -> str:
+    """The ``--columns`` text of a spec (key=value form)."""
+    parts = [f"chrom={spec.chrom}", f"pos={spec.pos}"]
+    for role in ("meth", "unmeth", "cov", "state", "strand", "context"):
+        value = getattr(spec, role)
+        if value is not None:
+            parts.append(f"{role}={value}")
+    if spec.frac is not None:
+        parts.append(f"{'percent' if spec.frac_scale == 100.0 else 'frac'}={spec.frac}")
+    parts.append(f"base={spec.base}")
+    if spec.sep != "\t":
+        parts.append(f"sep={_SEP_KEYS.get(spec.sep, spec.sep)}")
+    if spec.header:
+        parts.append("header=1")
+    if spec.pooled:
+        parts.append("pooled=1")
+    return ":".join(parts)
+
+
+_SEP_KEYS = {",": ",", ";": ";", " ": " "}
+
+
+def _suggest_spec(rows: list[list[str]], sep: str, header: bool) -> str:
+    """A plausible ``--columns`` for a table no rule recognised (named in the error message)."""
+    ncols = len(rows[0]) if rows else 0
+    numeric: list[int] = []
+    for col in range(2, ncols):
+        try:
+            [float(r[col]) for r in rows if len(r) > col]
+        except ValueError:
+            continue
+        numeric.append(col + 1)
+    tail = ("" if sep == "\t" else f":sep={sep}") + (":header=1" if header else "")
+    if len(numeric) >= 2:
+        return (
+            f"chrom=1:pos=2:meth={numeric[0]}:unmeth={numeric[1]}:base=1{tail} (counts; "
+            f"cov={numeric[1]} if column {numeric[1]} is the total)"
+        )
+    if len(numeric) == 1:
+        return (
+            f"chrom=1:pos=2:frac={numeric[0]}:base=1{tail} (fraction 0-1; percent={numeric[0]} "
+            f"for 0-100, state={numeric[0]} for 0/1 calls)"
+        )
+    return f"chrom=1:pos=2:meth=3:cov=4:base=1{tail}"
+
+
+def _binary_content(path: Path) -> str | None:
+    """What a binary file is (zip/npz, npy, BAM, HDF5, other), or None for text."""
+    handle = _open(path, raw_block=1 << 12)
+    try:
+        head = _read(handle, path, 4096)
+    finally:
+        handle.close()
+    for magic, what in _BINARY_MAGIC.items():
+        if head.startswith(magic):
+            return what
+    if b"\0" in head:
+        return "binary content, not a text call table"
+    return None
+
+
+@dataclass(frozen=True)
+class Detected:
+    """The outcome of format detection: a built-in format, or ``tsv`` with a spec from a header."""
+
+    format: str
+    spec: ColumnSpec | None
+    reason: str
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Guess the input format of ``path`` from its content and name (formats.md §1/§2).
+
+    Returns a key of :data:`FORMATS`; ``"tsv"`` when a header line named the columns (the spec is
+    :func:`detect`'s). Raises :class:`InputError` for rejected inputs (MethylDackel
+    ``.counts``/``.logit`` bedGraphs, binary files) and for content no rule recognises, naming a
+    column spec to try.
     """
+    return detect(path).format
+
+
+def detect(path: str | os.PathLike[str]) -> Detected:
+    """:func:`detect_format` with the column spec read from a header line (if any) and the reason."""
     p = Path(path)
     _check_path(p)
     _check_rejected(p)
+    binary = _binary_content(p)
+    if binary is not None:
+        raise InputError(p, None, f"not a text call table: {binary}")
     name = p.name.lower()
     lines = _head_lines(p)
     skipped, data = _data_lines(lines)
     track = " ".join(s for s in skipped if s.strip().startswith("track")).lower()
     methylkit_header = bool(data) and data[0].strip().lower().startswith("chrbase")
-    if data and not _is_int(_fields(data[0])[1] if len(_fields(data[0])) > 1 else ""):
-        data = data[1:]  # header line (legacy ALLC and friends)
+    sep = _sniff_sep(data[0]) if data else "\t"
+    header_fields: list[str] | None = None
+    if data:
+        first = _fields(data[0], sep)
+        if not _is_int(first[1] if len(first) > 1 else "") and not _FUSED.match(first[0]):
+            header_fields = first
+            data = data[1:]  # header line (legacy ALLC and friends)
     if not data:
-        raise InputError(p, None, "no calls (empty file or only header/comment lines)")
-    rows = [_fields(line) for line in data]
+        raise NoCallsError(p, None, "no calls (empty file or only header/comment lines)")
+    if header_fields is None and skipped and skipped[-1].lstrip().startswith("#"):
+        candidate = _fields(skipped[-1].lstrip()[1:], sep)
+        if len(candidate) == len(_fields(data[0], sep)):
+            header_fields = candidate  # a '#chrom pos ...' header
+    rows = [_fields(line, sep) for line in data]
     ncols = len(rows[0])
     fmt: str | None = None
     why = ""
+    spec: ColumnSpec | None = None
 
     def ints(col: int) -> list[int] | None:
         try:
@@ -722,28 +957,69 @@ def detect_format(path: str | os.PathLike[str]) -> str:
                 fmt, why = "bismark-zero-cov", "6 columns with end == start + 1 (0-based per C)"
             elif diffs and diffs <= {1, 2}:
                 fmt, why = "methyldackel", "6 columns with end - start of 2 (merged CpGs)"
-        elif ncols == 4 and ints(1) is not None and ints(2) is not None:
-            values = floats(3)
-            if values is not None:
-                if "methyldackel" in track or "cpg methylation levels" in track:
-                    fmt, why = "methyldackel-fraction", "MethylDackel track line, 4 columns"
-                elif max(values) > 1.0:
-                    fmt, why = "bismark-bedgraph", "4 columns with percentages"
-                else:
-                    fmt, why = "methyldackel-fraction", "4 columns with fractions in [0, 1]"
-        elif ncols == 3 and ints(1) is not None:
-            values = floats(2)
-            if values is not None and all(0.0 <= v <= 1.0 for v in values):
-                fmt, why = "deepcpg", "3 columns: chrom, position, value in [0, 1]"
+    if fmt is None and header_fields is not None:
+        spec = _header_spec(header_fields, rows, sep)
+        if spec is not None:
+            fmt, why = "tsv", f"header {' '.join(header_fields)!r} names the columns"
     if fmt is None:
+        fmt, why = _shape_rules(rows, ncols, track, ints, floats)
+    if fmt is not None and fmt != "tsv" and sep in (",", ";"):
+        spec = replace(FORMATS[fmt].spec, sep=sep)  # type: ignore[arg-type]
+        why += f", {_sep_name(sep)}-separated"
+    if fmt is None:
+        suggestion = _suggest_spec(rows, sep, header_fields is not None)
+        shown = data[0] if len(data[0]) <= 80 else data[0][:77] + "..."
         raise InputError(
             p,
             None,
-            f"cannot detect the input format ({ncols} columns; first data line {data[0]!r}); "
-            "give --input-format or a column spec",
+            f"cannot detect the input format ({ncols} {_sep_name(sep)}-separated columns; first "
+            f"data line {shown!r}); describe it with --columns {suggestion}, or give "
+            "--input-format",
         )
-    log.info("%s: detected format %s (%s)", p, fmt, why)
-    return fmt
+    log.debug("%s: detected format %s (%s)", p, fmt, why)
+    return Detected(fmt, spec, why)
+
+
+def _shape_rules(
+    rows: list[list[str]],
+    ncols: int,
+    track: str,
+    ints: Callable[[int], list[int] | None],
+    floats: Callable[[int], list[float] | None],
+) -> tuple[str | None, str]:
+    """Headerless tables recognised by the shape of their values."""
+    if ncols == 2 and all(_FUSED.match(r[0]) for r in rows):
+        values = floats(1)
+        if values is not None and all(0.0 <= v <= 1.0 for v in values):
+            return "scage", "2 columns: fused chrom_pos and a value in [0, 1]"
+        return None, ""
+    if ncols == 4 and ints(1) is not None and ints(2) is not None:
+        starts, third = ints(1) or [], ints(2) or []
+        if ints(3) is not None and any(e <= s for s, e in zip(starts, third)):
+            return "methrix", "4 integer columns, the third no end coordinate: chrom pos M U"
+        values = floats(3)
+        if values is not None:
+            if "methyldackel" in track or "cpg methylation levels" in track:
+                return "methyldackel-fraction", "MethylDackel track line, 4 columns"
+            if max(values) > 1.0:
+                return "bismark-bedgraph", "4 columns with percentages"
+            return "methyldackel-fraction", "4 columns with fractions in [0, 1]"
+    if ncols == 3 and ints(1) is not None:
+        values = floats(2)
+        if values is None or not all(0.0 <= v <= 100.0 for v in values):
+            return None, ""
+        if max(values, default=0.0) > 1.0:
+            return "percent-rate", "3 columns: chrom, position, percentage 0-100"
+        if set(values) <= {0.0, 1.0} and _has_adjacent(rows, ints(1) or []):
+            return "per-c-state", "3 columns of 0/1 calls on C and C+1 (both strands): per C"
+        return "deepcpg", "3 columns: chrom, position, value in [0, 1] (one row per CpG)"
+    return None, ""
+
+
+def _has_adjacent(rows: list[list[str]], positions: list[int]) -> bool:
+    """True when some contig has calls at x and x + 1 (both strands of a CpG, per-C rows)."""
+    seen = {(r[0], x) for r, x in zip(rows, positions)}
+    return any((chrom, x + 1) in seen for chrom, x in seen)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -788,25 +1064,42 @@ def _numeric_columns(spec: ColumnSpec) -> dict[int, tuple[str, str]]:
 
 
 def _sep_name(sep: str) -> str:
-    return {"\t": "tab", ",": "comma", " ": "whitespace"}.get(sep, repr(sep))
+    return {"\t": "tab", ",": "comma", ";": "semicolon", " ": "whitespace"}.get(sep, repr(sep))
 
 
 def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
     lines = _head_lines(path, 64)
     data = [(i + 1, line) for i, line in enumerate(lines) if not _is_comment(line)]
     if not data:
-        raise InputError(path, None, "no calls (empty file or only header/comment lines)")
+        raise NoCallsError(path, None, "no calls (empty file or only header/comment lines)")
     line_no, first = data[0]
     header_line = None
-    parts = first.split(spec.sep) if spec.sep != "\t" else _fields(first)
-    pos_field = parts[spec.pos - 1] if len(parts) >= spec.pos else ""
-    if spec.header or not _is_int(pos_field.strip()):
-        header_line = line_no
-        log.info("%s: line %d is a header, skipped: %s", path, header_line, first.strip()[:120])
-        if len(data) < 2:
-            raise InputError(path, None, "no calls (empty file or only header/comment lines)")
-        line_no, first = data[1]
     sep = spec.sep
+    if sep == "\t" and "\t" not in first:
+        sep = _sniff_sep(first)  # built-in layouts also come comma- or semicolon-separated
+    if spec.fused:
+        first = _fuse_line(first)
+    parts = _fields(first, sep)
+    pos_field = parts[spec.pos - 1] if len(parts) >= spec.pos else ""
+    if not _is_int(pos_field.strip()):
+        # a header line (header=1 or not); a line whose position is a number is always data, so a
+        # '#' header line before it (skipped as a comment) does not cost a call
+        header_line = line_no
+        log.debug("%s: line %d is a header, skipped: %s", path, header_line, first.strip()[:120])
+        if len(data) < 2:
+            raise NoCallsError(path, None, "no calls (empty file or only header/comment lines)")
+        line_no, first = data[1]
+        if spec.fused:
+            first = _fuse_line(first)
+    elif spec.header and line_no == 1:
+        # warned once per process (not once per cell file); every such file is read the same way
+        (log.warning if not _HEADER_WARNED else log.debug)(
+            "%s: header=1 but line 1 holds a call (position %s): read as data (files without a "
+            "header line are read whole)",
+            path,
+            pos_field,
+        )
+        _header_warned()
     if sep == "\t":
         # tab unless the first data line has no tab or pads its fields with blanks
         tab_parts = first.split("\t")
@@ -816,11 +1109,12 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
     ncols = len(parts)
     allowed = spec.n_columns
     if allowed is not None and ncols not in allowed:
-        want = " or ".join(str(n) for n in allowed)
+        want = " or ".join(str(n - int(spec.fused)) for n in allowed)
         raise InputError(
             path,
             line_no,
-            f"expected {want} {_sep_name(sep)}-separated columns for {fmt}, got {ncols}",
+            f"expected {want} {_sep_name(sep)}-separated columns for {fmt}, "
+            f"got {ncols - int(spec.fused)}",
         )
     if ncols < spec.max_column:
         raise InputError(
@@ -830,8 +1124,33 @@ def _plan(path: Path, fmt: str, spec: ColumnSpec) -> _Plan:
             f"got {ncols}",
         )
     if sep != "\t":
-        log.info("%s: fields separated by %s", path, _sep_name(sep))
+        log.debug("%s: fields separated by %s", path, _sep_name(sep))
     return _Plan(fmt, spec, sep, ncols, header_line)
+
+
+_HEADER_WARNED = False
+
+
+def _header_warned() -> None:
+    global _HEADER_WARNED
+    _HEADER_WARNED = True
+
+
+_FUSE_BYTES = re.compile(rb"(?m)^([^\t\n]*?)_(\d+)(?=[\t\n])")
+
+
+def _fuse_line(line: str) -> str:
+    """``chr1_3014555<TAB>1`` -> ``chr1<TAB>3014555<TAB>1`` (the scAge fused column split)."""
+    head, sep_, rest = line.partition("\t")
+    match = _FUSED.match(head)
+    if match is None:
+        return line
+    return f"{match.group(1)}\t{match.group(2)}{sep_}{rest}"
+
+
+def _split_fused(block: bytes) -> bytes:
+    """The fused first column of every line split in two (the last ``_`` before digits)."""
+    return _FUSE_BYTES.sub(rb"\1\t\2", block)
 
 
 def _locate_bad_line(
@@ -846,6 +1165,13 @@ def _locate_bad_line(
         except UnicodeDecodeError:
             return InputError(path, line_no, "line is not UTF-8 text (binary file?)")
         parts = _split(text, plan.sep)
+        if plan.spec.fused and len(parts) != want:
+            return InputError(
+                path,
+                line_no,
+                f"expected {want - 1} {_sep_name(plan.sep)}-separated columns for {plan.fmt}, "
+                f"the first a fused chrom_pos like chr1_3014555 (got {text.strip()[:60]!r})",
+            )
         if len(parts) != want:
             return InputError(
                 path,
@@ -928,6 +1254,7 @@ def _parse_block(
             na_filter=False,
             skip_blank_lines=False,
             keep_default_na=False,
+            skipinitialspace=plan.sep in (",", ";"),
         )
     except (ValueError, pd.errors.ParserError) as exc:
         raise refuse(exc) from None
@@ -1225,12 +1552,17 @@ def read_calls(
         raise UsageError("chunk_rows must be >= 1")
     _check_path(p)
     _check_rejected(p)
-    if spec is not None:
-        if fmt not in (None, "tsv"):
-            raise UsageError(f"a column spec is used with the tsv format, not {fmt!r}")
-        fmt = "tsv"
-    elif fmt is None:
-        fmt = detect_format(p)
+    if spec is None and fmt is None:
+        found = detect(p)  # (refuses binary files itself)
+        fmt, spec = found.format, found.spec
+    else:
+        if spec is not None:
+            if fmt not in (None, "tsv"):
+                raise UsageError(f"a column spec is used with the tsv format, not {fmt!r}")
+            fmt = "tsv"
+        binary = _binary_content(p)
+        if binary is not None:
+            raise InputError(p, None, f"not a text call table: {binary}")
     if fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(FORMATS)})")
     if spec is None:
@@ -1239,7 +1571,7 @@ def read_calls(
             raise UsageError("the tsv format needs a column spec (--columns)")
     if stats is None:
         stats = ReadStats()
-    stats.format = fmt
+    stats.format = fmt if fmt != "tsv" else f"tsv {spec_text(spec)}"
     stats.counts_available = spec.counts_available
     return _read_calls(p, fmt, spec, chunk_rows, stats)
 
@@ -1273,6 +1605,8 @@ def _read_calls(
         line_nos = np.arange(first_line, first_line + n_lines, dtype=np.int64)
         if plan.sep == " ":
             block = _normalise_whitespace(block)
+        if spec.fused:
+            block = _split_fused(block)
         if spec.skip_zero_coverage and plan.sep != "," and spec.meth is not None:
             block, line_nos, n_zero = _drop_zero_coverage_lines(block, line_nos, spec)
             stats.n_skipped_zero += n_zero
@@ -1309,14 +1643,14 @@ def _read_calls(
                         frac=None if chunk.frac is None else chunk.frac[lo:hi],
                     )
     if stats.n_rows == 0:
-        raise InputError(path, None, "no calls (empty file or only header/comment lines)")
+        raise NoCallsError(path, None, "no calls (empty file or only header/comment lines)")
     if stats.n_calls == 0:
         reasons = []
         if stats.n_skipped_context:
             reasons.append(f"{stats.n_skipped_context} non-CG context rows")
         if stats.n_skipped_zero:
             reasons.append(f"{stats.n_skipped_zero} zero-coverage rows")
-        raise InputError(path, None, "no calls (skipped " + ", ".join(reasons) + ")")
+        raise NoCallsError(path, None, "no calls (skipped " + ", ".join(reasons) + ")")
     log.debug(
         "%s: %d rows, %d calls, %d non-CG skipped, %d zero-coverage skipped",
         path,

@@ -307,7 +307,7 @@ def write_store(
     """
     with atomic_dir(path, overwrite=overwrite) as tmp:
         manifest = write_store_into(tmp, chroms, cell_names, manifest_extra, cell_info)
-    log.info(
+    log.debug(
         "wrote store %s: %d cells, %d chromosomes, %d sites, %d calls",
         path,
         manifest["n_cells"],

@@ -180,7 +180,7 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Regions of a BED file (0-based half-open; optional 4th column = name; ``.gz`` allowed).
 
     Returns a DataFrame with ``chrom`` (str), ``start``, ``end`` (int64), ``name`` (str; the
-    ``chrom:start-end`` label when the file has no name column) and ``strand`` (column 6, else
+    ``chrom:start-end`` label with a 1-based start when the file has no name column) and ``strand`` (column 6, else
     ``.``). ``track``/``browser``/``#`` lines
     are skipped; malformed lines raise :class:`InputError` naming the line.
     """
@@ -211,7 +211,9 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
                 starts.append(start)
                 ends.append(end)
                 names.append(
-                    fields[3] if len(fields) > 3 and fields[3] else f"{fields[0]}:{start}-{end}"
+                    fields[3]
+                    if len(fields) > 3 and fields[3]
+                    else f"{fields[0]}:{start + 1}-{end}"  # 1-based, as browsers read it
                 )
                 strands.append(fields[5] if len(fields) > 5 else ".")
     except OSError as exc:

@@ -14,17 +14,24 @@ MODES: dict[str, tuple[str, ...]] = {
     "intracell": ("sites",),
     "intercell": ("cells",),
     "none": (),
+    "induced": ("sites", "induced"),
+    "intercell-induced": ("induced",),
 }
 """Attention mode -> the attention sublayers of each transformer layer, in order.
 
 ``sites``: sliding window along sites within each cell (relative positions);
 ``cells``: full attention across cells at each site; ``sites_cells``: one 2D window over
-``site_window`` sites x all cells (the preprint's mode).
+``site_window`` sites x all cells (the preprint's mode); ``induced``: attention across cells through
+``n_inducing`` learned summary tokens per site (cost per token independent of the number of cells,
+see :mod:`cpgformer.nn.induced`; not part of the published model).
 """
 
 DATA_MODES = ("binary", "continuous")
 ACTIVATIONS = ("relu", "gelu")
 ATTENTION_IMPLS = ("fast", "reference")
+CELL_ENCODERS = ("table", "profile")
+"""``table``: one learned vector per training cell (the published model); ``profile``: a small network
+over each cell's profile features (:mod:`cpgformer.data.profiles`), so any cell can be embedded."""
 DNA_CONV_CHANNELS = (128, 256, 512)
 DNA_HIDDEN = 128
 
@@ -64,6 +71,11 @@ class ModelConfig:
     attention_dropout: float = 0.2
     cnn_dropout: float = 0.0
     attention_impl: str = "fast"
+    n_inducing: int = 16
+    cell_encoder: str = "table"
+    profile_features: int = 18
+    use_positions: bool = True
+    cell_identity: bool = True
 
     def __post_init__(self) -> None:
         if self.dna_window is None:
@@ -90,6 +102,14 @@ class ModelConfig:
             problems.append(
                 f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
             )
+        if self.n_inducing < 1:
+            problems.append(f"n_inducing must be >= 1, got {self.n_inducing}")
+        if self.cell_encoder not in CELL_ENCODERS:
+            problems.append(
+                f"cell_encoder must be one of {CELL_ENCODERS}, got {self.cell_encoder!r}"
+            )
+        elif self.cell_encoder == "profile" and self.profile_features < 3:
+            problems.append("cell_encoder 'profile' needs profile_features >= 3")
         if not 0.0 <= self.attention_dropout < 1.0 or not 0.0 <= self.cnn_dropout < 1.0:
             problems.append("dropout probabilities must be in [0, 1)")
         for name in ("dna_embed", "cell_embed", "state_embed", "hidden", "n_heads", "head_dim"):
@@ -105,6 +125,17 @@ class ModelConfig:
     @property
     def has_dna(self) -> bool:
         return bool(self.dna_window)
+
+    @property
+    def inductive(self) -> bool:
+        """True when the model applies to any cell: cells embedded from their data (or, in the
+        no-identity ablation, not embedded at all) instead of looked up in a table."""
+        return self.cell_encoder == "profile" or not self.cell_identity
+
+    @property
+    def uses_profiles(self) -> bool:
+        """True when the model embeds cells from their profile features."""
+        return self.cell_encoder == "profile" and self.cell_identity
 
     @property
     def attention_kinds(self) -> tuple[str, ...]:

@@ -7,11 +7,24 @@ from torch import Tensor, nn
 
 from cpgformer.nn.attention import Attention
 from cpgformer.nn.config import ModelConfig
+from cpgformer.nn.induced import InducedCellAttention
 from cpgformer.nn.posenc import RelativePositions
 
 
 def _norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.hidden) if config.layernorm else nn.Identity()
+
+
+def _attention(kind: str, config: ModelConfig) -> nn.Module:
+    if kind == "induced":
+        return InducedCellAttention(
+            config.hidden,
+            config.n_heads,
+            config.head_dim,
+            config.n_inducing,
+            config.attention_dropout,
+        )
+    return Attention(kind, config.hidden, config.n_heads, config.head_dim, config.attention_dropout)
 
 
 class TransformerLayer(nn.Module):
@@ -23,12 +36,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.half_window = config.half_window
-        self.attentions = nn.ModuleList(
-            Attention(
-                kind, config.hidden, config.n_heads, config.head_dim, config.attention_dropout
-            )
-            for kind in config.attention_kinds
-        )
+        self.attentions = nn.ModuleList(_attention(kind, config) for kind in config.attention_kinds)
         self.attention_norms = nn.ModuleList(_norm(config) for _ in config.attention_kinds)
         activation = nn.ReLU() if config.activation == "relu" else nn.GELU()
         self.ff = nn.Sequential(
@@ -41,7 +49,10 @@ class TransformerLayer(nn.Module):
     def forward(self, x: Tensor, rel: RelativePositions | None, impl: str = "fast") -> Tensor:
         # out of place on purpose: module outputs stay what forward hooks saw (explain uses them)
         for attention, norm in zip(self.attentions, self.attention_norms):
-            x = norm(attention(x, rel, self.half_window, impl) + x)
+            if isinstance(attention, InducedCellAttention):
+                x = norm(attention(x, impl) + x)
+            else:
+                x = norm(attention(x, rel, self.half_window, impl) + x)
         return self.ff_norm(self._feed_forward(x) + x)
 
     def _feed_forward(self, x: Tensor) -> Tensor:

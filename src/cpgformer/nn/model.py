@@ -28,7 +28,19 @@ class CpGTransformer(nn.Module):
         self.config = config
         self.attention_impl = config.attention_impl
         self.dna_encoder = DNAEncoder(config) if config.has_dna else None
-        self.cell_embed = nn.Embedding(config.n_cells, config.cell_embed)
+        if config.uses_profiles:
+            # cells embedded from their profile features: any cell, not a fixed table
+            self.cell_encoder = nn.Sequential(
+                nn.Linear(config.profile_features, 2 * config.cell_embed),
+                nn.ReLU(),
+                nn.Linear(2 * config.cell_embed, config.cell_embed),
+            )
+            self.register_buffer(
+                "cell_profiles", torch.zeros(0, config.profile_features), persistent=False
+            )
+        elif config.cell_identity:
+            self.cell_embed = nn.Embedding(config.n_cells, config.cell_embed)
+        # (no cell_identity: an ablation where cells carry no identity — zero cell vectors)
         if config.data_mode == "binary":
             self.state_embed: nn.Module = BinaryStateEmbedding(config.state_embed)
         else:
@@ -39,12 +51,38 @@ class CpGTransformer(nn.Module):
         self.combine = nn.Linear(combined, config.hidden)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_layers))
         self.head = nn.Linear(config.hidden, 1)
-        self._positional = any(kind != "cells" for kind in config.attention_kinds)
+        self._positional = any(k in ("sites", "sites_cells") for k in config.attention_kinds)
 
     @property
     def receptive_field_sites(self) -> int:
         """``n_layers * (site_window - 1) // 2``: sites each side that can influence an output."""
         return self.config.receptive_field_sites
+
+    def set_cell_profiles(self, profiles: Tensor) -> None:
+        """Profile features ``[n_cells, profile_features]`` of the cells ``cell_ids`` index (the cells
+        of the store being used); only for ``cell_encoder="profile"`` models."""
+        if not self.config.uses_profiles:
+            raise ValueError(
+                "this model embeds cells with a table (or not at all): it takes no cell profiles"
+            )
+        profiles = torch.as_tensor(profiles)
+        if profiles.ndim != 2 or profiles.shape[1] != self.config.profile_features:
+            raise ValueError(
+                f"cell profiles must be [n_cells, {self.config.profile_features}], "
+                f"got {tuple(profiles.shape)}"
+            )
+        self.cell_profiles = profiles.to(self.cell_encoder[0].weight)
+
+    def cell_vectors(self, cell_ids: Tensor) -> Tensor:
+        """Cell embeddings ``[B, C, cell_embed]`` of the cells ``cell_ids`` ``[B, C]``."""
+        if not self.config.cell_identity:
+            weight = self.combine.weight
+            return weight.new_zeros(*cell_ids.shape, self.config.cell_embed)
+        if not self.config.uses_profiles:
+            return self.cell_embed(cell_ids)
+        if self.cell_profiles.shape[0] == 0:
+            raise ValueError("set the cells' profiles first (set_cell_profiles)")
+        return self.cell_encoder(self.cell_profiles[cell_ids])
 
     def embed_dna(self, windows: Tensor, chunk_size: int = 4096) -> Tensor:
         """``[N, dna_window]`` nucleotide codes -> ``[N, dna_embed]`` (in chunks; cache per site)."""
@@ -62,7 +100,7 @@ class CpGTransformer(nn.Module):
         """Combined token embeddings ``[B, L, C, D]`` (after Linear + ReLU)."""
         batch, length, cells = states.shape
         state = self.state_embed(states)  # [B, L, C, Es]
-        cell = self.cell_embed(cell_ids)  # [B, C, Ec]
+        cell = self.cell_vectors(cell_ids)  # [B, C, Ec]
         if impl == "reference":
             parts = [state, cell.unsqueeze(1).expand(batch, length, cells, cell.shape[-1])]
             if dna_embedding is not None:
@@ -107,6 +145,8 @@ class CpGTransformer(nn.Module):
         """The transformer stack alone: token embeddings ``[B, L, C, D]`` -> ``[B, L, C, D]``."""
         impl = attention_impl or self.attention_impl
         rel = None
+        if not self.config.use_positions:  # ablation: every site at distance 0 from every other
+            positions = torch.zeros_like(positions)
         if self._positional and self.layers:
             rel = RelativePositions(positions, self.config.half_window, self.config.hidden)
         if impl == "fast" and compiled.usable(list(self.layers), x):

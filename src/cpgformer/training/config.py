@@ -89,6 +89,7 @@ class TrainConfig:
     precision: str = "32-true"
     tensorboard: bool = True
     seed: int = 0
+    memory_budget_gb: float | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -35,8 +35,10 @@ from typing import Any
 import torch
 
 from cpgformer.data.datamodule import DataConfig, SegmentDataModule
+from cpgformer.data.profiles import CellProfiler, fit_for_training
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
+from cpgformer.training import plan
 from cpgformer.training.config import TrainConfig
 from cpgformer.training.schedule import (
     CALIBRATION_STEPS,
@@ -305,8 +307,10 @@ def fit(
         )
 
     source_state = None
+    source_profiles = None
     if init_from is not None:
         source_state, source_config, kind = load_source(init_from, init_hparams)
+        source_profiles = _source_profiles(init_from, kind)
         given = dict(init_hparams or {})
         if config is not None:
             given = {**config.to_dict(), **given}
@@ -331,6 +335,8 @@ def fit(
     if config.n_cells != ds.n_cells:
         config = dataclasses.replace(config, n_cells=ds.n_cells)
 
+    budget = training.memory_budget_gb or 0.5 * plan.available_memory_gb()
+    data = plan.fit_to_memory(config, data, ds.n_cells, budget)
     pl.seed_everything(training.seed, workers=True, verbose=False)
     dm = SegmentDataModule(
         store,
@@ -340,19 +346,21 @@ def fit(
         receptive_field=config.receptive_field_sites,
     )
     # the plan's step counts need the number of processes: provisional here, final after the Trainer
-    plan = plan_schedule(training, 1)
+    sched = plan_schedule(training, 1)
     task = CpGTask(
         config,
         lr=training.lr,
-        warmup_steps=plan.warmup,
+        warmup_steps=sched.warmup,
         lr_decay=training.lr_decay,
-        schedule=plan.schedule,
-        horizon=plan.horizon,
-        final_lr_fraction=plan.final_lr_fraction,
+        schedule=sched.schedule,
+        horizon=sched.horizon,
+        final_lr_fraction=sched.final_lr_fraction,
         cells=dm.cells,
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
     )
+    if config.uses_profiles:
+        task.set_profiler(_profiler_for_run(ds, dm, config, ckpt_path, source_profiles), ds)
     key_map: list[tuple[str, str, str]] = []
     if source_state is not None:
         key_map = transfer_weights(task.model, source_state)
@@ -363,6 +371,7 @@ def fit(
             ", ".join(k[0] for k in key_map if k[2] != "loaded"),
         )
 
+    _report_plan(config, dm, data, training, ds.n_cells)
     loggers: list[Any] = [CSVLogger(save_dir=str(run), name="logs")]
     if training.tensorboard and (
         importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
@@ -383,7 +392,15 @@ def fit(
     last_cb = ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False
     )
-    cbs: list[Any] = [checkpoint_cb, last_cb, _save_on_interrupt(last), *callbacks]
+    from cpgformer.training.progress_callback import TrainingProgress
+
+    cbs: list[Any] = [
+        checkpoint_cb,
+        last_cb,
+        _save_on_interrupt(last),
+        TrainingProgress(),
+        *callbacks,
+    ]
     early_cb = None
     if training.early_stopping:
         early_cb = EarlyStopping(
@@ -392,7 +409,7 @@ def fit(
         cbs.append(early_cb)
     if progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=1))
-    adaptive = plan.schedule == "adaptive"
+    adaptive = sched.schedule == "adaptive"
     if adaptive and training.max_epochs != TrainConfig.max_epochs:
         log.warning("--max-epochs is ignored by the adaptive schedule (it counts steps or time)")
     trainer = pl.Trainer(
@@ -418,19 +435,19 @@ def fit(
     )
     budget_cb = None
     if adaptive:
-        plan = plan_schedule(training, dm.n_batches("train", trainer.world_size))
-        task.horizon, task.warmup_steps = plan.horizon, plan.warmup
-        trainer.val_check_interval = plan.val_interval
-        trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
+        sched = plan_schedule(training, dm.n_batches("train", trainer.world_size))
+        task.horizon, task.warmup_steps = sched.horizon, sched.warmup
+        trainer.val_check_interval = sched.val_interval
+        trainer.fit_loop.epoch_loop.max_steps = sched.max_steps
         if early_cb is not None:
-            if plan.patience is None:
+            if sched.patience is None:
                 trainer.callbacks.remove(early_cb)
                 early_cb = None
             else:
-                early_cb.patience = plan.patience
-        if plan.time_budget_s is not None:
+                early_cb.patience = sched.patience
+        if sched.time_budget_s is not None:
             budget_cb = TimeBudget(
-                plan,
+                sched,
                 started,
                 fixed_interval=training.val_interval_steps is not None,
                 fixed_warmup=training.warmup_steps is not None,
@@ -440,12 +457,12 @@ def fit(
             trainer.callbacks.insert(0, budget_cb)
         log.info(
             "adaptive schedule: %s%s",
-            f"time budget {plan.time_budget_s:.0f} s (planned after {CALIBRATION_STEPS} steps)"
-            if plan.time_budget_s is not None
-            else f"{plan.horizon} steps, warm-up {plan.warmup}, validation every "
-            f"{plan.val_interval} steps",
-            f", early stopping after {plan.patience_steps} steps without improvement"
-            if plan.patience
+            f"time budget {sched.time_budget_s:.0f} s (planned after {CALIBRATION_STEPS} steps)"
+            if sched.time_budget_s is not None
+            else f"{sched.horizon} steps, warm-up {sched.warmup}, validation every "
+            f"{sched.val_interval} steps",
+            f", early stopping after {sched.patience_steps} steps without improvement"
+            if sched.patience
             else "",
         )
     if trainer.is_global_zero:
@@ -458,7 +475,7 @@ def fit(
                 "model": config.to_dict(),
                 "data": dm.params(),
                 "training": training.to_dict(),
-                "schedule_plan": plan.to_dict(),
+                "schedule_plan": sched.to_dict(),
                 "init_from": None if init_from is None else str(init_from),
             },
         )
@@ -502,8 +519,8 @@ def fit(
             "epochs": trainer.current_epoch,
             "split": dm.plan.describe(),
             "split_note": dm.plan.note,
-            "schedule": plan.to_dict(),
-            "stopped_by": interrupted or _stopped_by(trainer, plan, budget_cb, early_cb),
+            "schedule": sched.to_dict(),
+            "stopped_by": interrupted or _stopped_by(trainer, sched, budget_cb, early_cb),
             "seconds": round(time.monotonic() - started, 3),
         }
         _write_json(run / "summary.json", summary)
@@ -523,7 +540,7 @@ def fit(
         metrics,
         key_map,
         split=dm.plan.describe(),
-        schedule=plan.to_dict(),
+        schedule=sched.to_dict(),
         interrupted=interrupted,
     )
 
@@ -577,7 +594,7 @@ def _fit_interruptible(trainer: Any, task: Any, dm: Any, ckpt_path: str | None, 
     return ""
 
 
-def _stopped_by(trainer: Any, plan: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:
+def _stopped_by(trainer: Any, sched: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:
     if budget_cb is not None and budget_cb.stopped_by_budget:
         return "time budget"
     if early_cb is not None and getattr(early_cb, "stopped_epoch", 0) > 0:
@@ -587,7 +604,84 @@ def _stopped_by(trainer: Any, plan: SchedulePlan, budget_cb: Any, early_cb: Any)
     max_steps = trainer.max_steps
     if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
         return "max steps"
-    return "max epochs" if plan.schedule == "published" else "end"
+    return "max epochs" if sched.schedule == "published" else "end"
+
+
+def _report_plan(
+    config: ModelConfig,
+    dm: SegmentDataModule,
+    data: DataConfig,
+    training: TrainConfig,
+    n_cells: int,
+) -> plan.StepEstimate:
+    """Log the estimated time per step and epoch before training; warn with a concrete suggestion
+    when a step would take impractically long."""
+    cells = plan.cells_per_batch(n_cells, data.resample_cells)
+    device = "cpu"
+    if training.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        device = "cuda"
+    estimate = plan.estimate_step(
+        config,
+        cells=cells,
+        segment_length=min(data.segment_length, max(s.length for s in dm.splits["train"])),
+        batch_size=data.batch_size,
+        steps_per_epoch=math.ceil(len(dm.splits["train"]) / data.batch_size),
+        device=device,
+    )
+    log.info(
+        "plan: ~%.2f s per training step of %d tokens on %s (~%.0f tokens/s), ~%s per epoch of %d "
+        "steps; ~%.1f GB of activations",
+        estimate.seconds_per_step,
+        estimate.tokens_per_step,
+        device,
+        estimate.tokens_per_second,
+        _duration(estimate.seconds_per_epoch),
+        estimate.steps_per_epoch,
+        estimate.activation_gb,
+    )
+    suggestion = plan.advice(config, cells, estimate)
+    if suggestion:
+        log.warning(
+            "one training step will take ~%s (%d cells per batch): consider %s",
+            _duration(estimate.seconds_per_step),
+            cells,
+            suggestion,
+        )
+    return estimate
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _profiler_for_run(
+    ds: Any,
+    dm: SegmentDataModule,
+    config: ModelConfig,
+    ckpt_path: str | None,
+    source_profiles: dict | None,
+) -> CellProfiler:
+    """The cell profiler of a run with an inductive cell encoder: a resumed run's own, a fine-tuned
+    model's (the features it learned on), else fitted on this store's training sites."""
+    if ckpt_path is not None:
+        meta = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY)
+        if meta and meta.get("cell_profiles"):
+            return CellProfiler.from_dict(meta["cell_profiles"])
+    if source_profiles:
+        return CellProfiler.from_dict(source_profiles)
+    return fit_for_training(ds, dm.splits["train"], config.profile_features)
+
+
+def _source_profiles(path: str | os.PathLike[str], kind: str) -> dict | None:
+    if kind != "ours":
+        return None
+    from cpgformer.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).cell_profiles
 
 
 def _launcher_rank_zero() -> bool:

@@ -158,6 +158,13 @@ class CpGTask(pl.LightningModule):
         self.val_baseline_positives = SumMetric()
         self.val_baseline_entries = SumMetric()
         self._baseline_value: float | None = None
+        self.cell_profiles: dict | None = None  # fitted CellProfiler (inductive cell encoder)
+
+    def set_profiler(self, profiler: Any, dataset: Any) -> None:
+        """Use ``profiler`` (a fitted :class:`~cpgformer.data.profiles.CellProfiler`) for the cells
+        of ``dataset`` (the training store) and record it in every checkpoint."""
+        self.cell_profiles = profiler.to_dict()
+        self.model.set_cell_profiles(torch.from_numpy(profiler.transform(dataset)))
 
     # ---- forward / loss -------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -303,6 +310,7 @@ class CpGTask(pl.LightningModule):
             "store_fingerprint": self.store_fingerprint,
             "data": self.data_params,
             "temperature": self.temperature,
+            "cell_profiles": self.cell_profiles,
             "training": {
                 "lr": self.lr,
                 "warmup_steps": self.warmup_steps,
