@@ -201,7 +201,7 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     tiny = "--n-layers 1 --hidden 16 --n-heads 2 --head-dim 4 --site-window 5 --cell-embed 8"
     run = tmp_path / "run"
     code = main(
-        ["-q", "train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "30"]
+        ["train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "30"]
         + ["--no-tensorboard", "--segment-length", "128"]
     )
     out = capsys.readouterr().out
@@ -210,7 +210,7 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     assert config["data"]["split_resolved"] == "regions"
     bench = tmp_path / "bench"
     code = main(
-        ["-q", "benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
+        ["benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
         + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-plots"]
     )
     out = capsys.readouterr().out
@@ -241,7 +241,7 @@ def test_devmethyl_locus_trains_and_benchmarks_without_renaming(
     run = tmp_path / "run"
     tiny = "--n-layers 1 --hidden 16 --n-heads 2 --head-dim 4 --site-window 5 --cell-embed 8"
     code = main(
-        ["-q", "train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "6"]
+        ["train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "6"]
         + ["--no-tensorboard"]
     )
     out = capsys.readouterr().out
