@@ -437,7 +437,7 @@ def test_cli_benchmark_and_errors(tmp_path, capsys):
     assert "not in the store" in capsys.readouterr().err
     # no checkpoint, no --test-chroms: the split `train` makes by default (chr5/chr10 are absent
     # here, so an automatic choice, announced and recorded)
-    assert main([*args, "--models", "site-mean"]) == 0
+    assert main([*args[1:], "--models", "site-mean"]) == 0  # without -q: the warning shows
     assert "automatic split" in capsys.readouterr().err
     settings = json.loads((tmp_path / "o2" / "settings.json").read_text())
     assert settings["split_note"].startswith("chromosome(s) chr5, chr10 not in the store")
