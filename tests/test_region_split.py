@@ -89,6 +89,9 @@ def test_automatic_split_choices() -> None:
     assert record["split_resolved"] == "regions" and record["region_gap_sites"] == 5
     assert regions_from_record(record) == plan.regions
     assert {s.chrom for part in plan.segments.values() for s in part} == {"chr8"}
+    # chromosomes named in the data config are used as given
+    assert DataConfig().split == "auto"
+    assert DataConfig(val_chromosomes=("chr2",)).split == "chromosomes"
     # named chromosomes are used as given: an unknown one is an error
     with pytest.raises(UsageError, match="chr5"):
         resolve_split({"chr8": _positions(300)}, segment_length=64, split="chromosomes")
@@ -198,7 +201,7 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     tiny = "--n-layers 1 --hidden 16 --n-heads 2 --head-dim 4 --site-window 5 --cell-embed 8"
     run = tmp_path / "run"
     code = main(
-        ["-q", "train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "30"]
+        ["train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "30"]
         + ["--no-tensorboard", "--segment-length", "128"]
     )
     out = capsys.readouterr().out
@@ -207,7 +210,7 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     assert config["data"]["split_resolved"] == "regions"
     bench = tmp_path / "bench"
     code = main(
-        ["-q", "benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
+        ["benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
         + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-plots"]
     )
     out = capsys.readouterr().out
@@ -238,7 +241,7 @@ def test_devmethyl_locus_trains_and_benchmarks_without_renaming(
     run = tmp_path / "run"
     tiny = "--n-layers 1 --hidden 16 --n-heads 2 --head-dim 4 --site-window 5 --cell-embed 8"
     code = main(
-        ["-q", "train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "6"]
+        ["train", str(store), "-o", str(run), *tiny.split(), "--max-steps", "6"]
         + ["--no-tensorboard"]
     )
     out = capsys.readouterr().out

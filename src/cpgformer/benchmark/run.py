@@ -264,10 +264,11 @@ def run_benchmark(
     ``models``: comma-separated names or a list of names and/or model objects (``all`` = every
     baseline, plus ``cpgformer`` when a checkpoint is given). ``test_chroms`` default: the
     checkpoint's held-out test chromosomes or test blocks, else the split ``cpgformer train``
-    makes by default (see :func:`resolve_benchmark_split`). ``cells_exclude``: cells never hidden nor scored (their
-    calls stay visible input). ``hide_fraction``: holdout -- expected fraction of observed entries
-    hidden (default 0.2); exhaustive -- fraction of observed entries scored, each hidden alone
-    (default 1.0 = all).
+    makes by default (see :func:`resolve_benchmark_split`). ``cells_exclude``: cells never hidden
+    nor scored (their calls stay visible input). ``hide_fraction``: holdout -- expected fraction of
+    observed entries hidden (default 0.2); exhaustive -- fraction of observed entries scored, each
+    hidden alone (default 1.0 = all). ``bootstrap``: resamples of the paired bootstrap intervals of
+    cpgformer minus each model (0 = none).
     """
     from cpgformer.benchmark.report import write_report
     from cpgformer.io.store import Dataset, open_dataset

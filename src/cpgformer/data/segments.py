@@ -321,8 +321,8 @@ def choose_chromosomes(n_sites: Mapping[str, int]) -> tuple[str, str] | None:
     """An automatic (validation, test) chromosome pair, or None when holding out whole chromosomes
     would leave too little to train on.
 
-    Needs >= 3 chromosomes: the test chromosome is the one whose share of the sites is closest to 10 %
-    (at most 25 %), validation the next closest; together at most half the sites.
+    Needs >= 3 chromosomes: the test chromosome is the one whose share of the sites is closest to
+    10 % (at most 25 %), validation the next closest; together at most half the sites.
     """
     total = sum(n_sites.values())
     if len(n_sites) < 3 or total == 0:

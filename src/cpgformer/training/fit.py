@@ -346,15 +346,15 @@ def fit(
         receptive_field=config.receptive_field_sites,
     )
     # the plan's step counts need the number of processes: provisional here, final after the Trainer
-    plan = plan_schedule(training, 1)
+    sched = plan_schedule(training, 1)
     task = CpGTask(
         config,
         lr=training.lr,
-        warmup_steps=plan.warmup,
+        warmup_steps=sched.warmup,
         lr_decay=training.lr_decay,
-        schedule=plan.schedule,
-        horizon=plan.horizon,
-        final_lr_fraction=plan.final_lr_fraction,
+        schedule=sched.schedule,
+        horizon=sched.horizon,
+        final_lr_fraction=sched.final_lr_fraction,
         cells=dm.cells,
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
@@ -409,7 +409,7 @@ def fit(
         cbs.append(early_cb)
     if progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=1))
-    adaptive = plan.schedule == "adaptive"
+    adaptive = sched.schedule == "adaptive"
     if adaptive and training.max_epochs != TrainConfig.max_epochs:
         log.warning("--max-epochs is ignored by the adaptive schedule (it counts steps or time)")
     trainer = pl.Trainer(
@@ -435,19 +435,19 @@ def fit(
     )
     budget_cb = None
     if adaptive:
-        plan = plan_schedule(training, dm.n_batches("train", trainer.world_size))
-        task.horizon, task.warmup_steps = plan.horizon, plan.warmup
-        trainer.val_check_interval = plan.val_interval
-        trainer.fit_loop.epoch_loop.max_steps = plan.max_steps
+        sched = plan_schedule(training, dm.n_batches("train", trainer.world_size))
+        task.horizon, task.warmup_steps = sched.horizon, sched.warmup
+        trainer.val_check_interval = sched.val_interval
+        trainer.fit_loop.epoch_loop.max_steps = sched.max_steps
         if early_cb is not None:
-            if plan.patience is None:
+            if sched.patience is None:
                 trainer.callbacks.remove(early_cb)
                 early_cb = None
             else:
-                early_cb.patience = plan.patience
-        if plan.time_budget_s is not None:
+                early_cb.patience = sched.patience
+        if sched.time_budget_s is not None:
             budget_cb = TimeBudget(
-                plan,
+                sched,
                 started,
                 fixed_interval=training.val_interval_steps is not None,
                 fixed_warmup=training.warmup_steps is not None,
@@ -457,12 +457,12 @@ def fit(
             trainer.callbacks.insert(0, budget_cb)
         log.info(
             "adaptive schedule: %s%s",
-            f"time budget {plan.time_budget_s:.0f} s (planned after {CALIBRATION_STEPS} steps)"
-            if plan.time_budget_s is not None
-            else f"{plan.horizon} steps, warm-up {plan.warmup}, validation every "
-            f"{plan.val_interval} steps",
-            f", early stopping after {plan.patience_steps} steps without improvement"
-            if plan.patience
+            f"time budget {sched.time_budget_s:.0f} s (planned after {CALIBRATION_STEPS} steps)"
+            if sched.time_budget_s is not None
+            else f"{sched.horizon} steps, warm-up {sched.warmup}, validation every "
+            f"{sched.val_interval} steps",
+            f", early stopping after {sched.patience_steps} steps without improvement"
+            if sched.patience
             else "",
         )
     if trainer.is_global_zero:
@@ -475,7 +475,7 @@ def fit(
                 "model": config.to_dict(),
                 "data": dm.params(),
                 "training": training.to_dict(),
-                "schedule_plan": plan.to_dict(),
+                "schedule_plan": sched.to_dict(),
                 "init_from": None if init_from is None else str(init_from),
             },
         )
@@ -519,8 +519,8 @@ def fit(
             "epochs": trainer.current_epoch,
             "split": dm.plan.describe(),
             "split_note": dm.plan.note,
-            "schedule": plan.to_dict(),
-            "stopped_by": interrupted or _stopped_by(trainer, plan, budget_cb, early_cb),
+            "schedule": sched.to_dict(),
+            "stopped_by": interrupted or _stopped_by(trainer, sched, budget_cb, early_cb),
             "seconds": round(time.monotonic() - started, 3),
         }
         _write_json(run / "summary.json", summary)
@@ -540,7 +540,7 @@ def fit(
         metrics,
         key_map,
         split=dm.plan.describe(),
-        schedule=plan.to_dict(),
+        schedule=sched.to_dict(),
         interrupted=interrupted,
     )
 
@@ -594,7 +594,7 @@ def _fit_interruptible(trainer: Any, task: Any, dm: Any, ckpt_path: str | None, 
     return ""
 
 
-def _stopped_by(trainer: Any, plan: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:
+def _stopped_by(trainer: Any, sched: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:
     if budget_cb is not None and budget_cb.stopped_by_budget:
         return "time budget"
     if early_cb is not None and getattr(early_cb, "stopped_epoch", 0) > 0:
@@ -604,7 +604,7 @@ def _stopped_by(trainer: Any, plan: SchedulePlan, budget_cb: Any, early_cb: Any)
     max_steps = trainer.max_steps
     if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
         return "max steps"
-    return "max epochs" if plan.schedule == "published" else "end"
+    return "max epochs" if sched.schedule == "published" else "end"
 
 
 def _report_plan(

@@ -132,9 +132,9 @@ class TimeBudget(Callback):
     every step the horizon of the learning-rate decay is re-planned from the measured step time
     (recent steps, validation excluded), so the decay ends at the deadline even when the machine
     slows down. Training stops when one more step (as slow as the slowest of the last 8), the final
-    validation and a margin would pass the deadline; that final validation runs (Lightning validates when asked to stop) and keeps the
-    best checkpoint current. Decisions are made on process 0 and broadcast, so processes stay in
-    step.
+    validation and a margin would pass the deadline; that final validation runs (Lightning
+    validates when asked to stop) and keeps the best checkpoint current. Decisions are made on
+    process 0 and broadcast, so processes stay in step.
     """
 
     def __init__(
