@@ -117,6 +117,7 @@ def main() -> None:
                 segment_length=args.segment_length,
             ),
             TrainConfig(
+                schedule="published",
                 max_steps=args.max_steps,
                 warmup_steps=min(1000, args.max_steps // 3),
                 accelerator="cpu",

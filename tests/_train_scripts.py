@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +42,18 @@ class KillAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtStep(Callback):
+    """Send ``signum`` to this process at the start of optimiser step ``step`` (printing when)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            print(f"signal at {time.monotonic():.3f}", flush=True)
+            os.kill(os.getpid(), self.signum)
 
 
 class DumpStart(Callback):
@@ -102,6 +115,7 @@ def main(argv: list[str]) -> None:
     data = DataConfig(segment_length=16, val_chromosomes=("5",), test_chromosomes=())
     if mode in ("kill", "resume"):
         training = TrainConfig(
+            schedule="published",
             max_epochs=3,
             warmup_steps=2,
             log_every_n_steps=1,
@@ -120,8 +134,39 @@ def main(argv: list[str]) -> None:
             callbacks=[cb],
             progress_bar=False,
         )
+    elif mode.startswith("exact-"):
+        # adaptive schedule, validation (and last.ckpt) every 4 steps, 5 training batches per
+        # epoch: checkpoints fall inside epochs; dropout on (random state matters)
+        training = TrainConfig(
+            max_steps=14,
+            val_interval_steps=4,
+            warmup_steps=2,
+            log_every_n_steps=1,
+            tensorboard=False,
+            accelerator="cpu",
+            devices="1",
+        )
+        what = mode.split("-", 1)[1]
+        callbacks = {
+            "kill": [KillAtStep(9, signal.SIGKILL)],
+            "term": [KillAtStep(6, signal.SIGTERM)],
+            "int": [KillAtStep(6, signal.SIGINT)],
+        }.get(what, [])
+        result = fit(
+            store,
+            run,
+            tiny(4),
+            data,
+            training,
+            resume=what == "resume",
+            callbacks=callbacks,
+            progress_bar=False,
+        )
+        if result.interrupted:
+            print(f"interrupted {result.interrupted} at {time.monotonic():.3f}")
     elif mode == "ddp":
         training = TrainConfig(
+            schedule="published",
             max_epochs=1,
             warmup_steps=2,
             log_every_n_steps=1,

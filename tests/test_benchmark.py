@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -434,8 +435,15 @@ def test_cli_benchmark_and_errors(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main([*args, "--models", "site-mean", "--test-chroms", "chr9"]) == 2
     assert "not in the store" in capsys.readouterr().err
-    assert main([*args, "--models", "site-mean"]) == 2
-    assert "--test-chroms" in capsys.readouterr().err
+    # no checkpoint, no --test-chroms: the split `train` makes by default (chr5/chr10 are absent
+    # here, so an automatic choice, announced and recorded)
+    assert main([*args[1:], "--models", "site-mean"]) == 0  # not -q: the warning is checked
+    assert "automatic split" in capsys.readouterr().err
+    settings = json.loads((tmp_path / "o2" / "settings.json").read_text())
+    assert settings["split_note"].startswith("chromosome(s) chr5, chr10 not in the store")
+    args[-1] = str(tmp_path / "o3")
+    assert main([*args, "--models", "site-mean", "--bootstrap", "-1"]) == 2
+    assert "--bootstrap" in capsys.readouterr().err
     assert main([*args, "--models", "cpgformer", "--test-chroms", "3"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
     with pytest.raises(UsageError, match="already exists"):

@@ -55,7 +55,9 @@ def test_cells_command_writes_map_clusters_and_comparison(tmp_path: Path) -> Non
     store, group = _groups_store(tmp_path / "store")
     ckpt = _profile_checkpoint(store, tmp_path / "model.pt")
     impute(store, ckpt, tmp_path / "imp", ImputeOptions())
-    meta = pd.DataFrame({"cell": [f"c{i:02d}" for i in range(24)], "group": group.astype(str)})
+    meta = pd.DataFrame(
+        {"cell": [f"c{i:02d}" for i in range(24)], "group": [f"g{k}" for k in group]}
+    )
     meta.to_csv(tmp_path / "meta.tsv", sep="\t", index=False)
     out = tmp_path / "cells"
     code = main([

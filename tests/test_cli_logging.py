@@ -190,13 +190,15 @@ def test_quiet_prints_nothing_but_errors_for_every_command(
                          "--overwrite"])  # fmt: skip
     _check_quiet(capfd, ["cells", str(ckpt), str(store), "-o", str(t / "cellmap"),
                          "--overwrite"])  # fmt: skip
-    ran |= {"train", "calibrate", "impute", "export", "benchmark", "explain", "cells"}
+    _check_quiet(capfd, ["check", str(store)], stdout_ok=True)  # the report is the output
+    ran |= {"train", "calibrate", "impute", "export", "benchmark", "explain", "cells", "check"}
     # commands too slow for a test run end to end: their errors still come through
     _check_error(capfd, ["convert-checkpoint", str(t / "missing.pt"), "-o", str(t / "c.pt")])
     (t / "taken").write_text("")
     _check_error(capfd, ["demo", "-o", str(t / "taken")])
     _check_error(capfd, ["prepare", str(t / "missing.cov"), "-o", str(t / "q")])
-    ran |= {"convert-checkpoint", "demo"}
+    _check_error(capfd, ["ablate", str(t / "missing-store"), "-o", str(t / "ablation")])
+    ran |= {"convert-checkpoint", "demo", "ablate"}
     assert ran == set(_commands())  # every command was covered
 
 

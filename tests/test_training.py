@@ -44,7 +44,14 @@ def tiny_config(n_cells: int, **kw: object) -> ModelConfig:
 
 
 def quiet(**kw: object) -> TrainConfig:
-    base = dict(log_every_n_steps=1, tensorboard=False, accelerator="cpu", devices="1")
+    """Epoch-based (published) schedule unless the test asks for another."""
+    base = dict(
+        log_every_n_steps=1,
+        tensorboard=False,
+        accelerator="cpu",
+        devices="1",
+        schedule="published",
+    )
     base.update(kw)
     return TrainConfig(**base)
 

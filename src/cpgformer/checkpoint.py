@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,15 +64,84 @@ class LoadedCheckpoint:
         self.model.set_cell_profiles(torch.from_numpy(profiler.transform(dataset)))
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def diagnose_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be a checkpoint, judged from the file alone (None: it may be one).
+
+    Checks existence, type, emptiness, text content and, for the zip container ``torch.save``
+    writes, that the archive is complete (its central directory is read; nothing is unpickled).
+    """
+    import zipfile
+
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        return "no such file"
+    if os.path.isdir(p):
+        return "is a directory, not a checkpoint file"
+    if not os.path.isfile(p):
+        return "not a regular file"
+    try:
+        size = os.path.getsize(p)
+        with open(p, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        from cpgformer.errors import describe_os_error
+
+        return describe_os_error(exc).split(": ", 1)[-1]
+    if size == 0:
+        return "empty file (0 bytes), not a checkpoint"
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return (
+                f"truncated or damaged checkpoint ({size} bytes; the archive is incomplete, e.g. "
+                "cut off while copying or writing)"
+            )
+        if not any(n.endswith("data.pkl") for n in names):
+            return "a zip archive but not a PyTorch checkpoint"
+        return None
+    if head.startswith(b"\x80"):  # a plain pickle (PyTorch < 1.6 files, original .pt)
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a checkpoint (unknown binary content)"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"a text file ({first!r}...), not a checkpoint" if first else "not a checkpoint"
+
+
 def _read(path: str | os.PathLike[str]) -> Any:
+    problem = diagnose_file(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from exc
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors and plain data; cpgformer reads "
+                "only its own checkpoints, without executing code in the file"
+            ) from exc
+        raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
+    except OSError as exc:
+        from cpgformer.errors import describe_os_error
+
+        raise CheckpointError(describe_os_error(exc, path)) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
-        raise CheckpointError(f"{path}: cannot read as a checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception message, without advice to unpickle unsafely."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.split(". This is an internal")[0].split(" If you ")[0]
+    if "weights_only" in text:
+        return type(exc).__name__
+    return text[:200]
 
 
 def model_state_from_lightning(

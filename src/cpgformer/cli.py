@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 
 from cpgformer import __version__
-from cpgformer.errors import CpgformerError
+from cpgformer.errors import CpgformerError, describe_os_error
 
 log = logging.getLogger("cpgformer")
 
@@ -236,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             log.exception("failed")
         sys.stderr.write(f"cpgformer {args.command}: error: {exc}\n")
+        return 2
+    except OSError as exc:  # the environment: permissions, full disk, damaged files
+        if args.verbose:
+            log.exception("failed")
+        sys.stderr.write(f"cpgformer {args.command}: error: {describe_os_error(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"cpgformer {args.command}: interrupted\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,8 @@ import pandas as pd
 
 from cpgformer.errors import UsageError
 from cpgformer.utils import progress
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import check_output, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,19 @@ def run_demo(
     seed: int = 0,
 ) -> DemoResult:
     """Run the demo pipeline into ``out_dir`` and return where everything went."""
+    out = Path(out_dir)
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    check_output(out, "demo", overwrite=overwrite, exist_ok=empty)
+    with output_lock(out):
+        check_output(out, "demo", overwrite=overwrite, exist_ok=empty)
+        if out.exists() and not empty:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "demo")  # an interrupted demo folder can be replaced with --overwrite
+        return _run_demo(out, max_steps, baselines, seed)
+
+
+def _run_demo(out: Path, max_steps: int, baselines: tuple[str, ...], seed: int) -> DemoResult:
     from cpgformer.benchmark.baselines import CaMeliaConfig, DeepCpGConfig
     from cpgformer.benchmark.run import run_benchmark
     from cpgformer.data.datamodule import DataConfig
@@ -81,16 +97,6 @@ def run_demo(
     from cpgformer.prepare import PrepareOptions, prepare
     from cpgformer.training.fit import TrainConfig, fit
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory (choose another -o)")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out}: already exists and is not empty (use --overwrite or another -o)")
-    if out.exists() and overwrite:
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     cells, tss = demo_files()
     seconds: dict[str, float] = {}
 
@@ -114,6 +120,7 @@ def run_demo(
             seed=seed,
         ),
         training=TrainConfig(
+            schedule="published",
             max_steps=max_steps,
             max_epochs=1000,
             warmup_steps=min(1000, max(1, max_steps // 10)),

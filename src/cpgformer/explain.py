@@ -110,7 +110,9 @@ def read_sites(path: str | os.PathLike[str]) -> list[SiteQuery]:
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(p, None, "not a text file (binary or compressed content)") from None
     except OSError as exc:
         raise InputError(p, None, f"cannot read sites file: {exc.strerror or exc}") from None
     queries: list[SiteQuery] = []
@@ -140,6 +142,8 @@ def read_sites(path: str | os.PathLike[str]) -> list[SiteQuery]:
             ) from None
         if position < 0:
             raise InputError(p, lineno, f"position {position} is negative (0-based coordinates)")
+        if position > 1 << 40:
+            raise InputError(p, lineno, f"position {position} is beyond any chromosome")
         change: float | None = LABEL_KEEP
         if len(fields) == 4:
             try:

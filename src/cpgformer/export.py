@@ -35,7 +35,16 @@ from cpgformer import __version__
 from cpgformer.errors import UsageError
 from cpgformer.impute import ImputedStore, open_imputed
 from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names, read_bed_regions
-from cpgformer.utils.atomic import atomic_path
+from cpgformer.utils.atomic import atomic_path, ensure_free_space
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import (
+    begin_files_in,
+    check_files_in,
+    check_output,
+    record_files_in,
+    remove_leftovers,
+    remove_leftovers_in,
+)
 from cpgformer.utils.progress import bar
 
 log = logging.getLogger(__name__)
@@ -141,8 +150,29 @@ def export(
     chrom_names(chroms, opts.chrom_style)  # checked before any work
     if opts.compression not in COMPRESSIONS:
         raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
+    inputs = [imp.path, opts.regions, opts.fasta]
+    if to in ("h5ad", "regions"):
+        check_output(out, "h5ad", overwrite=opts.overwrite, inputs=inputs)
+        with output_lock(out):
+            check_output(out, "h5ad", overwrite=opts.overwrite, inputs=inputs)
+            remove_leftovers(out)
+            return _export_h5ad(imp, out, to, chroms, opts)
+    if to in ("bedgraph", "allc"):
+        check_output(out, "export", overwrite=opts.overwrite, inputs=inputs, exist_ok=True)
+        with output_lock(out):
+            written = (write_bedgraphs if to == "bedgraph" else write_allc)(imp, out, chroms, opts)
+            names = [p.name for p in written]
+            if to == "allc":
+                names += [n + ".tbi" for n in names]
+            record_files_in(out, "export", names)
+            return written
+    raise UsageError(f"unknown export target {to!r} (choose from {', '.join(TARGETS)})")
+
+
+def _export_h5ad(
+    imp: ImputedStore, out: Path, to: str, chroms: list[str], opts: ExportOptions
+) -> list[Path]:
     if to == "h5ad":
-        _check_new(out, opts.overwrite)
         adata = to_anndata(
             imp,
             chroms,
@@ -152,7 +182,6 @@ def export(
         )
         return [_write_h5ad(adata, out, opts.compression)]
     if to == "regions":
-        _check_new(out, opts.overwrite)
         if (opts.regions is None) == (opts.bin_size is None):
             raise UsageError("--to regions needs exactly one of --regions BED or --bin-size")
         if opts.regions is not None:
@@ -168,16 +197,7 @@ def export(
             imp, table, values=opts.region_values, chroms=chroms, chrom_style=opts.chrom_style
         )
         return [_write_h5ad(adata, out, opts.compression)]
-    if to == "bedgraph":
-        return write_bedgraphs(imp, out, chroms, opts)
-    if to == "allc":
-        return write_allc(imp, out, chroms, opts)
     raise UsageError(f"unknown export target {to!r} (choose from {', '.join(TARGETS)})")
-
-
-def _check_new(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
 
 
 def _chroms(imp: ImputedStore, chroms: Sequence[str] | None) -> list[str]:
@@ -192,10 +212,20 @@ def _chroms(imp: ImputedStore, chroms: Sequence[str] | None) -> list[str]:
 
 
 def _write_h5ad(adata: Any, out: Path, compression: str = "gzip") -> Path:
+    ensure_free_space(out, _h5ad_bytes(adata))  # HDF5 cannot stop cleanly on a full disk
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp, compression=None if compression == "none" else compression)
     log.info("wrote %s (%d cells x %d columns)", out, adata.n_obs, adata.n_vars)
     return out
+
+
+def _h5ad_bytes(adata: Any) -> int:
+    """About how many bytes ``adata`` takes in an uncompressed ``.h5ad``."""
+    total = 0
+    for m in [adata.X, *adata.layers.values()]:
+        data = getattr(m, "data", m)  # sparse: the stored values (+ indices)
+        total += int(getattr(data, "nbytes", 0)) * (2 if data is not m else 1)
+    return total + 64 * (adata.n_obs + adata.n_vars)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,9 +405,9 @@ def write_bedgraphs(
     }
     names = {k: cell_file_names(imp.cells, f".{k}.bedGraph.gz") for k in kinds}
     targets = [out / names[k][i] for i in range(imp.n_cells) for k in kinds]
-    if not opts.overwrite:
-        for t in targets:
-            _check_new(t, False)
+    check_files_in(out, [t.name for t in targets], overwrite=opts.overwrite)
+    remove_leftovers_in(out, [t.name for t in targets])
+    begin_files_in(out, "export", [t.name for t in targets])
     written: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, len(kinds), opts.max_open_files)
@@ -479,9 +509,9 @@ def write_allc(
     n_unknown = 0
     out.mkdir(parents=True, exist_ok=True)
     names = cell_file_names(imp.cells, ".allc.tsv.gz")
-    if not opts.overwrite:
-        for n in names:
-            _check_new(out / n, False)
+    check_files_in(out, names + [n + ".tbi" for n in names], overwrite=opts.overwrite)
+    remove_leftovers_in(out, names + [n + ".tbi" for n in names])
+    begin_files_in(out, "export", names + [n + ".tbi" for n in names])
     files: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     groups = _groups(imp.n_cells, 2, opts.max_open_files)

@@ -52,7 +52,9 @@ from torch import Tensor
 from cpgformer import __version__
 from cpgformer.codes import MISSING
 from cpgformer.errors import InputError, UsageError
-from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file
+from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import check_output, remove_leftovers
 from cpgformer.utils.progress import bar
 
 log = logging.getLogger(__name__)
@@ -708,6 +710,13 @@ def cell_index_map(store_cells: Sequence[str], model_cells: Sequence[str] | None
     return np.array([model_index[c] for c in store_cells], dtype=np.int64)
 
 
+def _clean_partials(work: Path) -> None:
+    """Remove temporary files that killed earlier runs left inside a resumed output."""
+    for path in work.rglob(PARTIAL_PREFIX + "*"):
+        if path.is_file():
+            path.unlink()
+
+
 def _partial_dir(out: Path) -> Path:
     return out.parent / f"{PARTIAL_PREFIX}{out.name}.impute"
 
@@ -753,6 +762,23 @@ def impute(
     :class:`ModelSource`; ``device``: where a checkpoint's model runs (default CPU; the output does
     not depend on it beyond floating-point rounding, so a run may resume on another device). Resumes an interrupted run with the same settings; see the module docstring.
     """
+    opts = options or ImputeOptions()
+    out = Path(out)
+    inputs = [getattr(store, "path", store), None if isinstance(model, ModelSource) else model]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=[*inputs, opts.fasta])
+    with output_lock(out):  # one writer per output; the partial run below is ours to resume
+        return _impute(store, model, out, opts, device=device)
+
+
+def _impute(
+    store: Any,
+    model: ModelSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ImputeOptions | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> ImputedStore:
+    """:func:`impute` while holding the output's lock."""
     from cpgformer.io.store import Dataset, open_dataset
 
     opts = options or ImputeOptions()
@@ -818,10 +844,9 @@ def impute(
         ],
     }
 
-    # ---- output directory: fresh, or resume an unfinished run with the same plan
-    if out.exists():
-        if not opts.overwrite:
-            raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
+    # ---- output directory: fresh, or resume an unfinished run with the same plan (one writer)
+    inputs = [ds.path, model if not isinstance(model, ModelSource) else None, fasta]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
     work = _partial_dir(out)
     plan_path = work / "plan.json"
     if work.exists():
@@ -830,7 +855,10 @@ def impute(
                 old = json.load(fh)
         except (OSError, ValueError):
             old = None
-        if old != json.loads(json.dumps(plan, default=_json_default)):
+        if old is None:  # a run stopped before its plan was written: nothing to adopt
+            log.info("removing %s (an earlier run stopped before it started)", work)
+            shutil.rmtree(work)
+        elif old != json.loads(json.dumps(plan, default=_json_default)):
             if not opts.overwrite:
                 raise UsageError(
                     f"{work}: an unfinished imputation with other settings (store, checkpoint or "
@@ -881,11 +909,13 @@ def impute(
             "n_sites": int(sum(s.n_sites for s in sources)),
         }
     )
+    _clean_partials(work)
+    from cpgformer.integrity import file_digests
+
+    manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
     _save_json(work / "manifest.json", manifest)
     plan_path.unlink()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    replace_dir(work, out)
     log.info(
         "imputed %d sites x %d cells on %d chromosome(s) into %s",
         manifest["n_sites"],
@@ -1037,6 +1067,9 @@ class ImputedStore:
         self.chromosomes: list[str] = [c["name"] for c in manifest["chromosomes"]]
         self._meta = {c["name"]: c for c in manifest["chromosomes"]}
         self.chunk_sites: int = int(manifest["chunk_sites"])
+        from cpgformer.integrity import verify_imputed_files
+
+        verify_imputed_files(self.path, manifest)  # every chunk there and complete
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._cell_table: pd.DataFrame | None = None
 
@@ -1318,12 +1351,31 @@ def calibrate(
     fingerprint and data parameters, and the fitted ``temperature``. Returns the report (ECE and
     NLL before/after on the masked calls, ECE of the denoised observed calls before/after).
     """
+    out = Path(out)
+    inputs = [getattr(store, "path", store), checkpoint, fasta]
+    check_output(out, "model", overwrite=overwrite, inputs=inputs)
+    with output_lock(out):
+        check_output(out, "model", overwrite=overwrite, inputs=inputs)
+        remove_leftovers(out)
+        return _calibrate(
+            store, checkpoint, out, chroms, fraction, seed, tile_sites, batch_size, fasta
+        )
+
+
+def _calibrate(
+    store: Any,
+    checkpoint: str | os.PathLike[str],
+    out: Path,
+    chroms: Sequence[str] | None,
+    fraction: float,
+    seed: int,
+    tile_sites: int,
+    batch_size: int,
+    fasta: str | None,
+) -> dict:
     from cpgformer.checkpoint import load_checkpoint, save_checkpoint
     from cpgformer.io.store import open_dataset
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists (choose another output or pass --overwrite)")
     ds = open_dataset(store)
     loaded = load_checkpoint(checkpoint)
     if loaded.store_fingerprint and loaded.store_fingerprint != ds.fingerprint:

@@ -241,13 +241,20 @@ def load_original(
     Files that need full unpickling (Lightning ``.ckpt`` with custom objects) load only with
     ``trust_pickle=True``.
     """
+    from cpgformer.checkpoint import _first_line, diagnose_file
+
+    problem = diagnose_file(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file") from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
-        hint = "" if trust_pickle else " (if you trust the file, retry with --trust-pickle)"
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {exc}{hint}") from exc
+        if not trust_pickle and "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors and plain data, which cpgformer "
+                "does not load by default (see --trust-pickle in the help)"
+            ) from exc
+        raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict or checkpoint dict")
     hparams: dict[str, Any] = {}

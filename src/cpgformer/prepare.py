@@ -61,6 +61,8 @@ class PrepareOptions:
     spill_bytes: int = DEFAULT_SPILL_BYTES
     jobs: int = 1
     skip_empty: bool = False  # cells whose file holds no call are left out and listed
+    contig_aliases: str = "unify"  # io/contigs.py: "unify" or "refuse"
+    keep_contigs: tuple[str, ...] = ()  # io/contigs.py: "spike-in", "unplaced"
 
     def check(self) -> None:
         if self.binarize not in BINARIZE_RULES:
@@ -77,6 +79,11 @@ class PrepareOptions:
             raise UsageError("spill buffer must be at least 64 KiB")
         if self.jobs < 1:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
+        from cpgformer.io.contigs import ALIAS_POLICIES, parse_keep
+
+        if self.contig_aliases not in ALIAS_POLICIES:
+            raise UsageError(f"--contig-aliases must be one of {', '.join(ALIAS_POLICIES)}")
+        self.keep_contigs = parse_keep(self.keep_contigs)
 
     def as_manifest(self) -> dict:
         return {
@@ -91,6 +98,8 @@ class PrepareOptions:
             "pair_adjacent": self.pair_adjacent,
             "explicit_cell_names": self.cell_names is not None,
             "skip_empty": self.skip_empty,
+            "contig_aliases": self.contig_aliases,
+            "keep_contigs": list(self.keep_contigs),
         }
 
 
@@ -721,7 +730,7 @@ def prepare(
     t0 = time.perf_counter()
     reports: list[FileReport] = []
     skipped: list[SkippedCell] = []
-    with atomic_dir(output, overwrite=overwrite) as tmp:
+    with atomic_dir(output, overwrite=overwrite, kind="store", inputs=[*paths, opts.fasta]) as tmp:
         spill = _Spill(tmp / "spill", opts.spill_bytes)
         results = _read_all(paths, names, opts, reader)
         kept: list[int] = []
@@ -742,7 +751,9 @@ def prepare(
         paths = [paths[i] for i in kept]
         names = [names[i] for i in kept]
         t_read = time.perf_counter() - t0
-        chroms = list(spill.parts)
+        from cpgformer.io.contigs import reconcile_contigs  # aliases, spike-ins, unplaced
+
+        chroms, contigs = reconcile_contigs(spill, reports, opts.contig_aliases, opts.keep_contigs)
         if reference is not None:
             order = {c: k for k, c in enumerate(reference.contigs)}
             chroms.sort(key=lambda c: order.get(c, len(order)))
@@ -787,6 +798,7 @@ def prepare(
             "dropped": dict(sum((Counter(r.dropped) for r in reports), Counter())),
             "n_adjacent_pairs": n_adjacent,
             "skipped_empty": [dataclasses.asdict(c) for c in skipped],
+            "contigs": contigs,
         }
         cell_info = {
             "name": names,

@@ -196,3 +196,119 @@ def tss_distance(query_pos: np.ndarray, tss: np.ndarray | None) -> np.ndarray:
     left = tss[np.clip(k - 1, 0, tss.size - 1)]
     right = tss[np.clip(k, 0, tss.size - 1)]
     return np.minimum(np.abs(q - left), np.abs(right - q)).astype(np.float64)
+
+
+# ---- paired bootstrap ----------------------------------------------------------------------------
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_METRICS = ("auroc", "auprc")
+
+
+def _tie_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order sorting ``scores`` ascending, start index of each run of equal sorted scores)."""
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return order, starts
+
+
+def weighted_auroc_auprc(
+    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision of ``scores`` under each row of ``weights`` [B, N] (entry
+    multiplicities, e.g. bootstrap counts); ties are grouped as torchmetrics does. NaN where a
+    row's weighted labels hold one class.
+
+    With all weights 1 this is the ordinary AUROC (ties count 1/2) and average precision
+    (sum over thresholds of recall increase x precision).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    order, starts = _tie_groups(scores)
+    wp = w[:, order] * y[order]
+    wn = w[:, order] * ~y[order]
+    pos_g = np.add.reduceat(wp, starts, axis=1)  # [B, G] ascending score groups
+    neg_g = np.add.reduceat(wn, starts, axis=1)
+    n_pos = pos_g.sum(1)
+    n_neg = neg_g.sum(1)
+    below = np.cumsum(neg_g, axis=1) - neg_g
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (pos_g * (below + 0.5 * neg_g)).sum(1) / (n_pos * n_neg)
+        # average precision: thresholds from the highest score down
+        tp = np.cumsum(pos_g[:, ::-1], axis=1)
+        fp = np.cumsum(neg_g[:, ::-1], axis=1)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        auprc = (pos_g[:, ::-1] * precision).sum(1) / n_pos
+    undefined = (n_pos <= 0) | (n_neg <= 0)
+    auroc[undefined] = np.nan
+    auprc[undefined] = np.nan
+    return auroc, auprc
+
+
+def paired_bootstrap(
+    labels: np.ndarray,
+    reference: np.ndarray,
+    others: Mapping[str, np.ndarray],
+    *,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk: int = 200,
+) -> list[dict]:
+    """Paired bootstrap of ``reference`` minus each of ``others`` for AUROC and AUPRC.
+
+    Entries are resampled with replacement ``n_boot`` times; every model is scored on the same
+    resample, so the interval is that of the *difference* (the models' errors are correlated).
+    Returns one dict per (other model, metric): ``n``, ``reference``, ``other``, ``difference`` (on
+    the full sample), ``ci_low``, ``ci_high`` (percentile interval at ``level``; NaN when undefined,
+    e.g. one class), ``n_boot``.
+    """
+    y = np.asarray(labels).astype(np.int64)
+    n = int(y.shape[0])
+    names = list(others)
+    out = []
+    ones = np.ones((1, n))
+    full = {"__ref__": weighted_auroc_auprc(reference, y, ones)}
+    for name in names:
+        full[name] = weighted_auroc_auprc(others[name], y, ones)
+    diffs = {(name, m): [] for name in names for m in BOOTSTRAP_METRICS}
+    if n > 0 and 0 < y.sum() < n:
+        rng = np.random.default_rng([int(seed), 0xB007])
+        done = 0
+        while done < n_boot:
+            b = min(chunk, n_boot - done)
+            idx = rng.integers(0, n, size=(b, n))
+            counts = np.bincount(
+                (idx + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n
+            ).reshape(b, n)
+            ref = weighted_auroc_auprc(reference, y, counts)
+            for name in names:
+                other = weighted_auroc_auprc(others[name], y, counts)
+                for k, m in enumerate(BOOTSTRAP_METRICS):
+                    diffs[(name, m)].append(ref[k] - other[k])
+            done += b
+    alpha = (1.0 - level) / 2.0
+    for name in names:
+        for k, m in enumerate(BOOTSTRAP_METRICS):
+            ref_value = float(full["__ref__"][k][0])
+            other_value = float(full[name][k][0])
+            d = np.concatenate(diffs[(name, m)]) if diffs[(name, m)] else np.zeros(0)
+            d = d[np.isfinite(d)]
+            if d.size >= max(10, n_boot // 2):
+                lo, hi = np.quantile(d, [alpha, 1.0 - alpha])
+            else:
+                lo = hi = float("nan")
+            out.append(
+                {
+                    "model": name,
+                    "metric": m,
+                    "n": n,
+                    "reference": ref_value,
+                    "other": other_value,
+                    "difference": ref_value - other_value,
+                    "ci_low": float(lo),
+                    "ci_high": float(hi),
+                    "n_boot": int(d.size),
+                }
+            )
+    return out

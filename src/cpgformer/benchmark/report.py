@@ -7,7 +7,10 @@ Files written into the output directory:
 ``per_context.tsv``      ``model context bin n auroc ...`` (CpG density; TSS distance with a BED)
 ``predictions.tsv.gz``   every scored entry: chrom, pos (0-based + C), cell, label, context values,
                          one probability column per model
-``settings.json``        protocol, seed, chromosomes, cells, models, timings
+``paired_bootstrap.tsv`` cpgformer minus each other model, AUROC and AUPRC: difference and paired
+                         bootstrap 95 % interval over all scored entries and per cell (``scope``
+                         ``all`` / ``cell``); only when a ``cpgformer`` column is scored
+``settings.json``        protocol, seed, chromosomes or blocks, cells, models, timings
 ``report.md``            the tables above in markdown, with the plots
 ``roc.png``, ``precision_recall.png``, ``calibration.png``, ``per_cell_auroc.png``
 """
@@ -24,12 +27,14 @@ import numpy as np
 import pandas as pd
 
 from cpgformer.benchmark.metrics import (
+    BOOTSTRAP_RESAMPLES,
     DENSITY_EDGES,
     METRIC_COLUMNS,
     bin_labels,
     binary_metrics,
     distance_bin_labels,
     grouped_metrics,
+    paired_bootstrap,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,17 @@ def metric_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(overall, per cell, per context) metric tables for the models' prediction columns."""
     labels = predictions["label"].to_numpy()
+    if labels.size and labels.min() == labels.max():
+        log.warning(
+            "every scored call has label %d: AUROC, AUPRC and MCC are undefined (nan)", labels[0]
+        )
+    one_class = predictions.groupby("cell")["label"].nunique()
+    if (one_class == 1).any():
+        log.warning(
+            "%d of %d cells have scored calls of one class only: their AUROC/AUPRC are nan",
+            int((one_class == 1).sum()),
+            one_class.size,
+        )
     contexts = {"cpg_density": bin_labels(predictions["cpg_density"].to_numpy(), DENSITY_EDGES)}
     if "tss_distance" in predictions:
         contexts["tss_distance"] = distance_bin_labels(predictions["tss_distance"].to_numpy())
@@ -63,6 +79,106 @@ def metric_tables(
         pd.concat(per_cell, ignore_index=True),
         pd.concat(per_context, ignore_index=True),
     )
+
+
+BOOTSTRAP_COLUMNS = [
+    "scope",
+    "cell",
+    "model",
+    "metric",
+    "n",
+    "reference",
+    "other",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "n_boot",
+]
+
+
+def bootstrap_table(
+    predictions: pd.DataFrame,
+    model_names: Sequence[str],
+    reference: str = "cpgformer",
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Paired bootstrap of ``reference`` minus every other model (AUROC, AUPRC), over all entries
+    (scope ``all``) and per cell (scope ``cell``). Empty without a ``reference`` column."""
+    others = [m for m in model_names if m != reference]
+    if reference not in model_names or not others or n_boot <= 0:
+        return pd.DataFrame(columns=BOOTSTRAP_COLUMNS)
+    labels = predictions["label"].to_numpy()
+    ref = predictions[reference].to_numpy(dtype=np.float64)
+    other = {m: predictions[m].to_numpy(dtype=np.float64) for m in others}
+    rows = [
+        {"scope": "all", "cell": "", **r}
+        for r in paired_bootstrap(labels, ref, other, n_boot=n_boot, seed=seed)
+    ]
+    cells = predictions["cell"].to_numpy()
+    for k, cell in enumerate(pd.unique(cells)):
+        sel = cells == cell
+        sub = {m: v[sel] for m, v in other.items()}
+        for r in paired_bootstrap(labels[sel], ref[sel], sub, n_boot=n_boot, seed=seed + 1 + k):
+            rows.append({"scope": "cell", "cell": cell, **r})
+    return pd.DataFrame(rows, columns=BOOTSTRAP_COLUMNS)
+
+
+def _bootstrap_md(boot: pd.DataFrame, reference: str = "cpgformer") -> list[str]:
+    if boot.empty:
+        return []
+    overall = boot[boot["scope"] == "all"]
+    table = pd.DataFrame(
+        {
+            "model": overall["model"].to_numpy(),
+            "metric": overall["metric"].to_numpy(),
+            reference: overall["reference"].to_numpy(),
+            "model value": overall["other"].to_numpy(),
+            "difference": overall["difference"].to_numpy(),
+            "95% CI": [
+                "undefined" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
+                for lo, hi in zip(overall["ci_low"], overall["ci_high"])
+            ],
+        }
+    )
+    lines = [
+        f"## {reference} minus each model (paired bootstrap)",
+        "",
+        f"Scored entries resampled with replacement {int(overall['n_boot'].max())} times; every "
+        "model scored on the same resample; percentile 95 % interval of the difference.",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    cells = boot[boot["scope"] == "cell"]
+    if not cells.empty:
+        rows = []
+        for (model, metric), sub in cells.groupby(["model", "metric"], sort=False):
+            lo, hi = sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy()
+            defined = ~np.isnan(lo)
+            rows.append(
+                {
+                    "model": model,
+                    "metric": metric,
+                    "cells": int(sub.shape[0]),
+                    f"{reference} better": int((lo[defined] > 0).sum()),
+                    "undecided": int(((lo[defined] <= 0) & (hi[defined] >= 0)).sum()),
+                    f"{reference} worse": int((hi[defined] < 0).sum()),
+                    "undefined": int((~defined).sum()),
+                    "median difference": float(np.nanmedian(sub["difference"]))
+                    if np.isfinite(sub["difference"]).any()
+                    else float("nan"),
+                }
+            )
+        lines += [
+            "Per cell (see paired_bootstrap.tsv): cells whose 95 % interval lies above 0 "
+            f"({reference} better), contains 0, or lies below 0; undefined = one class or too few "
+            "entries.",
+            "",
+            markdown_table(pd.DataFrame(rows)),
+            "",
+        ]
+    return lines
 
 
 def _fmt(value: object) -> str:
@@ -151,6 +267,7 @@ def _report_md(
     per_context: pd.DataFrame,
     settings: dict,
     plots: bool,
+    boot: pd.DataFrame | None = None,
 ) -> str:
     s = settings
     lines = [
@@ -164,8 +281,7 @@ def _report_md(
             if s.get("protocol") == "holdout"
             else f", each scored entry hidden alone (fraction scored {s.get('hide_fraction')})"
         ),
-        f"- seed {s.get('seed')}; test chromosomes: {', '.join(s.get('test_chromosomes', []))}; "
-        f"training chromosomes: {len(s.get('train_chromosomes', []))}",
+        _split_line(s),
         f"- cells: {s.get('n_cells')}"
         + (f" (not scored: {', '.join(s['excluded_cells'])})" if s.get("excluded_cells") else ""),
         f"- DNA (FASTA): {s.get('fasta') or 'none'}; TSS BED: {s.get('tss_bed') or 'none'}",
@@ -179,6 +295,8 @@ def _report_md(
         "Threshold 0.5 for accuracy, F1 and MCC; ECE with 15 equal-width bins.",
         "",
     ]
+    if boot is not None:
+        lines += _bootstrap_md(boot)
     timings = s.get("timings") or {}
     if timings:
         frame = pd.DataFrame(
@@ -217,16 +335,39 @@ def _report_md(
     return "\n".join(lines)
 
 
+def _split_line(s: dict) -> str:
+    if s.get("split") == "regions":
+        test = s.get("test_regions") or []
+        train = s.get("train_regions") or []
+        sites = sum(r[2] - r[1] for r in test)
+        return (
+            f"- seed {s.get('seed')}; region hold-out: {len(test)} test block(s) "
+            f"({sites} sites) on {', '.join(s.get('test_chromosomes', []))}; baselines fitted on "
+            f"{len(train)} training block(s) ({sum(r[2] - r[1] for r in train)} sites)"
+            + (f"; {s['split_note']}" if s.get("split_note") else "")
+        )
+    return (
+        f"- seed {s.get('seed')}; test chromosomes: {', '.join(s.get('test_chromosomes', []))}; "
+        f"training chromosomes: {len(s.get('train_chromosomes', []))}"
+        + (f"; {s['split_note']}" if s.get("split_note") else "")
+    )
+
+
 def write_report(
     out: Path,
     predictions: pd.DataFrame,
     model_names: Sequence[str],
     settings: dict,
     plots: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Write every output file into ``out`` (an existing directory); return the three tables."""
+    bootstrap: int = BOOTSTRAP_RESAMPLES,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Write every output file into ``out`` (an existing directory); return the tables (overall,
+    per cell, per context, paired bootstrap)."""
     out = Path(out)
     metrics, per_cell, per_context = metric_tables(predictions, model_names)
+    boot = bootstrap_table(predictions, model_names, n_boot=bootstrap, seed=settings.get("seed", 0))
+    if not boot.empty:
+        _write_tsv(boot, out / "paired_bootstrap.tsv")
     _write_tsv(metrics, out / "metrics.tsv")
     _write_tsv(per_cell, out / "per_cell.tsv")
     _write_tsv(per_context, out / "per_context.tsv")
@@ -238,5 +379,7 @@ def write_report(
         fh.write("\n")
     if plots:
         _plots(out, predictions, model_names, per_cell)
-    (out / "report.md").write_text(_report_md(metrics, per_cell, per_context, settings, plots))
-    return metrics, per_cell, per_context
+    (out / "report.md").write_text(
+        _report_md(metrics, per_cell, per_context, settings, plots, boot)
+    )
+    return metrics, per_cell, per_context, boot

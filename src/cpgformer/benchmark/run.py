@@ -1,9 +1,11 @@
 """``run_benchmark``: every model on identical hidden entries of the test chromosomes, then the report.
 
-Flow: open the store; load the training chromosomes (all but the test ones) as dense matrices and
-``fit`` every model on them; per test chromosome choose the scored entries (seeded, from the observed
-pattern only), build *one* masked input and give that same input to every model; score and write
-the report (:mod:`cpgformer.benchmark.report`).
+Flow: open the store; resolve the split (:func:`resolve_benchmark_split`: test chromosomes, or the
+test blocks of a region hold-out); load the training chromosomes (all but the test ones) or the
+training blocks as dense matrices and ``fit`` every model on them; per test chromosome or block
+choose the scored entries (seeded, from the observed pattern only), build *one* masked input and
+give that same input to every model; score and write the report, with paired bootstrap intervals
+of cpgformer minus each model (:mod:`cpgformer.benchmark.report`).
 
 Memory: chromosomes are densified (sites x cells int8), the training ones all at once -- fine for
 benchmark-sized data (1e6 sites x 100 cells = 100 MB), not for whole atlases.
@@ -38,6 +40,7 @@ from cpgformer.benchmark.metrics import (
     read_tss_bed,
     tss_distance,
 )
+from cpgformer.data.segments import Region, regions_from_record, resolve_split
 from cpgformer.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class BenchmarkResult:
     per_context: pd.DataFrame
     predictions: pd.DataFrame
     settings: dict = field(default_factory=dict)
+    bootstrap: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """cpgformer minus each model: paired bootstrap intervals (empty without cpgformer)."""
 
 
 def load_chromosome(ds: Any, chrom: str, reference: Any = None) -> ChromData:
@@ -94,6 +99,143 @@ def _model_list(models: str | Sequence[Any], checkpoint: str | None) -> list[Any
     return names
 
 
+@dataclass
+class BenchmarkSplit:
+    """What the benchmark scores and fits on: whole chromosomes, or blocks (``regions``)."""
+
+    mode: str
+    test_chromosomes: list[str]
+    train_chromosomes: list[str]
+    regions: dict[str, list[Region]] | None = None
+    note: str = ""
+
+
+def resolve_benchmark_split(
+    ds: Any,
+    test_chroms: Sequence[str] | None,
+    ckpt_data: dict,
+    receptive_field: int | None = None,
+) -> BenchmarkSplit:
+    """Test chromosomes or test blocks: ``--test-chroms`` if given, else the checkpoint's held-out
+    split (chromosomes or region blocks), else the split ``cpgformer train`` makes by default.
+
+    Region blocks: baselines fit on the training blocks only, and the test blocks are scored.
+    """
+    from cpgformer.data.config import DataConfig
+    from cpgformer.nn import ModelConfig
+
+    names = list(ds.chromosomes)
+    if not test_chroms and ckpt_data:
+        regions = regions_from_record(ckpt_data)
+        if regions is not None:
+            for block in regions["train"] + regions["test"]:
+                if block.chrom not in names or block.stop > ds.n_sites(block.chrom):
+                    raise UsageError(
+                        f"the checkpoint's held-out block {block.chrom}:{block.start}-{block.stop} "
+                        "is not in this store (was it trained on another store?)"
+                    )
+            if not regions["test"]:
+                raise UsageError("the checkpoint has no test blocks: give --test-chroms")
+            log.info("test blocks from the checkpoint: %d", len(regions["test"]))
+            return BenchmarkSplit(
+                "regions", sorted({b.chrom for b in regions["test"]}), [], regions
+            )
+        test_chroms = list(ckpt_data.get("test_chromosomes_resolved") or [])
+        if not test_chroms:
+            raise UsageError("the checkpoint has no test chromosomes: give --test-chroms")
+        log.info("test chromosomes from the checkpoint: %s", ", ".join(test_chroms))
+    note = ""
+    if not test_chroms:
+        # no checkpoint: the split `cpgformer train` makes with its defaults
+        defaults = DataConfig()
+        rf = (
+            ModelConfig(n_cells=1).receptive_field_sites
+            if receptive_field is None
+            else receptive_field
+        )
+        plan = resolve_split(
+            {c: ds.positions(c) for c in names},
+            segment_length=defaults.segment_length,
+            val_chromosomes=defaults.val_chromosomes,
+            test_chromosomes=defaults.test_chromosomes,
+            receptive_field=rf,
+        )
+        note = plan.note
+        if note:
+            log.warning("%s", note)
+        if plan.mode == "regions":
+            assert plan.regions is not None
+            return BenchmarkSplit(
+                "regions", sorted({b.chrom for b in plan.regions["test"]}), [], plan.regions, note
+            )
+        test_chroms = list(plan.test_chromosomes)
+        log.info("test chromosomes (train's default split): %s", ", ".join(test_chroms))
+    test_chroms = list(dict.fromkeys(test_chroms))
+    unknown = [c for c in test_chroms if c not in names]
+    if unknown:
+        raise UsageError(
+            f"test chromosome(s) {', '.join(unknown)} not in the store (it has {', '.join(names)})"
+        )
+    train_chroms = [c for c in names if c not in test_chroms]
+    if not train_chroms:
+        raise UsageError(
+            "every chromosome is a test chromosome: nothing left to fit baselines on "
+            "(leave --test-chroms out for a region hold-out)"
+        )
+    held = set(ckpt_data.get("test_chromosomes_resolved") or []) | set(
+        ckpt_data.get("val_chromosomes_resolved") or []
+    )
+    if ckpt_data.get("split_resolved") == "regions":
+        log.warning("the checkpoint was trained with a region hold-out: its scores are optimistic")
+    elif ckpt_data and held and not set(test_chroms) <= held:
+        log.warning(
+            "the checkpoint was trained on test chromosome(s) %s: its scores are optimistic",
+            ", ".join(sorted(set(test_chroms) - held)),
+        )
+    return BenchmarkSplit("chromosomes", test_chroms, train_chroms, None, note)
+
+
+def block_of(data: ChromData, blocks: Sequence[Region]) -> list[ChromData]:
+    """Row blocks of a loaded chromosome as their own :class:`ChromData` (sequence kept whole,
+    since it is indexed by bp; named ``chrom:start-stop`` by rows)."""
+    return [
+        ChromData(
+            f"{data.name}:{b.start}-{b.stop}",
+            data.positions[b.start : b.stop],
+            np.ascontiguousarray(data.states[b.start : b.stop]),
+            data.sequence,
+        )
+        for b in blocks
+    ]
+
+
+def _by_chromosome(blocks: Sequence[Region]) -> dict[str, list[Region]]:
+    out: dict[str, list[Region]] = {}
+    for b in blocks:
+        out.setdefault(b.chrom, []).append(b)
+    return out
+
+
+def _test_parts(ds: Any, split: BenchmarkSplit, reference: Any):
+    """(chromosome, [ChromData to score]) one chromosome at a time."""
+    if split.regions is None:
+        for chrom in split.test_chromosomes:
+            yield chrom, [load_chromosome(ds, chrom, reference)]
+        return
+    for chrom, blocks in _by_chromosome(split.regions["test"]).items():
+        yield chrom, block_of(load_chromosome(ds, chrom, reference), blocks)
+
+
+def _region_rows(ds: Any, regions: dict[str, list[Region]] | None, split: str) -> list | None:
+    if regions is None:
+        return None
+    rows = []
+    for b in regions[split]:
+        pos = ds.positions(b.chrom)
+        rows.append([b.chrom, b.start, b.stop, int(pos[b.start]), int(pos[b.stop - 1]) + 1])
+    return rows
+
+
 def run_benchmark(
     store: Any,
     models: str | Sequence[Any] = "all",
@@ -115,15 +257,18 @@ def run_benchmark(
     batch_size: int = 8,
     overwrite: bool = False,
     plots: bool = True,
+    bootstrap: int = 1000,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on the test chromosomes of ``store`` and write the report to ``out_dir``.
 
     ``models``: comma-separated names or a list of names and/or model objects (``all`` = every
     baseline, plus ``cpgformer`` when a checkpoint is given). ``test_chroms`` default: the
-    checkpoint's held-out test chromosomes. ``cells_exclude``: cells never hidden nor scored (their
-    calls stay visible input). ``hide_fraction``: holdout -- expected fraction of observed entries
-    hidden (default 0.2); exhaustive -- fraction of observed entries scored, each hidden alone
-    (default 1.0 = all).
+    checkpoint's held-out test chromosomes or test blocks, else the split ``cpgformer train``
+    makes by default (see :func:`resolve_benchmark_split`). ``cells_exclude``: cells never hidden
+    nor scored (their calls stay visible input). ``hide_fraction``: holdout -- expected fraction of
+    observed entries hidden (default 0.2); exhaustive -- fraction of observed entries scored, each
+    hidden alone (default 1.0 = all). ``bootstrap``: resamples of the paired bootstrap intervals of
+    cpgformer minus each model (0 = none).
     """
     from cpgformer.benchmark.report import write_report
     from cpgformer.io.store import Dataset, open_dataset
@@ -162,34 +307,16 @@ def run_benchmark(
     if len(set(model_names)) != len(model_names):
         raise UsageError(f"two models share a name: {', '.join(model_names)}")
 
-    # test / training chromosomes
+    # the split: test chromosomes, or test blocks of a region hold-out
     ckpt_data: dict = {}
+    ckpt_rf: int | None = None
     for m in objs:
         if isinstance(m, CpgformerModel):
             ckpt_data = m.data
-    if not test_chroms:
-        test_chroms = list(ckpt_data.get("test_chromosomes_resolved") or [])
-        if not test_chroms:
-            raise UsageError("give the test chromosomes (--test-chroms)")
-        log.info("test chromosomes from the checkpoint: %s", ", ".join(test_chroms))
-    test_chroms = list(dict.fromkeys(test_chroms))
-    unknown = [c for c in test_chroms if c not in ds.chromosomes]
-    if unknown:
-        raise UsageError(
-            f"test chromosome(s) {', '.join(unknown)} not in the store "
-            f"(it has {', '.join(ds.chromosomes)})"
-        )
-    train_chroms = [c for c in ds.chromosomes if c not in test_chroms]
-    if not train_chroms:
-        raise UsageError("every chromosome is a test chromosome: nothing left to fit baselines on")
-    held = set(ckpt_data.get("test_chromosomes_resolved") or []) | set(
-        ckpt_data.get("val_chromosomes_resolved") or []
-    )
-    if ckpt_data and held and not set(test_chroms) <= held:
-        log.warning(
-            "the checkpoint was trained on test chromosome(s) %s: its scores are optimistic",
-            ", ".join(sorted(set(test_chroms) - held)),
-        )
+            ckpt_rf = m.receptive_field
+    split = resolve_benchmark_split(ds, test_chroms, ckpt_data, ckpt_rf)
+    test_chroms = split.test_chromosomes
+    train_chroms = split.train_chromosomes
     missing_cells = [c for c in cells_exclude if c not in cells]
     if missing_cells:
         raise UsageError(f"--exclude-cells: unknown cell(s) {', '.join(missing_cells)}")
@@ -213,46 +340,53 @@ def run_benchmark(
     timings: dict[str, dict[str, float]] = {
         n: {"fit_s": 0.0, "predict_s": 0.0} for n in model_names
     }
-    train = [load_chromosome(ds, c, reference) for c in train_chroms]
+    if split.regions is None:
+        train = [load_chromosome(ds, c, reference) for c in train_chroms]
+    else:
+        train = [
+            block_of(load_chromosome(ds, chrom, reference), blocks)
+            for chrom, blocks in _by_chromosome(split.regions["train"]).items()
+        ]
+        train = [piece for pieces in train for piece in pieces]
     for m in objs:
         t0 = time.perf_counter()
-        log.info("fitting %s on %d training chromosome(s)", m.name, len(train))
+        log.info("fitting %s on %d training chromosome(s) or block(s)", m.name, len(train))
         m.fit(train, cells)
         timings[m.name]["fit_s"] = time.perf_counter() - t0
     del train
 
     frames = []
-    for chrom in test_chroms:
-        data = load_chromosome(ds, chrom, reference)
-        rng = _chrom_rng(seed, chrom)
-        if protocol == "holdout":
-            hidden = ho.holdout_entries(data, hide_fraction, rng, run_gap, cell_mask)
-            masked = ho.mask_entries(data, hidden.rows, hidden.cols)
-        else:
-            hidden = ho.sample_entries(data, hide_fraction, rng, cell_mask)
-            masked = None
-        log.info("%s: %d entries scored (%s protocol)", chrom, len(hidden), protocol)
-        frame = pd.DataFrame(
-            {
-                "chrom": chrom,
-                "pos": data.positions[hidden.rows],
-                "cell": np.asarray(cells, dtype=object)[hidden.cols],
-                "label": hidden.labels.astype(np.int8),
-            }
-        )
-        qpos = data.positions[hidden.rows]
-        frame["cpg_density"] = cpg_density(data.positions, qpos, data.sequence)
-        if tss is not None:
-            frame["tss_distance"] = tss_distance(qpos, tss.get(chrom))
-        for m in objs:
-            t0 = time.perf_counter()
-            if masked is not None:
-                probs = ho.predict_holdout(m, masked, hidden)
+    for chrom, parts in _test_parts(ds, split, reference):
+        for data in parts:
+            rng = _chrom_rng(seed, data.name)
+            if protocol == "holdout":
+                hidden = ho.holdout_entries(data, hide_fraction, rng, run_gap, cell_mask)
+                masked = ho.mask_entries(data, hidden.rows, hidden.cols)
             else:
-                probs = ho.predict_exhaustive(m, data, hidden)
-            timings[m.name]["predict_s"] += time.perf_counter() - t0
-            frame[m.name] = probs
-        frames.append(frame)
+                hidden = ho.sample_entries(data, hide_fraction, rng, cell_mask)
+                masked = None
+            log.info("%s: %d entries scored (%s protocol)", data.name, len(hidden), protocol)
+            frame = pd.DataFrame(
+                {
+                    "chrom": chrom,
+                    "pos": data.positions[hidden.rows],
+                    "cell": np.asarray(cells, dtype=object)[hidden.cols],
+                    "label": hidden.labels.astype(np.int8),
+                }
+            )
+            qpos = data.positions[hidden.rows]
+            frame["cpg_density"] = cpg_density(data.positions, qpos, data.sequence)
+            if tss is not None:
+                frame["tss_distance"] = tss_distance(qpos, tss.get(chrom))
+            for m in objs:
+                t0 = time.perf_counter()
+                if masked is not None:
+                    probs = ho.predict_holdout(m, masked, hidden)
+                else:
+                    probs = ho.predict_exhaustive(m, data, hidden)
+                timings[m.name]["predict_s"] += time.perf_counter() - t0
+                frame[m.name] = probs
+            frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True)
     if predictions.shape[0] == 0:
         raise UsageError("no observed entries to score on the test chromosomes")
@@ -265,8 +399,12 @@ def run_benchmark(
         "hide_fraction": hide_fraction,
         "run_gap_bp": run_gap if protocol == "holdout" else None,
         "seed": seed,
+        "split": split.mode,
+        "split_note": split.note,
         "test_chromosomes": test_chroms,
         "train_chromosomes": train_chroms,
+        "test_regions": _region_rows(ds, split.regions, "test"),
+        "train_regions": _region_rows(ds, split.regions, "train"),
         "excluded_cells": list(cells_exclude),
         "n_cells": len(cells),
         "fasta": fasta_path,
@@ -274,8 +412,11 @@ def run_benchmark(
         "models": model_names,
         "timings": timings,
         "n_entries": int(predictions.shape[0]),
+        "bootstrap_resamples": bootstrap,
     }
-    with atomic_dir(out_path, overwrite=overwrite) as tmp:
-        tables = write_report(tmp, predictions, model_names, settings, plots=plots)
+    with atomic_dir(out_path, overwrite, kind="benchmark", inputs=[store_path, checkpoint]) as tmp:
+        metrics, per_cell, per_context, boot = write_report(
+            tmp, predictions, model_names, settings, plots=plots, bootstrap=bootstrap
+        )
     log.info("benchmark report written to %s", out_path)
-    return BenchmarkResult(out_path, *tables, predictions, settings)
+    return BenchmarkResult(out_path, metrics, per_cell, per_context, predictions, settings, boot)

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-chroms",
         type=_csv,
-        help="comma-separated test chromosomes (default: the checkpoint's test chromosomes)",
+        help="comma-separated test chromosomes (default: the checkpoint's test chromosomes or "
+        "test blocks; without a checkpoint, the split `cpgformer train` makes by default)",
     )
     parser.add_argument(
         "--exclude-cells",
@@ -83,6 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cpgformer inference")
     g.add_argument("--tile-sites", type=int, default=1024, help="sites per tile (default 1024)")
     g.add_argument("--batch-size", type=int, default=8, help="tiles per forward (default 8)")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="paired bootstrap resamples for the intervals of cpgformer minus each model "
+        "(0 = none; default %(default)s)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -91,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from cpgformer.benchmark.baselines import CaMeliaConfig, DeepCpGConfig
     from cpgformer.benchmark.report import markdown_table
     from cpgformer.benchmark.run import run_benchmark
+    from cpgformer.errors import UsageError
+
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
 
     deepcpg = DeepCpGConfig(
         max_steps=args.deepcpg_max_steps,
@@ -124,8 +136,17 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         plots=not args.no_plots,
+        bootstrap=args.bootstrap,
     )
     table = result.metrics.sort_values("auroc", ascending=False, na_position="last")
     sys.stdout.write(markdown_table(table) + "\n")
+    boot = result.bootstrap
+    if not boot.empty:
+        sys.stdout.write("cpgformer minus each model, paired bootstrap 95 % interval:\n")
+        for r in boot[boot["scope"] == "all"].itertuples(index=False):
+            interval = (
+                "undefined" if r.ci_low != r.ci_low else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+            )
+            sys.stdout.write(f"  {r.model} {r.metric}: {r.difference:+.4f} {interval}\n")
     sys.stdout.write(f"report: {result.out_dir / 'report.md'}\n")
     return 0

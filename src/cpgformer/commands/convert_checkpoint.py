@@ -81,12 +81,22 @@ def parse_hparams(specs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cpgformer.utils.locks import output_lock
+    from cpgformer.utils.outputs import check_output, remove_leftovers
+
+    output = Path(args.output)
+    inputs = [args.original, args.cell_names]
+    check_output(output, "model", overwrite=args.force, inputs=inputs)
+    with output_lock(output):
+        check_output(output, "model", overwrite=args.force, inputs=inputs)
+        remove_leftovers(output)
+        return _convert(args, output)
+
+
+def _convert(args: argparse.Namespace, output: Path) -> int:
     from cpgformer.legacy import from_original, load_original
     from cpgformer.nn.serialize import save_model
 
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise UsageError(f"{output}: already exists (use --force to overwrite)")
     state_dict, file_hparams = load_original(args.original, trust_pickle=args.trust_pickle)
     hparams = {**file_hparams, **parse_hparams(args.hparams)}
     model = from_original(state_dict, hparams)

@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
     )
     rows = []
-    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
+    inputs = [args.store, args.checkpoint, args.sites, args.fasta]
+    with atomic_dir(args.output, args.overwrite, kind="explain", inputs=inputs) as tmp:
         for k, expl in enumerate(results):
             stem = f"{k:03d}_{expl.name}"
             save_npz(expl, tmp / f"{stem}.npz")

@@ -60,6 +60,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(chr1 -> 1, chrM -> MT)",
     )
     parser.add_argument(
+        "--contig-aliases",
+        choices=("unify", "refuse"),
+        default="unify",
+        help="cells naming one contig differently (19/chr19, MT/chrM): unify to the spelling most "
+        "cells use, with a warning, or refuse (unify)",
+    )
+    parser.add_argument(
+        "--keep-contigs",
+        default=None,
+        metavar="CLASSES",
+        help="keep spike-in (lambda, pUC19, phiX) and/or unplaced (chrUn_*, *_random, *_alt) "
+        "contigs in the store and in training: spike-in, unplaced or all (default: leave them "
+        "out, reported)",
+    )
+    parser.add_argument(
         "--binarize",
         choices=BINARIZE_RULES,
         default="threshold",
@@ -138,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         spill_bytes=args.spill_mb << 20,
         jobs=args.jobs,
         skip_empty=args.skip_empty,
+        contig_aliases=args.contig_aliases,
+        keep_contigs=args.keep_contigs,
     )
     manifest = prepare(args.inputs, args.output, opts, overwrite=args.overwrite)
     summary = {

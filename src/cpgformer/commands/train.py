@@ -58,8 +58,14 @@ HELPS: dict[str, str] = {
     "batch_size": "segments per batch",
     "val_chromosomes": "validation chromosomes (chr prefix optional)",
     "test_chromosomes": "test chromosomes, never trained on (chr prefix optional)",
-    "val_fraction": "split segments at random instead: fraction for validation (leaks context)",
-    "test_fraction": "with --val-fraction: fraction of segments for test",
+    "val_fraction": "fraction for validation: of the sites in validation blocks (--split regions; "
+    "default 0.1) or of random segments (--split fraction; leaks context)",
+    "test_fraction": "fraction for test, as --val-fraction (default: 0.1 with regions, else none)",
+    "split": "auto (the named chromosomes if the store has them, else an automatic choice: two "
+    "chromosomes, or blocks along the chromosomes), chromosomes, regions or fraction",
+    "region_block_sites": "sites per held-out block of --split regions (0 = auto)",
+    "region_gap_sites": "sites left out between held-out blocks and training "
+    "(0 = the model's receptive field; always more than 150 bp too)",
     "mask_rule": "perturbed-entry count: original = min(floor(L*fraction), #observed); "
     "observed = fraction of observed entries",
     "mask_fraction": "fraction used by the mask rule",
@@ -70,15 +76,28 @@ HELPS: dict[str, str] = {
     "label_sample_size": "observed labels sampled for the random-label distribution",
     # training
     "lr": "Adam learning rate",
-    "warmup_steps": "linear learning-rate warm-up, optimiser steps",
-    "lr_decay": "learning-rate factor per epoch after warm-up",
-    "max_epochs": "maximum epochs",
-    "max_steps": "maximum optimiser steps (-1 = no limit)",
-    "patience": "early stopping patience in validations",
+    "warmup_steps": "linear learning-rate warm-up, optimiser steps (default: 1000 published; "
+    "adaptive 5%% of the planned steps, at most 1000)",
+    "lr_decay": "published schedule: learning-rate factor per epoch after warm-up",
+    "max_epochs": "published schedule: maximum epochs",
+    "max_steps": "maximum optimiser steps (-1 = no limit); the adaptive schedule plans its "
+    "decay to end there",
+    "patience": "published schedule: early stopping patience in validations",
     "early_stopping": "stop when the validation loss stops improving",
+    "schedule": "adaptive (steps or time: warm-up, cosine decay, validation and patience in "
+    "steps, sized to the store or the budget) or published (the original, per epoch)",
+    "time_budget": "adaptive: train for this wall time (900, 15m, 1h30m, 00:15:00), the schedule "
+    "planned to end there, best checkpoint kept",
+    "val_interval_steps": "adaptive: validate every this many steps (default: 20 validations "
+    "over the planned steps)",
+    "patience_steps": "adaptive: stop after this many steps without a better validation loss "
+    "(default: a quarter of the planned steps; off with --max-steps or --time-budget unless given)",
+    "final_lr_fraction": "adaptive: learning rate at the end of the cosine decay, as a fraction "
+    "of --lr",
     "limit_train_batches": "training batches per epoch (fraction if < 1, count if >= 1)",
     "limit_val_batches": "validation batches per validation (fraction if < 1, count if >= 1)",
-    "val_check_interval": "validate every this many training batches (or fraction of an epoch)",
+    "val_check_interval": "published schedule: validate every this many training batches "
+    "(or fraction of an epoch)",
     "log_every_n_steps": "log training metrics every this many steps",
     "accelerator": "cpu, gpu, mps or auto",
     "devices": "devices per node: a count, a list like 0,1, or auto",
@@ -93,6 +112,7 @@ HELPS: dict[str, str] = {
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}
 _SKIP = {"model": {"n_cells"}, "data": {"seed"}, "training": set()}
+_RUN_RECORD = {"store", "store_fingerprint", "init_from", "schedule_plan"}
 
 
 def _parse_optional(inner: type) -> Any:
@@ -168,7 +188,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 "--" + name.replace("_", "-"),
                 dest=f"{section}__{name}",
                 default=argparse.SUPPRESS,
-                help=f"{text} (default: {shown})",
+                help=text if "(default:" in text else f"{text} (default: {shown})",
                 **kwargs,
             )
 
@@ -196,6 +216,8 @@ def _load_config_file(path: str) -> dict[str, dict[str, Any]]:
                     out["training"]["seed"] = v
                 # other keys (resolved split, n_cells, ...) are what a run's config.json records
             continue
+        if key in _RUN_RECORD:
+            continue  # what a run's config.json records besides its parameters
         owners = [s for s in _SECTIONS if key in known[s]]
         if not owners:
             raise InputError(path, None, f"unknown parameter {key!r}")
@@ -226,6 +248,8 @@ def build_configs(
     for name in ("val_chromosomes", "test_chromosomes"):
         if name in values["data"]:
             values["data"][name] = tuple(values["data"][name] or ())
+            # chromosomes named by the user are used as given (an unknown one is an error)
+            values["data"].setdefault("split", "chromosomes")
     try:
         model = ModelConfig(n_cells=n_cells, **values["model"])
         data = DataConfig(**values["data"])
@@ -254,11 +278,36 @@ def run(args: argparse.Namespace) -> int:
         progress_bar=progress.enabled(),
     )
     m = result.metrics
-    lines = [f"run directory: {Path(result.run_dir)}"]
+    lines = [f"run directory: {Path(result.run_dir)}", f"split: {result.split}"]
+    sched = result.schedule
+    if sched.get("schedule") == "adaptive":
+        lines.append(
+            "schedule: adaptive, "
+            + (
+                f"time budget {sched['time_budget_s']:.0f} s, "
+                if sched.get("time_budget_s") is not None
+                else ""
+            )
+            + f"{sched.get('horizon')} planned steps, warm-up {sched.get('warmup')}, "
+            + (
+                f"validation every {sched['val_interval']} steps"
+                if sched.get("val_interval")
+                else "validations spaced in time"
+            )
+        )
+    else:
+        lines.append("schedule: published (per epoch)")
     if result.best_checkpoint:
         lines.append(f"best checkpoint: {result.best_checkpoint}")
     for key in ("best_val_loss", "val_loss", "val_auroc", "val_auprc", "val_baseline_auroc"):
         if key in m:
             lines.append(f"{key}: {m[key]:.4f}")
+    if result.interrupted:
+        lines.append(
+            f"interrupted by {result.interrupted}: {result.last_checkpoint} saved; "
+            f"continue with: cpgformer train {args.store} -o {args.output} --resume"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
+    if result.interrupted:
+        return 130 if result.interrupted == "SIGINT" else 143
     return 0

@@ -8,6 +8,9 @@ from typing import Any
 from cpgformer.data.masking import DEFAULT_MASK_RULE, MaskingConfig
 from cpgformer.errors import UsageError
 
+DEFAULT_VAL_CHROMOSOMES = ("chr5",)
+DEFAULT_TEST_CHROMOSOMES = ("chr10",)
+
 
 @dataclass
 class DataConfig:
@@ -15,10 +18,13 @@ class DataConfig:
 
     segment_length: int = 1024
     batch_size: int = 1
-    val_chromosomes: tuple[str, ...] = ("chr5",)
-    test_chromosomes: tuple[str, ...] = ("chr10",)
+    val_chromosomes: tuple[str, ...] = DEFAULT_VAL_CHROMOSOMES
+    test_chromosomes: tuple[str, ...] = DEFAULT_TEST_CHROMOSOMES
     val_fraction: float | None = None
     test_fraction: float | None = None
+    split: str = "auto"
+    region_block_sites: int = 0
+    region_gap_sites: int = 0
     mask_rule: str = DEFAULT_MASK_RULE
     mask_fraction: float = 0.25
     random_fraction: float = 0.2
@@ -36,6 +42,17 @@ class DataConfig:
             raise UsageError(f"batch size must be >= 1, got {self.batch_size}")
         if self.resample_cells is not None and self.resample_cells < 1:
             raise UsageError(f"--resample-cells must be >= 1, got {self.resample_cells}")
+        if self.split not in ("auto", "chromosomes", "regions", "fraction"):
+            raise UsageError(
+                f"unknown --split {self.split!r}; choose auto, chromosomes, regions or fraction"
+            )
+        if self.split == "auto" and (self.val_chromosomes, self.test_chromosomes) != (
+            DEFAULT_VAL_CHROMOSOMES,
+            DEFAULT_TEST_CHROMOSOMES,
+        ):
+            self.split = "chromosomes"  # chromosomes you name are used as given (unknown = error)
+        if self.region_block_sites < 0 or self.region_gap_sites < 0:
+            raise UsageError("--region-block-sites and --region-gap-sites must be >= 0")
         if self.num_workers < 0:
             raise UsageError("--num-workers must be >= 0")
         MaskingConfig(self.mask_rule, self.mask_fraction, self.random_fraction)  # validates

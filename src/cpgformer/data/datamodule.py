@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
@@ -32,13 +33,7 @@ from cpgformer.data.masking import (
     perturb,
     segment_rng,
 )
-from cpgformer.data.segments import (
-    SPLITS,
-    Segment,
-    build_segments,
-    match_chromosomes,
-    split_segments,
-)
+from cpgformer.data.segments import SPLITS, Segment, resolve_split
 from cpgformer.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -81,6 +76,7 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
         self.world_size = world_size
         self.pad = pad
         self.sampler = _EpochHolder()
+        self._resume: tuple[int, int] | None = None
 
     @property
     def epoch(self) -> int:
@@ -88,6 +84,14 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue a run that had taken ``batches_done`` batches of epoch ``epoch``: the next
+        iteration starts with the batch after them (a finished epoch continues with the next one)."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume = (epoch, batches_done)
 
     def global_batches(self) -> list[list[int]]:
         n = self.lengths.size
@@ -117,7 +121,12 @@ class SegmentBatchSampler(Sampler[list[tuple[int, int, int]]]):
         return list(enumerate(self.global_batches()))[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for number, batch in self.rank_batches():
+        skip = 0
+        if self._resume is not None:
+            if self._resume[0] == self.epoch:
+                skip = self._resume[1]
+            self._resume = None
+        for number, batch in self.rank_batches()[skip:]:
             yield [(i, self.epoch, number) for i in batch]
 
     def __len__(self) -> int:
@@ -249,8 +258,33 @@ class _Collate:
         return collate(items, self.data_mode)
 
 
+class _ResumableLoader(DataLoader):
+    """The training loader: its position in the epoch is saved in checkpoints (Lightning calls
+    ``state_dict``/``load_state_dict`` on loaders that have them), so a resumed run continues with
+    the batch after the last one taken -- same order, same masks -- instead of restarting the epoch.
+    """
+
+    def __init__(self, *args: Any, position: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, SegmentBatchSampler)
+        epoch, done = self._position() if self._position is not None else (sampler.epoch, 0)
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, SegmentBatchSampler)
+        sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
+
+
 class SegmentDataModule(pl.LightningDataModule):
     """Train/validation/test segments of a store for a model with ``data_mode`` and ``dna_window``.
+
+    The split is :func:`cpgformer.data.segments.resolve_split` of the config; region hold-out gaps
+    default to ``receptive_field`` sites (the model's).
 
     ``rank``/``world_size`` default to the attached trainer's (set in :meth:`setup`); pass them to use
     the module without a trainer.
@@ -265,6 +299,7 @@ class SegmentDataModule(pl.LightningDataModule):
         dna_window: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        receptive_field: int = 0,
     ) -> None:
         super().__init__()
         from cpgformer.io.store import open_dataset
@@ -282,21 +317,30 @@ class SegmentDataModule(pl.LightningDataModule):
                 "without a reference FASTA; use --dna-window 0 or re-run prepare with --fasta"
             )
         cfg = self.config
-        n_sites = {c: self.store.n_sites(c) for c in self.store.chromosomes}
-        self.segments = build_segments(n_sites, cfg.segment_length)
-        if cfg.val_fraction is not None or cfg.test_fraction is not None:
-            self.val_chromosomes: list[str] = []
-            self.test_chromosomes: list[str] = []
-        else:
-            self.val_chromosomes = match_chromosomes(cfg.val_chromosomes, self.store.chromosomes)
-            self.test_chromosomes = match_chromosomes(cfg.test_chromosomes, self.store.chromosomes)
-        self.splits = split_segments(
-            self.segments,
-            val_chromosomes=self.val_chromosomes,
-            test_chromosomes=self.test_chromosomes,
+        self.receptive_field = int(receptive_field)
+        positions = {c: self.store.positions(c) for c in self.store.chromosomes}
+        self.plan = resolve_split(
+            positions,
+            segment_length=cfg.segment_length,
+            split=cfg.split,
+            val_chromosomes=cfg.val_chromosomes,
+            test_chromosomes=cfg.test_chromosomes,
             val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction,
+            region_block_sites=cfg.region_block_sites,
+            region_gap_sites=cfg.region_gap_sites,
+            receptive_field=self.receptive_field,
             seed=cfg.seed,
+        )
+        if self.plan.note and (rank or 0) == 0:
+            log.warning("%s", self.plan.note)
+        log.info("split: %s", self.plan.describe())
+        self.val_chromosomes: list[str] = list(self.plan.val_chromosomes)
+        self.test_chromosomes: list[str] = list(self.plan.test_chromosomes)
+        self.splits = self.plan.segments
+        self.segments = sorted(
+            (s for part in self.splits.values() for s in part),
+            key=lambda s: (s.chrom_index, s.start),
         )
         for split in ("train", "val"):
             if not self.splits[split]:
@@ -384,18 +428,44 @@ class SegmentDataModule(pl.LightningDataModule):
             pad=split == "train",
         )
 
+    def n_batches(self, split: str, world_size: int = 1) -> int:
+        """Batches per epoch of one process among ``world_size`` (training pads to equal counts)."""
+        segs = self.splits[split]
+        sampler = SegmentBatchSampler(
+            [s.length for s in segs],
+            self.config.batch_size,
+            shuffle=False,
+            rank=0,
+            world_size=world_size,
+            pad=split == "train",
+        )
+        return len(sampler)
+
     def _loader(self, split: str) -> DataLoader:
         if self.rank is None or self.world_size is None:
             self.setup()
         workers = self.config.num_workers
-        return DataLoader(
-            self.dataset(split),
+        # a loader of its own generator: creating its iterator must not draw from the global
+        # torch RNG (dropout), or a resumed run would see other random numbers than an
+        # uninterrupted one
+        kwargs: dict[str, Any] = dict(
             batch_sampler=self.batch_sampler(split),
             collate_fn=_Collate(self.data_mode),
             num_workers=workers,
             persistent_workers=False,
             pin_memory=False,
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
+        if split == "train":
+            return _ResumableLoader(self.dataset(split), position=self._train_position, **kwargs)
+        return DataLoader(self.dataset(split), **kwargs)
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, training batches completed in it) of the attached trainer."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -414,6 +484,8 @@ class SegmentDataModule(pl.LightningDataModule):
         d["val_chromosomes_resolved"] = list(self.val_chromosomes)
         d["test_chromosomes_resolved"] = list(self.test_chromosomes)
         d["n_segments"] = {s: len(self.splits[s]) for s in SPLITS}
+        positions = {c: self.store.positions(c) for c in self.store.chromosomes}
+        d.update(self.plan.record(positions))
         d["data_mode"] = self.data_mode
         d["dna_window"] = self.dna_window
         return d

@@ -1016,7 +1016,8 @@ def simulate_to_directory(
         for cell in progress(range(n_cells), desc="simulating cells", unit="cell"):
             yield cell, _simulate_cell(prep.models, cell, prep.cells, cfg, prep.protocol, seed)
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    inputs = [genome] if isinstance(genome, (str, os.PathLike)) else []
+    with atomic_dir(out, overwrite=overwrite, kind="simulation", inputs=inputs) as tmp:
         _write_outputs(tmp, prep, results(), _genome_label(genome), store_rows)
     log.info("wrote simulation to %s", out)
     if store is not None and store_rows is not None:
@@ -1025,7 +1026,15 @@ def simulate_to_directory(
         collector = store_rows
         chroms = (collector.chrom_arrays(k) for k in range(len(prep.models)))
         extra, cell_info = _store_metadata(cfg, seed, prep.cells)
-        write_store(store, chroms, prep.cells.names, extra, cell_info, overwrite=overwrite)
+        write_store(
+            store,
+            chroms,
+            prep.cells.names,
+            extra,
+            cell_info,
+            overwrite=overwrite,
+            inputs=[*inputs, out],
+        )
     return out
 
 
@@ -1084,7 +1093,7 @@ def write_simulation(
         else "simulation"
     )
     out = Path(out_dir)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="simulation") as tmp:
         _write_outputs(tmp, prep, results(), genome_label)
     return out
 

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import shutil
 import zlib
 from collections.abc import Iterable
@@ -77,6 +78,46 @@ def _writable(folder: Path) -> bool:
     return bool(mode & 0o222) and os.access(folder, os.W_OK | os.X_OK)
 
 
+def stale_index_problem(fasta: Path, index: Path, max_checks: int = 2000) -> str | None:
+    """Why the ``.fai`` ``index`` does not describe ``fasta`` (None when it does).
+
+    For each indexed contig (the first ``max_checks``, and the last) the header line must end just
+    before the recorded offset, the first sequence line must have the recorded width, and the
+    sequence must fit in the file. A FASTA rewrapped or edited after indexing fails these checks.
+    """
+    try:
+        rows = [line.split("\t") for line in index.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"unreadable FASTA index ({exc})"
+    try:
+        size = fasta.stat().st_size
+        entries = [(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+    except (OSError, IndexError, ValueError):
+        return f"not a FASTA index (.fai) of {fasta.name}; remove it to have it rebuilt"
+    picks = entries[:max_checks] + entries[-1:]
+    fix = f"stale FASTA index for {fasta.name} (the FASTA changed after indexing): remove it so "
+    fix += "that it is rebuilt"
+    with open(fasta, "rb") as fh:
+        for name, length, offset, line_bases, line_width in picks:
+            if length < 0 or offset < 1 or line_bases < 1 or line_width < line_bases:
+                return fix
+            n_lines = -(-length // line_bases)
+            end = offset + length + (n_lines - 1) * (line_width - line_bases)
+            if end > size:
+                return fix
+            fh.seek(max(0, offset - len(name) - 1024))
+            before = fh.read(offset - fh.tell())
+            header = before.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+            if not before.endswith(b"\n") or not header.startswith(b">" + name.encode()):
+                return fix
+            if length > line_bases:  # a full first line ends where the index says
+                fh.seek(offset + line_bases)
+                eol = fh.read(line_width - line_bases)
+                if eol not in (b"\n", b"\r\n"):
+                    return fix
+    return None
+
+
 def _alias_candidates(name: str) -> list[str]:
     out: list[str] = []
     low = name.lower()
@@ -104,6 +145,10 @@ class Reference:
         self._cache = Path(cache) if cache is not None else cache_dir()
         self.fasta_path, index_path = self._prepare_files()
         self.index_path = Path(index_path)
+        if self.index_path.exists():
+            problem = stale_index_problem(self.fasta_path, self.index_path)
+            if problem is not None:
+                raise InputError(self.index_path, None, problem)
         self._fa = self._open_index()
         self._pid = os.getpid()
         self._contigs = {name: len(self._fa[name]) for name in self._fa.keys()}
@@ -124,6 +169,14 @@ class Reference:
             )
         except (pyfaidx.FastaIndexingError, ValueError) as exc:
             raise InputError(self.path, None, f"cannot index FASTA: {exc}") from None
+        except (RuntimeError, UnicodeDecodeError) as exc:  # pyfaidx on blank or binary lines
+            entry = re.search(r"at entry (.*?)Please report", str(exc))
+            where = f" in contig {entry.group(1)!r}" if entry else ""
+            raise InputError(
+                self.path,
+                None,
+                f"cannot index FASTA: blank, binary or irregular sequence lines{where}",
+            ) from None
 
     def _handle(self) -> pyfaidx.Fasta:
         """The pyfaidx handle of this process (a forked worker must not share the parent's file
@@ -253,8 +306,19 @@ class Reference:
         out = np.full(end - start, CODE_N, dtype=np.int8)
         lo, hi = max(start, 0), min(end, length)
         if hi > lo:
-            seq = self._handle()[target][lo:hi]
-            out[lo - start : hi - start] = encode_sequence(seq)
+            try:
+                seq = self._handle()[target][lo:hi]
+            except UnicodeDecodeError:
+                seq = ""
+            codes = encode_sequence(seq)
+            if len(codes) != hi - lo:  # bytes that are not single ASCII letters
+                raise InputError(
+                    self.path,
+                    None,
+                    f"contig {target!r}: sequence is not plain ASCII letters near {lo}-{hi} "
+                    "(binary or multi-byte characters)",
+                )
+            out[lo - start : hi - start] = codes
         return out
 
     def _codes_around(

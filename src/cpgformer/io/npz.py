@@ -80,8 +80,11 @@ def read_names_file(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise InputError(p, None, "no such file (expected one cell name per line)")
-    with open(p) as fh:
-        names = [line.strip() for line in fh]
+    try:
+        with open(p, encoding="utf-8-sig") as fh:
+            names = [line.strip() for line in fh]
+    except UnicodeDecodeError:
+        raise InputError(p, None, "not a text file of cell names (binary content)") from None
     return [n for n in names if n]
 
 
@@ -310,7 +313,9 @@ def import_npz(
         # dtypes as imported, so that export reproduces the triple exactly
         "npz": {"y_dtype": y_dtypes.pop(), "pos_dtype": pos_dtypes},
     }
-    manifest = write_store(output, chroms(), names, extra, overwrite=overwrite)
+    manifest = write_store(
+        output, chroms(), names, extra, overwrite=overwrite, inputs=[base, ypath, ppath, xpath]
+    )
     log.info(
         "imported %s: %d cells, %d chromosomes, %d calls (%s)",
         ypath.parent,
@@ -396,7 +401,8 @@ def export_npz(
         )
     out = Path(output)
     summary: dict = {"values": values, "chromosomes": len(ds.chromosomes), "X": source is not None}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    inputs = [ds.path, genome_npz, fasta]
+    with atomic_dir(out, overwrite=overwrite, kind="npz", inputs=inputs) as tmp:
         set_default_dir_mode(tmp)
         yw = _NpzWriter(tmp / "y.npz")
         pw = _NpzWriter(tmp / "pos.npz")

@@ -44,6 +44,9 @@ _SNIFF_LINES = 200
 # Column layouts
 # --------------------------------------------------------------------------------------------------
 
+MAX_COORDINATE = 1 << 40
+"""Largest coordinate read (about 1.1e12 bp, beyond any chromosome); larger values are refused."""
+
 
 @dataclass(frozen=True)
 class ColumnSpec:
@@ -1183,7 +1186,13 @@ def _locate_bad_line(
             value = parts[col].strip()
             try:
                 if kind == "int":
-                    int(value)
+                    if abs(int(value)) > MAX_COORDINATE:
+                        return InputError(
+                            path,
+                            line_no,
+                            f"column {col + 1} ({role}): {value} is out of range "
+                            f"(at most {MAX_COORDINATE})",
+                        )
                 elif not math.isfinite(float(value)):
                     raise ValueError(value)
             except ValueError:
@@ -1256,7 +1265,7 @@ def _parse_block(
             keep_default_na=False,
             skipinitialspace=plan.sep in (",", ";"),
         )
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
         raise refuse(exc) from None
     if len(df) != n_lines:
         raise refuse(ValueError(f"{len(df)} rows for {n_lines} lines"))
@@ -1366,8 +1375,10 @@ def _convert(
             frac = None
         fail(cov > np.iinfo(np.int32).max, "count too large")
 
-        # ---- coordinates
+        # ---- coordinates (beyond any chromosome: refused before any arithmetic can overflow)
         start = col(spec.pos)
+        fail(start > MAX_COORDINATE, f"column {spec.pos}: position beyond {MAX_COORDINATE}")
+        start = start.astype(np.int64, copy=False)
         pooled_rows: np.ndarray | None = None
         if spec.base == 1:
             fail(start < 1, f"column {spec.pos}: position must be >= 1 in a 1-based file")
@@ -1375,6 +1386,8 @@ def _convert(
             fail(start < 0, f"column {spec.pos}: negative position")
         if spec.end is not None:
             end = col(spec.end)
+            fail(end > MAX_COORDINATE, f"column {spec.end}: coordinate beyond {MAX_COORDINATE}")
+            end = end.astype(np.int64, copy=False)
             fail(end < 0, f"column {spec.end}: negative end coordinate")
             length = end - start
             kind = spec.interval

@@ -270,6 +270,10 @@ def write_store_into(
     }
     df = _cell_frame(cell_names, n_calls, n_meth, n_labelled, cov_sum, cell_info)
     df.to_csv(out / "cells.tsv", sep="\t", index=False, na_rep="NA")
+    from cpgformer.integrity import _store_entries, file_digests
+
+    names = [rel for rel, _shape, _dtype in _store_entries(manifest)] + ["cells.tsv"]
+    manifest["files"] = file_digests(out, names)  # sizes and SHA-256 (cpgformer check)
     with open(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1, default=_json_default)
         fh.write("\n")
@@ -296,6 +300,7 @@ def write_store(
     cell_info: Any = None,
     *,
     overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str] | None] = (),
 ) -> dict:
     """Write a store atomically (``.partial-`` directory renamed into place); return the manifest.
 
@@ -305,7 +310,7 @@ def write_store(
     ``flags`` and any extra per-cell columns to ``cells.tsv``. The fingerprint is a SHA-256 over the
     cell names and every chromosome's positions, indptr, cell, mc, cov and label arrays.
     """
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, kind="store", inputs=inputs) as tmp:
         manifest = write_store_into(tmp, chroms, cell_names, manifest_extra, cell_info)
     log.debug(
         "wrote store %s: %d cells, %d chromosomes, %d sites, %d calls",
@@ -353,6 +358,9 @@ class Dataset:
         cells = manifest.get("cells")
         self.cells: list[str] = list(cells) if cells is not None else list(self.cell_table["name"])
         self.fingerprint: str = manifest["fingerprint"]
+        from cpgformer.integrity import verify_store_files
+
+        verify_store_files(self.path, manifest)  # every array there, complete, as promised
 
     def __repr__(self) -> str:
         return (

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from cpgformer.errors import InputError, UsageError
-from cpgformer.utils.atomic import PARTIAL_PREFIX
+from cpgformer.io.readers import MAX_COORDINATE
+from cpgformer.utils.atomic import PARTIAL_PREFIX, default_file_mode
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -53,6 +54,7 @@ def _temp_name(target: Path) -> Path:
         dir=target.parent,
     )
     os.close(fd)
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; exported files follow the umask
     return Path(tmp)
 
 
@@ -185,7 +187,11 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
     are skipped; malformed lines raise :class:`InputError` naming the line.
     """
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with open(path, "rb") as fh:
+            opener = gzip.open if fh.read(2) == b"\x1f\x8b" else open  # by content, not name
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read BED file: {exc.strerror or exc}") from None
     chroms, starts, ends, names, strands = [], [], [], [], []
     try:
         with opener(path, "rt") as fh:
@@ -205,7 +211,7 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
                         lineno,
                         f"BED start/end must be integers, got {fields[1]!r}, {fields[2]!r}",
                     ) from None
-                if start < 0 or end < start:
+                if start < 0 or end < start or end > MAX_COORDINATE:
                     raise InputError(path, lineno, f"invalid interval [{start}, {end})")
                 chroms.append(fields[0])
                 starts.append(start)
@@ -216,7 +222,9 @@ def read_bed_regions(path: str | os.PathLike[str]) -> pd.DataFrame:
                     else f"{fields[0]}:{start + 1}-{end}"  # 1-based, as browsers read it
                 )
                 strands.append(fields[5] if len(fields) > 5 else ".")
-    except OSError as exc:
+    except UnicodeDecodeError:
+        raise InputError(path, None, "not a text BED file (binary content)") from None
+    except (OSError, EOFError) as exc:  # truncated or damaged gzip included
         raise InputError(path, None, f"cannot read BED file: {exc}") from None
     return pd.DataFrame(
         {

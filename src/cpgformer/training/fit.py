@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,14 @@ from cpgformer.data.datamodule import DataConfig, SegmentDataModule
 from cpgformer.data.profiles import CellProfiler, fit_for_training
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import ModelConfig
-from cpgformer.training import plan
+from cpgformer.training import plan as step_plan
 from cpgformer.training.config import TrainConfig
+from cpgformer.training.schedule import (
+    CALIBRATION_STEPS,
+    SchedulePlan,
+    TimeBudget,
+    plan_schedule,
+)
 from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
 from cpgformer.utils.atomic import atomic_file, atomic_path
 
@@ -55,6 +62,12 @@ class FitResult:
     last_checkpoint: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
     key_map: list[tuple[str, str, str]] = field(default_factory=list)
+    split: str = ""
+    """How the store was split (printed by the CLI; an automatic choice says why)."""
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """The resolved schedule (:class:`cpgformer.training.schedule.SchedulePlan` as a dict)."""
+    interrupted: str = ""
+    """"SIGTERM" or "SIGINT" when a signal stopped training (``last_checkpoint`` holds the state)."""
 
 
 # ---- transfer ------------------------------------------------------------------------------------
@@ -132,11 +145,17 @@ def transfer_weights(
 
 # ---- plots and logs ------------------------------------------------------------------------------
 def read_metrics(paths: Sequence[Path]) -> list[dict[str, float]]:
-    """Rows of Lightning CSV logs (later files continue earlier ones), empty cells dropped."""
+    """Rows of Lightning CSV logs (later files continue earlier ones), empty cells dropped.
+
+    A resumed run restarts from its last checkpoint, so the steps an earlier log recorded after
+    that checkpoint are logged again by the next one: the later log's rows replace them (no
+    duplicate rows).
+    """
     rows: list[dict[str, float]] = []
     for p in paths:
         if not p.is_file():
             continue
+        new: list[dict[str, float]] = []
         with open(p, newline="") as fh:
             for row in csv.DictReader(fh):
                 clean = {}
@@ -146,7 +165,12 @@ def read_metrics(paths: Sequence[Path]) -> list[dict[str, float]]:
                             clean[k] = float(v)
                         except ValueError:
                             continue
-                rows.append(clean)
+                new.append(clean)
+        steps = [r["step"] for r in new if "step" in r]
+        if steps:
+            first = min(steps)
+            rows = [r for r in rows if r.get("step", -1.0) < first]
+        rows.extend(new)
     return rows
 
 
@@ -247,6 +271,7 @@ def fit(
 
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    started = time.monotonic()
     run = Path(run_dir)
     training = training or TrainConfig()
     data = data or DataConfig()
@@ -310,17 +335,26 @@ def fit(
     if config.n_cells != ds.n_cells:
         config = dataclasses.replace(config, n_cells=ds.n_cells)
 
-    budget = training.memory_budget_gb or 0.5 * plan.available_memory_gb()
-    data = plan.fit_to_memory(config, data, ds.n_cells, budget)
+    budget = training.memory_budget_gb or 0.5 * step_plan.available_memory_gb()
+    data = step_plan.fit_to_memory(config, data, ds.n_cells, budget)
     pl.seed_everything(training.seed, workers=True, verbose=False)
     dm = SegmentDataModule(
-        store, data, data_mode=config.data_mode, dna_window=config.dna_window or 0
+        store,
+        data,
+        data_mode=config.data_mode,
+        dna_window=config.dna_window or 0,
+        receptive_field=config.receptive_field_sites,
     )
+    # the plan's step counts need the number of processes: provisional here, final after the Trainer
+    sched = plan_schedule(training, 1)
     task = CpGTask(
         config,
         lr=training.lr,
-        warmup_steps=training.warmup_steps,
+        warmup_steps=sched.warmup,
         lr_decay=training.lr_decay,
+        schedule=sched.schedule,
+        horizon=sched.horizon,
+        final_lr_fraction=sched.final_lr_fraction,
         cells=dm.cells,
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
@@ -360,13 +394,24 @@ def fit(
     )
     from cpgformer.training.progress_callback import TrainingProgress
 
-    cbs: list[Any] = [checkpoint_cb, last_cb, TrainingProgress(), *callbacks]
+    cbs: list[Any] = [
+        checkpoint_cb,
+        last_cb,
+        _save_on_interrupt(last),
+        TrainingProgress(),
+        *callbacks,
+    ]
+    early_cb = None
     if training.early_stopping:
-        cbs.append(
-            EarlyStopping(monitor="val_loss", mode="min", patience=training.patience, strict=False)
+        early_cb = EarlyStopping(
+            monitor="val_loss", mode="min", patience=training.patience, strict=False
         )
+        cbs.append(early_cb)
     if progress_bar:
         cbs.append(TQDMProgressBar(refresh_rate=1))
+    adaptive = sched.schedule == "adaptive"
+    if adaptive and training.max_epochs != TrainConfig.max_epochs:
+        log.warning("--max-epochs is ignored by the adaptive schedule (it counts steps or time)")
     trainer = pl.Trainer(
         default_root_dir=str(run),
         accelerator=training.accelerator,
@@ -374,11 +419,12 @@ def fit(
         strategy=training.strategy,
         num_nodes=training.num_nodes,
         precision=training.precision,
-        max_epochs=training.max_epochs,
-        max_steps=training.max_steps,
+        max_epochs=-1 if adaptive else training.max_epochs,
+        max_steps=-1 if adaptive else training.max_steps,
         limit_train_batches=_limit(training.limit_train_batches),
         limit_val_batches=_limit(training.limit_val_batches),
-        val_check_interval=_limit(training.val_check_interval),
+        val_check_interval=None if adaptive else _limit(training.val_check_interval),
+        check_val_every_n_epoch=None if adaptive else 1,
         log_every_n_steps=training.log_every_n_steps,
         callbacks=cbs,
         logger=loggers,
@@ -387,6 +433,38 @@ def fit(
         use_distributed_sampler=False,  # the DataModule assigns disjoint segments to ranks
         num_sanity_val_steps=1,
     )
+    budget_cb = None
+    if adaptive:
+        sched = plan_schedule(training, dm.n_batches("train", trainer.world_size))
+        task.horizon, task.warmup_steps = sched.horizon, sched.warmup
+        trainer.val_check_interval = sched.val_interval
+        trainer.fit_loop.epoch_loop.max_steps = sched.max_steps
+        if early_cb is not None:
+            if sched.patience is None:
+                trainer.callbacks.remove(early_cb)
+                early_cb = None
+            else:
+                early_cb.patience = sched.patience
+        if sched.time_budget_s is not None:
+            budget_cb = TimeBudget(
+                sched,
+                started,
+                fixed_interval=training.val_interval_steps is not None,
+                fixed_warmup=training.warmup_steps is not None,
+                early_stopping=early_cb,
+                n_val_batches=dm.n_batches("val", trainer.world_size),
+            )
+            trainer.callbacks.insert(0, budget_cb)
+        log.info(
+            "adaptive schedule: %s%s",
+            f"time budget {sched.time_budget_s:.0f} s (planned after {CALIBRATION_STEPS} steps)"
+            if sched.time_budget_s is not None
+            else f"{sched.horizon} steps, warm-up {sched.warmup}, validation every "
+            f"{sched.val_interval} steps",
+            f", early stopping after {sched.patience_steps} steps without improvement"
+            if sched.patience
+            else "",
+        )
     if trainer.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
         _write_json(
@@ -397,6 +475,7 @@ def fit(
                 "model": config.to_dict(),
                 "data": dm.params(),
                 "training": training.to_dict(),
+                "schedule_plan": sched.to_dict(),
                 "init_from": None if init_from is None else str(init_from),
             },
         )
@@ -405,8 +484,15 @@ def fit(
                 fh.write("parameter\tsource\tstatus\n")
                 for row in key_map:
                     fh.write("\t".join(row) + "\n")
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
-    if trainer.global_step > max(last_cb._last_global_step_saved, 0) and not trainer.interrupted:
+    interrupted = _fit_interruptible(trainer, task, dm, ckpt_path, last)
+    if interrupted:
+        log.warning(
+            "%s: training stopped after step %d; %s saved (continue with --resume)",
+            interrupted,
+            trainer.global_step,
+            last,
+        )
+    elif trainer.global_step > max(last_cb._last_global_step_saved, 0) and not trainer.interrupted:
         # stopped between validations (max_steps, limit on batches): keep last.ckpt current
         trainer.save_checkpoint(str(last))
 
@@ -431,6 +517,11 @@ def fit(
             "last_checkpoint": str(last_path) if last_path else None,
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,
+            "split": dm.plan.describe(),
+            "split_note": dm.plan.note,
+            "schedule": sched.to_dict(),
+            "stopped_by": interrupted or _stopped_by(trainer, sched, budget_cb, early_cb),
+            "seconds": round(time.monotonic() - started, 3),
         }
         _write_json(run / "summary.json", summary)
         if val_rows:
@@ -442,7 +533,78 @@ def fit(
                 final.get("val_auroc", math.nan),
                 final.get("val_baseline_auroc", math.nan),
             )
-    return FitResult(run, best, last_path, metrics, key_map)
+    return FitResult(
+        run,
+        best,
+        last_path,
+        metrics,
+        key_map,
+        split=dm.plan.describe(),
+        schedule=sched.to_dict(),
+        interrupted=interrupted,
+    )
+
+
+def _save_on_interrupt(path: Path) -> Any:
+    """A callback writing ``path`` when training is stopped by SIGTERM (or SIGINT, see
+    :func:`_fit_interruptible`), after the step in progress."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class SaveOnInterrupt(Callback):
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if isinstance(exception, SIGTERMException):
+                trainer.save_checkpoint(str(path))
+
+    return SaveOnInterrupt()
+
+
+def _fit_interruptible(trainer: Any, task: Any, dm: Any, ckpt_path: str | None, last: Path) -> str:
+    """``trainer.fit`` that ends within a step of SIGTERM or SIGINT (Ctrl-C), saving ``last``.
+
+    SIGINT is handled like SIGTERM (Lightning's own SIGINT handling exits the process without a
+    checkpoint): the current step finishes, the checkpoint is written, and the signal's name is
+    returned ("" when training ended normally).
+    """
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    received: list[str] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if received:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        received.append("SIGINT")
+        trainer._signal_connector.received_sigterm = True
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave SIGINT alone
+        previous = None
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # (the checkpoint was written by _SaveOnInterrupt before Lightning tore the run down)
+        return received[0] if received else "SIGTERM"
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return ""
+
+
+def _stopped_by(trainer: Any, sched: SchedulePlan, budget_cb: Any, early_cb: Any) -> str:
+    if budget_cb is not None and budget_cb.stopped_by_budget:
+        return "time budget"
+    if early_cb is not None and getattr(early_cb, "stopped_epoch", 0) > 0:
+        return "early stopping"
+    if trainer.interrupted:
+        return "interrupted"
+    max_steps = trainer.max_steps
+    if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
+        return "max steps"
+    return "max epochs" if sched.schedule == "published" else "end"
 
 
 def _report_plan(
@@ -451,14 +613,14 @@ def _report_plan(
     data: DataConfig,
     training: TrainConfig,
     n_cells: int,
-) -> plan.StepEstimate:
+) -> step_plan.StepEstimate:
     """Log the estimated time per step and epoch before training; warn with a concrete suggestion
     when a step would take impractically long."""
-    cells = plan.cells_per_batch(n_cells, data.resample_cells)
+    cells = step_plan.cells_per_batch(n_cells, data.resample_cells)
     device = "cpu"
     if training.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         device = "cuda"
-    estimate = plan.estimate_step(
+    estimate = step_plan.estimate_step(
         config,
         cells=cells,
         segment_length=min(data.segment_length, max(s.length for s in dm.splits["train"])),
@@ -477,7 +639,7 @@ def _report_plan(
         estimate.steps_per_epoch,
         estimate.activation_gb,
     )
-    suggestion = plan.advice(config, cells, estimate)
+    suggestion = step_plan.advice(config, cells, estimate)
     if suggestion:
         log.warning(
             "one training step will take ~%s (%d cells per batch): consider %s",

@@ -1,12 +1,15 @@
 """LightningModule for the masked denoising objective.
 
 * Loss only on perturbed entries: BCE-with-logits (binary) or MSE (continuous).
-* Adam (lr 5e-4), linear warm-up over the first 1000 optimiser steps, then x0.9 per epoch
-  (epoch ends that fall inside the warm-up do not decay, as in the original).
+* Adam (lr 5e-4). ``schedule="published"``: linear warm-up over the first 1000 optimiser steps,
+  then x0.9 per epoch (epoch ends that fall inside the warm-up do not decay, as in the original).
+  ``schedule="adaptive"``: warm-up, then cosine decay to ``final_lr_fraction`` at step ``horizon``
+  (:func:`cpgformer.training.schedule.adaptive_lr`; a time budget may move the horizon).
 * Validation loss, AUROC, AUPRC and accuracy over all perturbed validation entries of all ranks
   (torchmetrics states are gathered across processes before computing; never a mean of per-rank
   values). ``val_baseline_auroc`` scores the per-site mean of the *other* cells' model inputs on the
-  same entries, for comparison.
+  same entries, for comparison. A validation whose perturbed entries hold one class only logs
+  AUROC/AUPRC as NaN (undefined) with a warning, never a made-up number.
 * ``on_save_checkpoint`` stores ``checkpoint["cpgformer"]`` (format version, model config, cell
   names, store fingerprint, data parameters, calibration temperature) so
   :func:`cpgformer.checkpoint.load_checkpoint` can rebuild the model without Lightning.
@@ -20,16 +23,52 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision
 
 from cpgformer.data.batch import Batch
 from cpgformer.nn import CpGTransformer, ModelConfig
+from cpgformer.training.schedule import adaptive_lr
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "cpgformer"
 CHECKPOINT_FORMAT_VERSION = 1
+RNG_KEY = "cpgformer_rng"
+
+
+def _rng_states() -> dict[str, Any]:
+    """The random states training draws from (torch CPU and CUDA, numpy, Python), as tensors and
+    plain numbers only (checkpoints are read with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos)]
+        + [int(has_gauss), float(gauss)],
+        "python": [int(version), [int(v) for v in py_state], py_gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = states["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def other_cells_mean(states: torch.Tensor, data_mode: str = "binary") -> torch.Tensor:
@@ -53,6 +92,12 @@ def other_cells_mean(states: torch.Tensor, data_mode: str = "binary") -> torch.T
     return torch.where(other_count > 0, other_sum / other_count.clamp_min(1), fallback).float()
 
 
+def _two_classes(positives: SumMetric, entries: SumMetric) -> bool:
+    """Whether the gathered labels hold both classes (AUROC/AUPRC are defined)."""
+    pos, n = float(positives.compute()), float(entries.compute())
+    return 0 < pos < n
+
+
 class CpGTask(pl.LightningModule):
     """Training wrapper around :class:`cpgformer.nn.CpGTransformer` (held as ``self.model``)."""
 
@@ -63,6 +108,9 @@ class CpGTask(pl.LightningModule):
         lr: float = 5e-4,
         warmup_steps: int = 1000,
         lr_decay: float = 0.9,
+        schedule: str = "published",
+        horizon: int | None = None,
+        final_lr_fraction: float = 0.05,
         cells: list[str] | None = None,
         store_fingerprint: str | None = None,
         data_params: dict | None = None,
@@ -78,11 +126,21 @@ class CpGTask(pl.LightningModule):
                 "lr": lr,
                 "warmup_steps": warmup_steps,
                 "lr_decay": lr_decay,
+                "schedule": schedule,
+                "horizon": horizon,
+                "final_lr_fraction": final_lr_fraction,
             }
         )
         self.lr = lr
         self.warmup_steps = int(warmup_steps)
         self.lr_decay = lr_decay
+        if schedule not in ("published", "adaptive"):
+            raise ValueError(f"unknown schedule {schedule!r}")
+        if schedule == "adaptive" and horizon is None:
+            raise ValueError("the adaptive schedule needs a horizon (optimiser steps)")
+        self.schedule = schedule
+        self.horizon = horizon
+        self.final_lr_fraction = float(final_lr_fraction)
         self.cells = list(cells) if cells is not None else None
         self.store_fingerprint = store_fingerprint
         self.data_params = dict(data_params or {})
@@ -95,6 +153,10 @@ class CpGTask(pl.LightningModule):
         self.val_auprc = BinaryAveragePrecision()
         self.val_accuracy = BinaryAccuracy()
         self.val_baseline_auroc = BinaryAUROC()
+        self.val_positives = SumMetric()
+        self.val_entries = SumMetric()
+        self.val_baseline_positives = SumMetric()
+        self.val_baseline_entries = SumMetric()
         self._baseline_value: float | None = None
         self.cell_profiles: dict | None = None  # fitted CellProfiler (inductive cell encoder)
 
@@ -161,23 +223,44 @@ class CpGTask(pl.LightningModule):
             self.val_auroc.update(score, label)
             self.val_auprc.update(score, label)
             self.val_accuracy.update(score.clamp(0, 1), label)
+            self.val_positives.update(label.sum().float())
+            self.val_entries.update(float(label.numel()))
             if self._baseline_value is None and not self.trainer.sanity_checking:
                 base = other_cells_mean(batch.states, self.config.data_mode)[batch.loss_mask]
                 self.val_baseline_auroc.update(base, label)
+                self.val_baseline_positives.update(label.sum().float())
+                self.val_baseline_entries.update(float(label.numel()))
         return {"scores": score.detach(), "labels": label.detach()}
 
     def on_validation_epoch_end(self) -> None:
         # computing a torchmetrics metric gathers its state from every rank first
         self.log("val_loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
-        self.log("val_auroc", self.val_auroc.compute(), prog_bar=True)
-        self.log("val_auprc", self.val_auprc.compute())
+        two_classes = _two_classes(self.val_positives, self.val_entries)
+        nan = torch.tensor(float("nan"))
+        if not two_classes and not self.trainer.sanity_checking:
+            log.warning(
+                "validation: the perturbed entries hold one class only; AUROC and AUPRC are "
+                "undefined (logged as NaN)"
+            )
+        self.log("val_auroc", self.val_auroc.compute() if two_classes else nan, prog_bar=True)
+        self.log("val_auprc", self.val_auprc.compute() if two_classes else nan)
         self.log("val_accuracy", self.val_accuracy.compute())
-        for metric in (self.val_loss, self.val_auroc, self.val_auprc, self.val_accuracy):
+        for metric in (
+            self.val_loss,
+            self.val_auroc,
+            self.val_auprc,
+            self.val_accuracy,
+            self.val_positives,
+            self.val_entries,
+        ):
             metric.reset()
         if not self.trainer.sanity_checking:
             if self._baseline_value is None:
                 # the validation masks are fixed: the baseline is computed once, then reused
-                self._baseline_value = float(self.val_baseline_auroc.compute())
+                if _two_classes(self.val_baseline_positives, self.val_baseline_entries):
+                    self._baseline_value = float(self.val_baseline_auroc.compute())
+                else:
+                    self._baseline_value = float("nan")
                 self.val_baseline_auroc.reset()
             self.log("val_baseline_auroc", self._baseline_value)
 
@@ -187,6 +270,11 @@ class CpGTask(pl.LightningModule):
 
     def lr_at(self, step: int, epoch: int) -> float:
         """Learning rate for optimiser step ``step`` taken during epoch ``epoch``."""
+        if self.schedule == "adaptive":
+            assert self.horizon is not None
+            return adaptive_lr(
+                step, self.lr, self.warmup_steps, self.horizon, self.final_lr_fraction
+            )
         if step < self.warmup_steps:
             return self.lr * min(1.0, (step + 1) / self.warmup_steps)
         end = self.warmup_end_epoch if self.warmup_end_epoch is not None else epoch
@@ -207,6 +295,12 @@ class CpGTask(pl.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
+    def on_train_start(self) -> None:
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            _set_rng_states(states)
+            self._rng_to_restore = None
+
     # ---- checkpoints ----------------------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {
@@ -222,16 +316,28 @@ class CpGTask(pl.LightningModule):
                 "warmup_steps": self.warmup_steps,
                 "lr_decay": self.lr_decay,
                 "warmup_end_epoch": self.warmup_end_epoch,
+                "schedule": self.schedule,
+                "horizon": self.horizon,
+                "final_lr_fraction": self.final_lr_fraction,
             },
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
+        # random states (dropout), so that a resumed run draws what the uninterrupted one would
+        checkpoint[RNG_KEY] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied when training starts (after the sanity check and the loaders are set up)
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
         meta = checkpoint.get(CHECKPOINT_KEY) or {}
         training = meta.get("training") or {}
         if "warmup_end_epoch" in training:
             self.warmup_end_epoch = training["warmup_end_epoch"]
+        if self.schedule == "adaptive" and training.get("schedule") == "adaptive":
+            # a time budget may have moved the plan: continue the saved one
+            if training.get("horizon") is not None:
+                self.horizon = int(training["horizon"])
+            self.warmup_steps = int(training.get("warmup_steps", self.warmup_steps))
         if "temperature" in meta:
             self.temperature = float(meta["temperature"])
