@@ -277,7 +277,7 @@ def plot_comparison(
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     colour = (
-        pd.Series(list(labels)).astype(str).fillna("NA").to_numpy()
+        pd.Series(list(labels), dtype=object).fillna("NA").astype(str).to_numpy()
         if labels is not None
         else coords["raw_clusters"].astype(str)
     )
