@@ -118,3 +118,19 @@ def test_axis_correlations_follow_a_gradient() -> None:
     adata = cell_map(reps, obs, n_clusters=2)
     rho = axis_correlations(adata, "pseudotime")
     assert max(abs(v) for v in rho.values()) > 0.9
+
+
+def test_qc_outliers_flag_low_calls_and_odd_methylation() -> None:
+    from cpgformer.cells import qc_outliers
+
+    obs = pd.DataFrame(
+        {
+            "n_calls": np.linspace(70_000, 90_000, 30).round(),
+            "global_meth_frac": np.linspace(0.26, 0.30, 30)[::-1],
+        }
+    )
+    obs.loc[9, "n_calls"] = 30_000  # down-sampled
+    obs.loc[19, "global_meth_frac"] = 0.12  # conversion failure
+    flag, reason = qc_outliers(obs)
+    assert set(np.flatnonzero(flag)) == {9, 19}
+    assert "low n_calls" in reason[9] and "low global_meth_frac" in reason[19]

@@ -5,7 +5,8 @@ clustering of raw vs imputed region-level methylation.
   cell table (published model) or the profile encoder's output (``cell_encoder="profile"``, any cell);
 * :func:`cell_map` — an AnnData of the cells with the representations in ``obsm["X_cpgformer"]``, a
   UMAP (and t-SNE on request) computed with scanpy, clusters (k-means from scikit-learn, or Leiden
-  where ``leidenalg`` is installed) and an ``outlier`` flag (cells far from all others);
+  where ``leidenalg`` is installed), an ``outlier`` flag (cells far from all others) and a
+  ``qc_outlier`` flag (call count or global methylation far from the other cells');
 * :func:`bin_matrices` / :func:`compare_clusterings` — cells x bins mean methylation from the observed
   calls and from an imputation, each clustered the same way (PCA, then the same clustering), with
   ARI / NMI against known labels and between the two.
@@ -88,6 +89,35 @@ def outliers(x: np.ndarray, k: int = 5, threshold: float = 3.5) -> tuple[np.ndar
     return score, score > threshold
 
 
+QC_COLUMNS = {"n_calls": np.log, "global_meth_frac": None}
+"""QC columns of the store's cell table checked for outlying cells (``n_calls`` on a log scale)."""
+
+
+def qc_outliers(obs: pd.DataFrame, threshold: float = 3.5) -> tuple[np.ndarray, list[str]]:
+    """Cells whose QC values lie far from the others': robust z-score (median / MAD) of each
+    :data:`QC_COLUMNS` column above ``threshold`` in absolute value. Returns (flag, reason)."""
+    n = len(obs)
+    flag = np.zeros(n, dtype=bool)
+    reasons = [""] * n
+    for column, transform in QC_COLUMNS.items():
+        if column not in obs:
+            continue
+        v = pd.to_numeric(obs[column], errors="coerce").to_numpy(dtype=float)
+        if transform is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = transform(v)
+        med = np.nanmedian(v)
+        mad = np.nanmedian(np.abs(v - med)) * 1.4826
+        if not np.isfinite(mad) or mad == 0:
+            continue
+        z = (v - med) / mad
+        for i in np.flatnonzero(np.abs(z) > threshold):
+            flag[i] = True
+            side = "low" if z[i] < 0 else "high"
+            reasons[i] = ", ".join(filter(None, [reasons[i], f"{side} {column} (z {z[i]:+.1f})"]))
+    return flag, reasons
+
+
 def cell_map(
     representations: np.ndarray,
     obs: pd.DataFrame,
@@ -121,6 +151,9 @@ def cell_map(
     score, flag = outliers(standardised)
     adata.obs["outlier_score"] = score
     adata.obs["outlier"] = flag
+    qc_flag, qc_reason = qc_outliers(adata.obs)
+    adata.obs["qc_outlier"] = qc_flag
+    adata.obs["qc_reason"] = qc_reason
     return adata
 
 
@@ -171,6 +204,8 @@ def plot_map(adata: Any, color: str, path: Path, basis: str = "X_umap") -> None:
             ax.legend(fontsize=7, markerscale=1.2, title=column, loc="best")
         out = adata.obs["outlier"].to_numpy(dtype=bool)
         ax.scatter(xy[out, 0], xy[out, 1], s=90, facecolors="none", edgecolors="red", linewidths=1)
+        qc = adata.obs["qc_outlier"].to_numpy(dtype=bool)
+        ax.scatter(xy[qc, 0], xy[qc, 1], s=160, marker="s", facecolors="none", edgecolors="black")
         ax.set_title(column)
         ax.set_xlabel(f"{basis[2:].upper()} 1")
         ax.set_ylabel(f"{basis[2:].upper()} 2")

@@ -122,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
             "n_cells": int(adata.n_obs),
             "clusters": adata.obs["cluster"].value_counts().to_dict(),
             "outliers": [str(n) for n in adata.obs_names[adata.obs["outlier"].to_numpy(bool)]],
+            "qc_outliers": {
+                str(n): str(r)
+                for n, r, f in zip(adata.obs_names, adata.obs["qc_reason"], adata.obs["qc_outlier"])
+                if f
+            },
         }
         if pd.api.types.is_numeric_dtype(adata.obs[args.color]) and not pd.api.types.is_bool_dtype(
             adata.obs[args.color]
