@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         bins = lib.bin_matrices(ds, imputed, args.bin_size)
         labels = obs[args.labels].tolist() if args.labels else None
         comparison = lib.compare_clusterings(bins, labels, args.n_clusters, args.seed)
-    with atomic_dir(Path(args.output), overwrite=args.overwrite) as out:
+    inputs = [args.checkpoint, args.store, args.cell_metadata, args.imputed]
+    with atomic_dir(Path(args.output), args.overwrite, kind="cells", inputs=inputs) as out:
         table = adata.obs.copy()
         for k in range(representations.shape[1]):
             table[f"rep_{k}"] = representations[:, k]

@@ -41,6 +41,7 @@ KIND_LABELS: dict[str, str] = {
     "export": "export folder",
     "model": "model file",
     "h5ad": "AnnData file",
+    "cells": "cell map folder",
 }
 
 #: kinds recognised by their own manifest: kind -> (file name, its ``format`` value)
