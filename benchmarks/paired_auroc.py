@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+
+from cpgformer.benchmark.metrics import paired_bootstrap
 
 KEYS = ["chrom", "pos", "cell"]
 
@@ -38,39 +38,24 @@ def load(specs: list[str]) -> pd.DataFrame:
     return merged
 
 
-def paired(
-    labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
-) -> tuple[float, float, float]:
-    """AUROC(a) - AUROC(b) and its paired bootstrap 95 % interval (entries resampled together)."""
-    rng = np.random.default_rng(seed)
-    diff = roc_auc_score(labels, a) - roc_auc_score(labels, b)
-    draws = []
-    n = labels.size
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        y = labels[idx]
-        if y.min() == y.max():
-            continue
-        draws.append(roc_auc_score(y, a[idx]) - roc_auc_score(y, b[idx]))
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return float(diff), float(lo), float(hi)
-
-
 def table(frame: pd.DataFrame, reference: str, n_boot: int, seed: int) -> list[str]:
     models = [c for c in frame.columns if c not in (*KEYS, "label", "cpg_density", "group")]
-    labels = frame["label"].to_numpy()
+    others = {m: frame[m].to_numpy() for m in models if m != reference}
+    boot = paired_bootstrap(
+        frame["label"].to_numpy(), frame[reference].to_numpy(), others, n_boot=n_boot, seed=seed
+    )
+    auroc = {r["model"]: r for r in boot if r["metric"] == "auroc"}
     lines = []
     for model in models:
-        auroc = roc_auc_score(labels, frame[model].to_numpy())
-        cell = f"| {model} | {len(frame):,} | {auroc:.4f} |"
         if model == reference:
-            cell += " – |"
-        else:
-            d, lo, hi = paired(
-                labels, frame[reference].to_numpy(), frame[model].to_numpy(), n_boot, seed
-            )
-            cell += f" {d:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
-        lines.append(cell)
+            value = next(iter(auroc.values()))["reference"]
+            lines.append(f"| {model} | {len(frame):,} | {value:.4f} | – |")
+            continue
+        r = auroc[model]
+        lines.append(
+            f"| {model} | {len(frame):,} | {r['other']:.4f} | {r['difference']:+.4f} "
+            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] |"
+        )
     return lines
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cpgformer.benchmark.metrics import paired_bootstrap
 from cpgformer.data.config import DataConfig
 from cpgformer.errors import UsageError
 from cpgformer.nn import ModelConfig
@@ -61,24 +62,6 @@ def variant_config(base: ModelConfig, name: str) -> ModelConfig | None:
     if name == "no-dna" and not base.has_dna:
         return None
     return dataclasses.replace(base, **changes)
-
-
-def paired_difference(
-    labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float, float]:
-    """AUROC(a) - AUROC(b) with its paired bootstrap 95 % interval (calls resampled together)."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    diff = roc_auc_score(labels, a) - roc_auc_score(labels, b)
-    draws = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, labels.size, labels.size)
-        y = labels[idx]
-        if y.min() != y.max():
-            draws.append(roc_auc_score(y, a[idx]) - roc_auc_score(y, b[idx]))
-    lo, hi = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
-    return float(diff), float(lo), float(hi)
 
 
 def ablate(
@@ -124,7 +107,7 @@ def ablate(
         test_chroms = test_chroms or model.data.get("test_chromosomes_resolved")
     if not test_chroms:
         raise UsageError("the runs have no test chromosomes: give --test-chromosomes")
-    result = run_benchmark(
+    run_benchmark(
         store,
         models=[*models, "site-mean"],
         out_dir=out / "benchmark",
@@ -135,26 +118,34 @@ def ablate(
         plots=False,
     )
     predictions = pd.read_csv(out / "benchmark" / "predictions.tsv.gz", sep="\t")
-    labels = predictions["label"].to_numpy()
-    rows = []
-    for name in [*configs, "site-mean"]:
-        from sklearn.metrics import roc_auc_score
-
-        row: dict[str, Any] = {
-            "variant": name,
-            "n": int(labels.size),
-            "auroc": roc_auc_score(labels, predictions[name]),
-        }
-        if name != "full":
-            d, lo, hi = paired_difference(
-                labels, predictions[name].to_numpy(), predictions["full"].to_numpy(), n_boot, seed
-            )
-            row.update({"minus_full": d, "ci_low": lo, "ci_high": hi})
-        rows.append(row)
+    names = [*configs, "site-mean"]
+    others = {name: predictions[name].to_numpy() for name in names if name != "full"}
+    boot = paired_bootstrap(
+        predictions["label"].to_numpy(),
+        predictions["full"].to_numpy(),
+        others,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    rows: list[dict[str, Any]] = []
+    for row in boot:
+        if row["metric"] != "auroc":
+            continue
+        if not rows:
+            rows.append({"variant": "full", "n": row["n"], "auroc": row["reference"]})
+        rows.append(  # full minus variant, turned around: variant minus full
+            {
+                "variant": row["model"],
+                "n": row["n"],
+                "auroc": row["other"],
+                "minus_full": -row["difference"],
+                "ci_low": -row["ci_high"],
+                "ci_high": -row["ci_low"],
+            }
+        )
     table = pd.DataFrame(rows)
     table.to_csv(out / "ablation.tsv", sep="\t", index=False, float_format="%.5f")
     _plot(table, out / "ablation.png")
-    del result
     return table
 
 

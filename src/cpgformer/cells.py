@@ -79,10 +79,11 @@ def outliers(x: np.ndarray, k: int = 5, threshold: float = 3.5) -> tuple[np.ndar
     n = x.shape[0]
     if n < 3:
         return np.zeros(n), np.zeros(n, dtype=bool)
-    d = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
-    np.fill_diagonal(d, np.inf)
+    from sklearn.neighbors import NearestNeighbors
+
     k = max(1, min(k, n - 1))
-    knn = np.sort(d, axis=1)[:, :k].mean(1)
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    knn = distances[:, 1:].mean(1)  # column 0: the cell itself
     med = np.median(knn)
     mad = np.median(np.abs(knn - med)) * 1.4826
     score = (knn - med) / mad if mad > 0 else np.zeros(n)
