@@ -1,0 +1,85 @@
+"""Genome-wide imputation: overlap-tiled streaming inference into a compact, resumable imputed store.
+
+Modules:
+
+* :mod:`~cpgformer.impute.predictor`: the model seam (:class:`Predictor`, :class:`ModelSource`);
+* :mod:`~cpgformer.impute.tiles`: tiling arithmetic and one block's predictions;
+* :mod:`~cpgformer.impute.dna`: DNA embeddings of a block's sites (shared convolutions);
+* :mod:`~cpgformer.impute.sites`: which rows are imputed and their observed calls;
+* :mod:`~cpgformer.impute.probabilities`: outputs to probabilities, quantisation;
+* :mod:`~cpgformer.impute.run`: options and the resumable chunk loop (:func:`impute`);
+* :mod:`~cpgformer.impute.imputed`: the imputed store format and its reader;
+* :mod:`~cpgformer.impute.calibration`: temperature scaling on seeded masked calls.
+"""
+
+from cpgformer.impute.calibration import (
+    HeldOut,
+    _mask_for,
+    binary_nll,
+    calibrate,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    masked_holdout,
+)
+from cpgformer.impute.dna import embed_sites, shared_dna_embedding
+from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed
+from cpgformer.impute.predictor import (
+    ModelSource,
+    PredictFn,
+    Predictor,
+    cell_index_map,
+    file_digest,
+    load_model_source,
+    resolve_device,
+)
+from cpgformer.impute.probabilities import DTYPES, dequantize, quantize, to_probabilities
+from cpgformer.impute.run import SITE_MODES, ImputeOptions, default_chunk_sites, impute
+from cpgformer.impute.sites import all_cpg_positions
+from cpgformer.impute.tiles import (
+    MAX_TILE_TOKENS,
+    Tile,
+    TileShape,
+    plan_tile_shape,
+    plan_tiles,
+    predict_block,
+)
+
+__all__ = [
+    "DTYPES",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MAX_TILE_TOKENS",
+    "SITE_MODES",
+    "HeldOut",
+    "ImputeOptions",
+    "ImputedStore",
+    "ModelSource",
+    "PredictFn",
+    "Predictor",
+    "Tile",
+    "TileShape",
+    "_mask_for",
+    "all_cpg_positions",
+    "binary_nll",
+    "calibrate",
+    "calibration_report",
+    "cell_index_map",
+    "default_chunk_sites",
+    "dequantize",
+    "embed_sites",
+    "expected_calibration_error",
+    "file_digest",
+    "fit_temperature",
+    "impute",
+    "load_model_source",
+    "masked_holdout",
+    "open_imputed",
+    "plan_tile_shape",
+    "plan_tiles",
+    "predict_block",
+    "quantize",
+    "resolve_device",
+    "shared_dna_embedding",
+    "to_probabilities",
+]

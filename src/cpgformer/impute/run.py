@@ -1,0 +1,338 @@
+"""Running an imputation: options, the resumable chunk loop, and the output directory.
+
+The DNA embedding of each site is computed once per chunk (in sub-chunks of ``embed_chunk`` windows)
+and shared by all tiles that contain the site. Memory is bounded by the chunk size, not the chromosome.
+
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cpgformer import __version__
+from cpgformer.errors import UsageError
+from cpgformer.impute.dna import chunk_embedding
+from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed, partial_dir
+from cpgformer.impute.predictor import ModelSource, Predictor, load_model_source
+from cpgformer.impute.probabilities import DTYPES, quantize, to_probabilities
+from cpgformer.impute.sites import ChromSource, all_cpg_positions, observed_to_model_input
+from cpgformer.impute.tiles import MAX_TILE_TOKENS, predict_block
+from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import check_output
+from cpgformer.utils.progress import bar
+
+log = logging.getLogger(__name__)
+
+SITE_MODES = ("store", "all")
+
+
+@dataclass
+class ImputeOptions:
+    """Everything that determines an imputation's output (batch size and threads do not)."""
+
+    chroms: Sequence[str] | None = None
+    keep_observed: bool = False
+    dtype: str = "float16"
+    sites: str = "store"
+    tile_sites: int = 1024
+    max_tile_tokens: int = MAX_TILE_TOKENS  # bounds memory: tiles shrink, then cells are grouped
+    chunk_sites: int | None = None  # default: about 4 M entries per chunk
+    batch_size: int = 8
+    embed_chunk: int = 1024
+    shared_dna: bool = True  # share DNA convolutions between overlapping windows
+    fasta: str | None = None
+    temperature: float | None = None  # None: the checkpoint's
+    ignore_fingerprint: bool = False
+    overwrite: bool = False
+
+
+def default_chunk_sites(n_cells: int) -> int:
+    """Rows per chunk: ~4 M (site, cell) entries, between 1,024 and 65,536 rows, a multiple of 256."""
+    rows = (1 << 22) // max(1, n_cells)
+    return int(min(65536, max(1024, rows // 256 * 256)))
+
+
+def _clean_partials(work: Path) -> None:
+    """Remove temporary files that killed earlier runs left inside a resumed output."""
+    for path in work.rglob(PARTIAL_PREFIX + "*"):
+        if path.is_file():
+            path.unlink()
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_file(path) as fh:
+        np.save(fh, np.asarray(arr))
+
+
+def _save_json(path: Path, data: dict) -> None:
+    with atomic_file(path, "w") as fh:
+        json.dump(data, fh, indent=1, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def open_reference(path: str) -> Any:
+    from cpgformer.io.fasta import Reference
+
+    return Reference(path)
+
+
+def impute(
+    store: Any,
+    model: ModelSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ImputeOptions | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> ImputedStore:
+    """Impute every (site, cell) of ``store`` with ``model`` into the imputed store ``out``.
+
+    ``store``: a path or an open :class:`cpgformer.io.store.Dataset`; ``model``: a checkpoint path or a
+    :class:`ModelSource`; ``device``: where a checkpoint's model runs (default CPU; the output does
+    not depend on it beyond floating-point rounding, so a run may resume on another device). Resumes an interrupted run with the same settings; see the module docstring.
+    """
+    opts = options or ImputeOptions()
+    out = Path(out)
+    inputs = [getattr(store, "path", store), None if isinstance(model, ModelSource) else model]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=[*inputs, opts.fasta])
+    with output_lock(out):  # one writer per output; the partial run below is ours to resume
+        return _impute(store, model, out, opts, device=device)
+
+
+def _impute(
+    store: Any,
+    model: ModelSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ImputeOptions | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> ImputedStore:
+    """:func:`impute` while holding the output's lock."""
+    from cpgformer.io.store import Dataset, open_dataset
+
+    opts = options or ImputeOptions()
+    ds = store if isinstance(store, Dataset) else open_dataset(store)
+    source = model if isinstance(model, ModelSource) else load_model_source(model, device)
+    predictor = source.predictor
+    out = Path(out)
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"unknown output dtype {opts.dtype!r} (choose from {', '.join(DTYPES)})")
+    if opts.sites not in SITE_MODES:
+        raise UsageError(f"--sites must be one of {', '.join(SITE_MODES)}, got {opts.sites!r}")
+
+    # ---- compatibility of store and checkpoint
+    cell_ids = source.cell_ids_for(ds, opts.ignore_fingerprint)
+    temperature = float(opts.temperature if opts.temperature else source.temperature)
+    if temperature <= 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+
+    chroms = list(opts.chroms) if opts.chroms else list(ds.chromosomes)
+    for c in chroms:
+        if c not in ds.chromosomes:
+            raise UsageError(
+                f"{ds.path}: chromosome {c!r} is not in the store (has {', '.join(ds.chromosomes[:10])})"
+            )
+    fasta = opts.fasta or ds.fasta_path
+    reference = None
+    if predictor.dna_window or opts.sites == "all":
+        if not fasta:
+            need = "the model uses DNA windows" if predictor.dna_window else "--sites all"
+            raise UsageError(f"{need}: give the reference with --fasta (the store records none)")
+        reference = open_reference(str(fasta))
+
+    sources = []
+    for c in chroms:
+        positions = all_cpg_positions(reference, c) if opts.sites == "all" else None
+        sources.append(ChromSource(ds, c, positions))
+    chunk_sites = int(opts.chunk_sites or default_chunk_sites(ds.n_cells))
+    if chunk_sites < 1:
+        raise UsageError(f"chunk size must be >= 1 site, got {chunk_sites}")
+
+    plan = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "store": str(Path(ds.path).resolve()),
+        "store_fingerprint": ds.fingerprint,
+        "checkpoint_id": source.checkpoint_id,
+        "temperature": temperature,
+        "data_mode": predictor.data_mode,
+        "keep_observed": bool(opts.keep_observed),
+        "dtype": opts.dtype,
+        "sites": opts.sites,
+        "fasta": str(fasta) if fasta else None,
+        "chunk_sites": chunk_sites,
+        "cells": list(ds.cells),
+        "chromosomes": [
+            {
+                "name": s.chrom,
+                "dir": str(k),
+                "n_sites": s.n_sites,
+                "n_chunks": math.ceil(s.n_sites / chunk_sites),
+            }
+            for k, s in enumerate(sources)
+        ],
+    }
+
+    # ---- output directory: fresh, or resume an unfinished run with the same plan (one writer)
+    inputs = [ds.path, model if not isinstance(model, ModelSource) else None, fasta]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
+    work = partial_dir(out)
+    plan_path = work / "plan.json"
+    if work.exists():
+        try:
+            with open(plan_path) as fh:
+                old = json.load(fh)
+        except (OSError, ValueError):
+            old = None
+        if old is None:  # a run stopped before its plan was written: nothing to adopt
+            log.info("removing %s (an earlier run stopped before it started)", work)
+            shutil.rmtree(work)
+        elif old != json.loads(json.dumps(plan, default=_json_default)):
+            if not opts.overwrite:
+                raise UsageError(
+                    f"{work}: an unfinished imputation with other settings (store, checkpoint or "
+                    "options) is there; rerun it with its settings to resume, or pass --overwrite"
+                )
+            shutil.rmtree(work)
+        else:
+            log.info("resuming the unfinished imputation in %s", work)
+    if not work.exists():
+        work.mkdir(parents=True)
+        _save_json(plan_path, plan)
+    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+
+    # ---- chunks
+    total = sum(c["n_chunks"] for c in plan["chromosomes"])
+    done_before = 0
+    with bar(total, desc="imputing", unit="chunk") as progress_bar:
+        for k, src in enumerate(sources):
+            cdir = work / "chroms" / str(k)
+            cdir.mkdir(parents=True, exist_ok=True)
+            _write_static(cdir, src)
+            windows_fn = None
+            if predictor.dna_window:
+                windows_fn = windows_fn_for(reference, src, predictor.dna_window)
+            for i in range(plan["chromosomes"][k]["n_chunks"]):
+                path = cdir / f"p-{i:06d}.npy"
+                if path.exists():
+                    done_before += 1
+                    progress_bar.update(1)
+                    continue
+                a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
+                probs = _impute_chunk(predictor, src, a, b, cell_ids, windows_fn, temperature, opts)
+                _save_npy(path, quantize(probs, opts.dtype))
+                progress_bar.update(1)
+    if done_before:
+        log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
+
+    manifest = dict(plan)
+    manifest.update(
+        {
+            "complete": True,
+            "package_version": __version__,
+            "model_config": source.config,
+            "tile_sites": opts.tile_sites,
+            "margin_sites": predictor.margin,
+            "n_cells": ds.n_cells,
+            "n_sites": int(sum(s.n_sites for s in sources)),
+        }
+    )
+    _clean_partials(work)
+    from cpgformer.integrity import file_digests
+
+    manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
+    _save_json(work / "manifest.json", manifest)
+    plan_path.unlink()
+    replace_dir(work, out)
+    log.info(
+        "imputed %d sites x %d cells on %d chromosome(s) into %s",
+        manifest["n_sites"],
+        ds.n_cells,
+        len(sources),
+        out,
+    )
+    return open_imputed(out)
+
+
+def _write_static(cdir: Path, src: ChromSource) -> None:
+    """Positions and observed calls of one chromosome (skipped when an earlier run wrote them)."""
+    if not (cdir / "positions.npy").exists():
+        _save_npy(cdir / "positions.npy", np.asarray(src.positions, dtype=np.int64))
+    if (cdir / "indptr.npy").exists():
+        return
+    arrays = src.csr_arrays()
+    for name, arr in arrays.items():
+        if name != "indptr":
+            _save_npy(cdir / f"{name}.npy", arr)
+    _save_npy(cdir / "indptr.npy", arrays["indptr"])  # written last: marks the set complete
+
+
+def windows_fn_for(
+    reference: Any, src: ChromSource, width: int
+) -> Callable[[int, int], np.ndarray]:
+    def windows(a: int, b: int) -> np.ndarray:
+        return reference.windows(src.chrom, np.asarray(src.positions[a:b]), width)
+
+    windows.reference = reference  # type: ignore[attr-defined]
+    return windows
+
+
+def _impute_chunk(
+    predictor: Predictor,
+    src: ChromSource,
+    a: int,
+    b: int,
+    cell_ids: np.ndarray,
+    windows_fn: Callable[[int, int], np.ndarray] | None,
+    temperature: float,
+    opts: ImputeOptions,
+) -> np.ndarray:
+    """Probabilities ``[b - a, C]`` of rows ``[a, b)`` (reads m rows of context on each side)."""
+    m = predictor.margin
+    lo, hi = max(0, a - m), min(src.n_sites, b + m)
+    continuous = predictor.data_mode == "continuous"
+    observed = src.betas(lo, hi) if continuous else src.states(lo, hi)
+    model_input = observed_to_model_input(observed, continuous)
+    embedding = None
+    if windows_fn is not None:
+        embedding = chunk_embedding(predictor, src, lo, hi, windows_fn, opts)
+    raw = predict_block(
+        predictor,
+        model_input,
+        np.asarray(src.positions[lo:hi], dtype=np.int64),
+        a - lo,
+        b - lo,
+        cell_ids=cell_ids,
+        dna_embedding=embedding,
+        tile_sites=opts.tile_sites,
+        batch_size=opts.batch_size,
+        max_tokens=opts.max_tile_tokens,
+    )
+    probs = to_probabilities(raw, predictor.data_mode, temperature)
+    if opts.keep_observed:
+        obs = observed[a - lo : b - lo]
+        seen = obs >= 0
+        probs[seen] = obs[seen].astype(np.float32)
+    return probs
