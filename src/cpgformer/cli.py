@@ -34,7 +34,9 @@ def _command_modules() -> list:
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
-        modules.append(importlib.import_module(f"cpgformer.commands.{info.name}"))
+        module = importlib.import_module(f"cpgformer.commands.{info.name}")
+        if hasattr(module, "NAME"):  # (helpers shared by commands define none)
+            modules.append(module)
     return modules
 
 

@@ -12,11 +12,10 @@ import dataclasses
 import json
 import logging
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
+from cpgformer.commands import options
 from cpgformer.data.config import DataConfig
 from cpgformer.errors import UsageError
 from cpgformer.nn import ModelConfig
@@ -28,6 +27,7 @@ NAME = "train"
 HELP = "train a CpG Transformer on a dataset store (masked denoising objective)"
 
 HELPS: dict[str, str] = {
+    # (training parameters carry their help in TrainConfig's field metadata)
     # model
     "dna_window": "DNA window in bp around each CpG (odd; 0 = no DNA branch). "
     "Default: 1001 when the store has a FASTA, else 0",
@@ -74,83 +74,11 @@ HELPS: dict[str, str] = {
     "segments use a fixed random subset of the same size",
     "num_workers": "data loader worker processes",
     "label_sample_size": "observed labels sampled for the random-label distribution",
-    # training
-    "lr": "Adam learning rate",
-    "warmup_steps": "linear learning-rate warm-up, optimiser steps (default: 1000 published; "
-    "adaptive 5%% of the planned steps, at most 1000)",
-    "lr_decay": "published schedule: learning-rate factor per epoch after warm-up",
-    "max_epochs": "published schedule: maximum epochs",
-    "max_steps": "maximum optimiser steps (-1 = no limit); the adaptive schedule plans its "
-    "decay to end there",
-    "patience": "published schedule: early stopping patience in validations",
-    "early_stopping": "stop when the validation loss stops improving",
-    "schedule": "adaptive (steps or time: warm-up, cosine decay, validation and patience in "
-    "steps, sized to the store or the budget) or published (the original, per epoch)",
-    "time_budget": "adaptive: train for this wall time (900, 15m, 1h30m, 00:15:00), the schedule "
-    "planned to end there, best checkpoint kept",
-    "val_interval_steps": "adaptive: validate every this many steps (default: 20 validations "
-    "over the planned steps)",
-    "patience_steps": "adaptive: stop after this many steps without a better validation loss "
-    "(default: a quarter of the planned steps; off with --max-steps or --time-budget unless given)",
-    "final_lr_fraction": "adaptive: learning rate at the end of the cosine decay, as a fraction "
-    "of --lr",
-    "limit_train_batches": "training batches per epoch (fraction if < 1, count if >= 1)",
-    "limit_val_batches": "validation batches per validation (fraction if < 1, count if >= 1)",
-    "val_check_interval": "published schedule: validate every this many training batches "
-    "(or fraction of an epoch)",
-    "log_every_n_steps": "log training metrics every this many steps",
-    "accelerator": "cpu, gpu, mps or auto",
-    "devices": "devices per node: a count, a list like 0,1, or auto",
-    "strategy": "auto, ddp, ddp_spawn, fsdp, ...",
-    "num_nodes": "nodes for multi-node training",
-    "precision": "32-true, bf16-mixed, 16-mixed, ...",
-    "tensorboard": "also write TensorBoard logs (if tensorboard is installed)",
-    "seed": "random seed (weights, shuffling, masks, splits)",
-    "memory_budget_gb": "activations of one training step must fit this (GB; default half the "
-    "available memory): segments are shortened, then cells subsampled per batch",
 }
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}
 _SKIP = {"model": {"n_cells"}, "data": {"seed"}, "training": set()}
 _RUN_RECORD = {"store", "store_fingerprint", "init_from", "schedule_plan"}
-
-
-def _parse_optional(inner: type) -> Any:
-    def parse(text: str) -> Any:
-        if text.lower() in ("none", "null", ""):
-            return None
-        return inner(text)
-
-    parse.__name__ = inner.__name__
-    return parse
-
-
-def _flag_kwargs(hint: Any) -> dict[str, Any]:
-    """argparse keyword arguments for a dataclass field type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if origin is tuple:
-        return {"nargs": "*", "type": str, "metavar": "NAME"}
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        return {"type": _parse_optional(inner)}
-    if hint in (int, float, str):
-        return {"type": hint}
-    return {"type": str}
-
-
-def _fields(section: str) -> list[tuple[str, Any, Any]]:
-    cls = _SECTIONS[section]
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.name in _SKIP[section]:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        out.append((f.name, hints[f.name], default))
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,26 +99,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field of the model, data and training configs (read by :func:`build_configs`)."""
     seen: set[str] = set()
-    for section in _SECTIONS:
+    for section, cls in _SECTIONS.items():
         group = parser.add_argument_group(f"{section} parameters")
-        for name, hint, default in _fields(section):
-            if name in seen:
-                continue
-            seen.add(name)
-            kwargs = _flag_kwargs(hint)
-            if "action" not in kwargs:
-                kwargs.setdefault("metavar", name.upper())
-            shown = "see above" if name == "dna_window" else default
-            if isinstance(shown, tuple):
-                shown = " ".join(shown) or "none"
-            text = HELPS.get(name, name.replace("_", " "))
-            group.add_argument(
-                "--" + name.replace("_", "-"),
-                dest=f"{section}__{name}",
-                default=argparse.SUPPRESS,
-                help=text if "(default:" in text else f"{text} (default: {shown})",
-                **kwargs,
-            )
+        options.add_options(
+            group,
+            cls,
+            prefix=f"{section}__",
+            skip=_SKIP[section],
+            helps=HELPS,
+            suppress_defaults=True,
+            defaults={"dna_window": "see above"},
+            seen=seen,
+        )
 
 
 def _load_config_file(path: str) -> dict[str, dict[str, Any]]:
@@ -206,7 +126,9 @@ def _load_config_file(path: str) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise InputError(path, None, "expected a JSON object")
     out: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
-    known = {s: {n for n, _, _ in _fields(s)} for s in _SECTIONS}
+    known = {
+        s: {f.name for f in dataclasses.fields(cls)} - _SKIP[s] for s, cls in _SECTIONS.items()
+    }
     for key, value in raw.items():
         if key in _SECTIONS and isinstance(value, dict):
             for k, v in value.items():

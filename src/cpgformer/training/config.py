@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cpgformer.errors import UsageError
 
 SCHEDULES = ("adaptive", "published")
 PUBLISHED_WARMUP_STEPS = 1000
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - the argparse name
+    """A field with its command-line help in the metadata (``cpgformer train`` makes the flags)."""
+    return field(default=default, metadata={"help": help})
+
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -66,30 +72,66 @@ def parse_duration(text: str | float | int) -> float:
 class TrainConfig:
     """Optimisation and trainer parameters (defaults = the published training script)."""
 
-    lr: float = 5e-4
-    warmup_steps: int | None = None
-    lr_decay: float = 0.9
-    max_epochs: int = 1000
-    max_steps: int = -1
-    patience: int = 10
-    early_stopping: bool = True
-    schedule: str = "adaptive"
-    time_budget: str | None = None
-    val_interval_steps: int | None = None
-    patience_steps: int | None = None
-    final_lr_fraction: float = 0.05
-    limit_train_batches: float | None = None
-    limit_val_batches: float | None = None
-    val_check_interval: float | None = None
-    log_every_n_steps: int = 50
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    tensorboard: bool = True
-    seed: int = 0
-    memory_budget_gb: float | None = None
+    lr: float = _f(5e-4, "Adam learning rate")
+    warmup_steps: int | None = _f(
+        None,
+        "linear learning-rate warm-up, optimiser steps (default: 1000 published; adaptive 5%% of "
+        "the planned steps, at most 1000)",
+    )
+    lr_decay: float = _f(0.9, "published schedule: learning-rate factor per epoch after warm-up")
+    max_epochs: int = _f(1000, "published schedule: maximum epochs")
+    max_steps: int = _f(
+        -1,
+        "maximum optimiser steps (-1 = no limit); the adaptive schedule plans its decay to end "
+        "there",
+    )
+    patience: int = _f(10, "published schedule: early stopping patience in validations")
+    early_stopping: bool = _f(True, "stop when the validation loss stops improving")
+    schedule: str = _f(
+        "adaptive",
+        "adaptive (steps or time: warm-up, cosine decay, validation and patience in steps, sized "
+        "to the store or the budget) or published (the original, per epoch)",
+    )
+    time_budget: str | None = _f(
+        None,
+        "adaptive: train for this wall time (900, 15m, 1h30m, 00:15:00), the schedule planned to "
+        "end there, best checkpoint kept",
+    )
+    val_interval_steps: int | None = _f(
+        None,
+        "adaptive: validate every this many steps (default: 20 validations over the planned steps)",
+    )
+    patience_steps: int | None = _f(
+        None,
+        "adaptive: stop after this many steps without a better validation loss (default: a "
+        "quarter of the planned steps; off with --max-steps or --time-budget unless given)",
+    )
+    final_lr_fraction: float = _f(
+        0.05, "adaptive: learning rate at the end of the cosine decay, as a fraction of --lr"
+    )
+    limit_train_batches: float | None = _f(
+        None, "training batches per epoch (fraction if < 1, count if >= 1)"
+    )
+    limit_val_batches: float | None = _f(
+        None, "validation batches per validation (fraction if < 1, count if >= 1)"
+    )
+    val_check_interval: float | None = _f(
+        None,
+        "published schedule: validate every this many training batches (or fraction of an epoch)",
+    )
+    log_every_n_steps: int = _f(50, "log training metrics every this many steps")
+    accelerator: str = _f("auto", "cpu, gpu, mps or auto")
+    devices: str = _f("auto", "devices per node: a count, a list like 0,1, or auto")
+    strategy: str = _f("auto", "auto, ddp, ddp_spawn, fsdp, ...")
+    num_nodes: int = _f(1, "nodes for multi-node training")
+    precision: str = _f("32-true", "32-true, bf16-mixed, 16-mixed, ...")
+    tensorboard: bool = _f(True, "also write TensorBoard logs (if tensorboard is installed)")
+    seed: int = _f(0, "random seed (weights, shuffling, masks, splits)")
+    memory_budget_gb: float | None = _f(
+        None,
+        "activations of one training step must fit this (GB; default half the available "
+        "memory): segments are shortened, then cells subsampled per batch",
+    )
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

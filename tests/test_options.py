@@ -1,0 +1,82 @@
+"""Flags generated from option dataclasses (``cpgformer.commands.options``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from cpgformer.commands import options
+from cpgformer.commands.options import option
+
+
+@dataclass
+class Example:
+    store: str = option(help="a store", positional=True)
+    output: str = option("out", "output folder", short="-o")
+    max_steps: int = option(800, "training steps")
+    rate: float | None = option(None, "a rate")
+    test_chromosomes: tuple[str, ...] = option(
+        (), "held-out chromosomes", deprecated=("--test-chroms",)
+    )
+    protocol: Literal["holdout", "exhaustive"] = option("holdout", "how entries are hidden")
+    figures: bool = option(True, "write figures")
+    overwrite: bool = option(False, "replace an existing output", deprecated=("--force",))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    options.add_options(parser, Example)
+    options.add_alias(parser, "--no-plots", "--no-figures", "figures", store=False)
+    return parser
+
+
+def test_defaults_types_and_help() -> None:
+    parser = _parser()
+    got = options.from_args(Example, parser.parse_args(["S"]))
+    assert got == Example(store="S")
+    got = options.from_args(
+        Example,
+        parser.parse_args(
+            ["S", "-o", "x", "--max-steps", "3", "--rate", "0.5", "--test-chromosomes", "a,b", "c",
+             "--protocol", "exhaustive", "--no-figures", "--overwrite"]
+        ),
+    )  # fmt: skip
+    assert got == Example("S", "x", 3, 0.5, ("a", "b", "c"), "exhaustive", False, True)
+    assert options.from_args(Example, parser.parse_args(["S", "--rate", "none"])).rate is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["S", "--protocol", "other"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["S", "--max-steps", "many"])
+    text = parser.format_help()
+    assert "training steps (default: 800)" in text
+    assert "--no-figures" in text and "--overwrite" in text
+    # deprecated spellings are accepted but not shown
+    assert "--force" not in text and "--test-chroms" not in text and "--no-plots" not in text
+
+
+def test_deprecated_spellings_warn_and_set_the_same_field(caplog: pytest.LogCaptureFixture) -> None:
+    parser = _parser()
+    with caplog.at_level(logging.WARNING):
+        args = parser.parse_args(["S", "--force", "--test-chroms", "x,y", "--no-plots"])
+    got = options.from_args(Example, args)
+    assert got.overwrite is True and got.test_chromosomes == ("x", "y") and got.figures is False
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for old, new in (("--force", "--overwrite"), ("--test-chroms", "--test-chromosomes"),
+                     ("--no-plots", "--no-figures")):  # fmt: skip
+        assert f"{old} is deprecated" in messages and f"use {new}" in messages
+
+
+def test_prefix_suppressed_defaults_and_shared_spellings() -> None:
+    parser = argparse.ArgumentParser()
+    seen: set[str] = set()
+    options.add_options(
+        parser, Example, prefix="a__", skip={"store"}, suppress_defaults=True, seen=seen
+    )
+    options.add_options(parser, Example, prefix="b__", skip={"store"}, seen=seen)
+    args = parser.parse_args(["--max-steps", "5"])
+    assert vars(args) == {"a__max_steps": 5}  # unset flags absent; spellings added once
+    assert options.values(args, Example, prefix="a__") == {"max_steps": 5}
