@@ -58,7 +58,11 @@ def test_defaults_types_and_help() -> None:
     assert "--force" not in text and "--test-chroms" not in text and "--no-plots" not in text
 
 
-def test_deprecated_spellings_warn_and_set_the_same_field(caplog: pytest.LogCaptureFixture) -> None:
+def test_deprecated_spellings_warn_and_set_the_same_field(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an earlier CLI run in the same process stops the package logger from propagating to caplog
+    monkeypatch.setattr(logging.getLogger("cpgformer"), "propagate", True)
     parser = _parser()
     with caplog.at_level(logging.WARNING):
         args = parser.parse_args(["S", "--force", "--test-chroms", "x,y", "--no-plots"])
