@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,8 @@ from cpgformer.training.schedule import (
     plan_schedule,
 )
 from cpgformer.training.task import CHECKPOINT_KEY, CpGTask
-from cpgformer.utils.atomic import atomic_file, atomic_path
+from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, atomic_path
+from cpgformer.utils.locks import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +264,32 @@ def fit(
     ``config``: the model (``n_cells`` is always the store's; default: the published model, with the
     DNA branch only when the store has a FASTA). ``resume``: continue from ``run_dir``'s last
     checkpoint with its model and data parameters. ``init_from``: transfer (see module doc).
+    A second process training into the same ``run_dir`` is refused while this one runs.
     """
+    kwargs = dict(
+        resume=resume, init_from=init_from, init_hparams=init_hparams, callbacks=callbacks,
+        progress_bar=progress_bar,
+    )  # fmt: skip
+    if not _launcher_rank_zero():  # (other ranks of a DDP run: rank 0 holds the lock)
+        return _fit(store, run_dir, config, data, training, **kwargs)
+    with output_lock(run_dir):
+        _remove_partials(Path(run_dir))
+        return _fit(store, run_dir, config, data, training, **kwargs)
+
+
+def _fit(
+    store: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    config: ModelConfig | None,
+    data: DataConfig | None,
+    training: TrainConfig | None,
+    *,
+    resume: bool,
+    init_from: str | os.PathLike[str] | None,
+    init_hparams: Mapping[str, Any] | None,
+    callbacks: Sequence[Any],
+    progress_bar: bool,
+) -> FitResult:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -283,7 +310,13 @@ def fit(
         raise UsageError("--resume and --init-from exclude each other")
     if resume:
         if not last.is_file():
-            raise UsageError(f"{run}: nothing to resume (no {last})")
+            hint = (
+                "; it stopped before its first checkpoint: run the same command without --resume "
+                "to start it again"
+                if _killed_before_first_checkpoint(run)
+                else ""
+            )
+            raise UsageError(f"{run}: nothing to resume (no {last}){hint}")
         meta = torch.load(last, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY) or {}
         if meta.get("store_fingerprint") != ds.fingerprint:
             raise UsageError(
@@ -301,10 +334,13 @@ def fit(
         log.info("resuming %s from %s", run, last)
     elif _launcher_rank_zero() and run.exists() and any(run.iterdir()):
         # (processes started by a DDP launcher find the directory their rank 0 is filling)
-        raise UsageError(
-            f"{run}: run directory exists and is not empty (use --resume to continue it, "
-            "or choose another directory)"
-        )
+        if not _killed_before_first_checkpoint(run):
+            raise UsageError(
+                f"{run}: run directory exists and is not empty (use --resume to continue it, "
+                "or choose another directory)"
+            )
+        log.warning("%s: a run stopped here before its first checkpoint; starting it again", run)
+        _remove_run_files(run)
 
     source_state = None
     source_profiles = None
@@ -682,6 +718,49 @@ def _source_profiles(path: str | os.PathLike[str], kind: str) -> dict | None:
     from cpgformer.checkpoint import load_checkpoint
 
     return load_checkpoint(path).cell_profiles
+
+
+RUN_FILES = (
+    "config.json", "checkpoints", "logs", "tensorboard", "metrics.csv", "learning_curves.png",
+    "summary.json", "init_key_map.tsv",
+)  # fmt: skip
+"""What ``fit`` writes in a run directory."""
+
+
+def _killed_before_first_checkpoint(run: Path) -> bool:
+    """Whether ``run`` holds only what a run stopped before its first checkpoint left: its
+    ``config.json`` (recording a store), no ``last.ckpt``, no summary, nothing fit did not write."""
+    try:
+        recorded = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or "store_fingerprint" not in recorded:
+        return False
+    if (run / "checkpoints" / "last.ckpt").exists() or (run / "summary.json").exists():
+        return False
+    return all(p.name in RUN_FILES or _is_partial(p.name) for p in run.iterdir())
+
+
+def _is_partial(name: str) -> bool:
+    """A temporary file of an atomic write of one of the run files (left by a killed run)."""
+    return any(name.startswith(f"{PARTIAL_PREFIX}{f}-") for f in RUN_FILES)
+
+
+def _remove_partials(run: Path) -> None:
+    if run.is_dir():
+        for path in run.iterdir():
+            if _is_partial(path.name) and path.is_file():
+                path.unlink()
+
+
+def _remove_run_files(run: Path) -> None:
+    for name in RUN_FILES:
+        path = run / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    _remove_partials(run)
 
 
 def _launcher_rank_zero() -> bool:
