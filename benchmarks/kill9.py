@@ -1,6 +1,9 @@
 """Kill -9 at random points of ``prepare``, ``impute``, ``export`` (and optionally ``train``), rerun,
 and compare with an uninterrupted run.
 
+A killed ``train`` is rerun with ``--resume`` when it had written ``last.ckpt``, else with the same
+command line (which starts a run stopped before its first checkpoint again).
+
 For every command: one uninterrupted reference run, then ``--points`` runs each killed with SIGKILL
 after a random delay in ``[0, 1.2 x reference time]`` and rerun with the same command line to the
 end. The rerun's output must be identical to the reference (stores: every array and the
@@ -11,7 +14,8 @@ Usage::
 
     .venv/bin/python benchmarks/kill9.py                 # 20 points per command, prepare/impute/export
     .venv/bin/python benchmarks/kill9.py --points 5 --commands prepare impute
-    .venv/bin/python benchmarks/kill9.py --commands train --train-steps 60   # needs exact resume
+    .venv/bin/python benchmarks/kill9.py --commands train --train-steps 60
+    .venv/bin/python benchmarks/kill9.py --commands train --small-model   # faster points
 
 Everything is written in a temporary folder, removed at the end (``--keep`` keeps it). Exit code 0
 when every rerun matched, 1 otherwise.
@@ -35,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL_MODEL = ["--hidden", 16, "--n-layers", 1, "--n-heads", 2, "--head-dim", 8,
+               "--limit-val-batches", 5]  # fmt: skip
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "CPGFORMER_NO_PROGRESS": "1"}
 
 
@@ -139,13 +145,32 @@ def identical(kind: str, a: Path, b: Path) -> bool:
         same = np.array_equal(np.asarray(x.X), np.asarray(y.X), equal_nan=True)
         return same and list(x.obs_names) == list(y.obs_names)
     if kind == "run":
-        import torch
-
-        wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        wb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        same = wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-        return same and (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
+        return not run_differences(a, b)
     return arrays_of(a) == arrays_of(b)
+
+
+def run_differences(a: Path, b: Path) -> list[str]:
+    """How training run ``b`` differs from ``a``: final weights, then ``metrics.csv`` lines."""
+    import torch
+
+    out = []
+    last_b = b / "checkpoints" / "last.ckpt"
+    if not last_b.is_file():
+        return [f"no {last_b}"]
+    wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(last_b, weights_only=True)["state_dict"]
+    if wa.keys() != wb.keys():
+        out.append("weights: other parameter names")
+    else:
+        delta = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+        if delta > 0 or not all(torch.equal(wa[k], wb[k]) for k in wa):
+            out.append(f"weights: max |delta| {delta:.3g}")
+    la = (a / "metrics.csv").read_text().splitlines()
+    lb = (b / "metrics.csv").read_text().splitlines() if (b / "metrics.csv").is_file() else []
+    if la != lb:
+        diff = [f"{x!r} != {y!r}" for x, y in zip(la, lb) if x != y][:2]
+        out.append(f"metrics.csv: {len(la)} vs {len(lb)} lines; " + "; ".join(diff))
+    return out
 
 
 def _finished(name: str, out: Path) -> bool:
@@ -171,6 +196,11 @@ def main() -> int:
     ap.add_argument("--cells", type=int, default=8)
     ap.add_argument("--calls", type=int, default=20_000, help="calls per cell")
     ap.add_argument("--train-steps", type=int, default=60)
+    ap.add_argument(
+        "--small-model", action="store_true",
+        help="train a one-layer model of width 16 validating on 5 batches (faster points; the "
+        "schedule, epochs, checkpoints and resume are the same)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
@@ -195,13 +225,15 @@ def main() -> int:
         commands["train"] = (
             "run",
             ["train", store, "--max-steps", args.train_steps, "--seed", 0,
-             "--val-chromosomes", "chr2", "--test-chromosomes", "chr3", "--dna-window", 0, "-o"],
+             "--val-chromosomes", "chr2", "--test-chromosomes", "chr3", "--dna-window", 0,
+             *(SMALL_MODEL if args.small_model else []), "-o"],
         )  # fmt: skip
         times = {"prepare": t_prep, "impute": t_imp}
         for name in args.commands:
             kind, cmd = commands[name]
             target = ref / f"{name}-reference"
             times[name] = run(cpgformer(*cmd, target), base)
+            print(f"{name}: reference run {times[name]:.1f} s", flush=True)
             resume = ["--resume"] if name == "train" else []
             n_mid = 0
             ok = 0
@@ -218,12 +250,19 @@ def main() -> int:
                 left = [p.name for p in base.iterdir() if p.name.startswith(".")]
                 ok += same and not left
                 if not same or left:
-                    print(f"  {name} kill {k} at {delay:.2f} s: identical={same} leftovers={left}")
-                shutil.rmtree(out)
+                    detail = "; ".join(run_differences(target, out)) if kind == "run" else ""
+                    print(
+                        f"  {name} kill {k} at {delay:.2f} s: identical={same} leftovers={left} "
+                        f"{detail}",
+                        flush=True,
+                    )
+                if same or not args.keep:  # (--keep keeps the outputs that differ)
+                    shutil.rmtree(out)
             failures += args.points - ok
             print(
                 f"{name:8s} reference {times[name]:6.2f} s; {args.points} kills "
-                f"({n_mid} mid-run): {ok}/{args.points} reruns identical, nothing left over"
+                f"({n_mid} mid-run): {ok}/{args.points} reruns identical, nothing left over",
+                flush=True,
             )
     finally:
         if args.keep:

@@ -149,6 +149,7 @@ def main(argv: list[str]) -> None:
         what = mode.split("-", 1)[1]
         callbacks = {
             "kill": [KillAtStep(9, signal.SIGKILL)],
+            "early": [KillAtStep(2, signal.SIGKILL)],  # before the first checkpoint
             "term": [KillAtStep(6, signal.SIGTERM)],
             "int": [KillAtStep(6, signal.SIGINT)],
         }.get(what, [])

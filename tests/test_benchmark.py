@@ -169,11 +169,11 @@ def test_exhaustive_protocol_through_run_benchmark(tmp_path):
     model = CpgformerModel.from_model(net, ds.cells, tile_sites=16)
     res = run_benchmark(
         ds,
-        [model, "nearest-neighbour"],
+        models=[model, "nearest-neighbour"],
         out_dir=tmp_path / "out",
-        test_chroms=["2"],
+        test_chromosomes=["2"],
         protocol="exhaustive",
-        plots=False,
+        figures=False,
     )
     chrom = ho.ChromData("2", ds.positions("2"), ds.states("2", 0, ds.n_sites("2")))
     pred = res.predictions
@@ -232,8 +232,8 @@ def test_poisoned_hidden_calls_change_no_prediction(tmp_path):
     }
     store = write_dense_store(tmp_path / "clean", chroms, cells)
     models = _all_models(cells)
-    common = dict(test_chroms=["3"], hide_fraction=0.3, seed=5, plots=False)
-    clean = run_benchmark(store, models, out_dir=tmp_path / "o1", **common)
+    common = dict(test_chromosomes=["3"], hide_fraction=0.3, seed=5, figures=False)
+    clean = run_benchmark(store, models=models, out_dir=tmp_path / "o1", **common)
     pred = clean.predictions
     assert len(pred) > 50
 
@@ -255,7 +255,7 @@ def test_poisoned_hidden_calls_change_no_prediction(tmp_path):
     poisoned = states.copy()
     poisoned[rows, cols] = 1 - poisoned[rows, cols]
     store2 = write_dense_store(tmp_path / "poisoned", {**chroms, "3": (positions, poisoned)}, cells)
-    dirty = run_benchmark(store2, _all_models(cells), out_dir=tmp_path / "o2", **common)
+    dirty = run_benchmark(store2, models=_all_models(cells), out_dir=tmp_path / "o2", **common)
 
     p2 = dirty.predictions
     assert p2[["chrom", "pos", "cell"]].equals(pred[["chrom", "pos", "cell"]])
@@ -381,10 +381,10 @@ def test_report_files_and_tables(tmp_path):
     bed.write_text("3\t5000\t5001\tg\t.\t+\n")
     res = run_benchmark(
         store,
-        "site-mean,cell-mean,nearest-neighbour,knn-cells",
+        models="site-mean,cell-mean,nearest-neighbour,knn-cells",
         out_dir=tmp_path / "out",
-        test_chroms=["3"],
-        cells_exclude=["cell4"],
+        test_chromosomes=["3"],
+        exclude_cells=["cell4"],
         tss_bed=bed,
         seed=1,
     )
@@ -418,11 +418,11 @@ def test_cli_benchmark_and_errors(tmp_path, capsys):
             str(store),
             "--models",
             "site-mean,nearest-neighbour",
-            "--test-chroms",
+            "--test-chromosomes",
             "3",
             "-o",
             str(tmp_path / "out"),
-            "--no-plots",
+            "--no-figures",
         ]
     )
     out = capsys.readouterr().out
@@ -447,7 +447,7 @@ def test_cli_benchmark_and_errors(tmp_path, capsys):
     assert main([*args, "--models", "cpgformer", "--test-chroms", "3"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
     with pytest.raises(UsageError, match="already exists"):
-        run_benchmark(store, "site-mean", out_dir=tmp_path / "out", test_chroms=["3"])
+        run_benchmark(store, models="site-mean", out_dir=tmp_path / "out", test_chromosomes=["3"])
 
 
 def test_checkpoint_model_runs_through_cli(tmp_path, capsys):
@@ -517,10 +517,18 @@ def test_hide_fraction_validation(tmp_path):
     store = tiny_store(tmp_path / "s", n_cells=3)
     with pytest.raises(UsageError, match="hide-fraction"):
         run_benchmark(
-            store, "site-mean", out_dir=tmp_path / "o", test_chroms=["3"], hide_fraction=0
+            store,
+            models="site-mean",
+            out_dir=tmp_path / "o",
+            test_chromosomes=["3"],
+            hide_fraction=0,
         )
     with pytest.raises(UsageError, match="exclude-cells"):
         run_benchmark(
-            store, "site-mean", out_dir=tmp_path / "o", test_chroms=["3"], cells_exclude=["x"]
+            store,
+            models="site-mean",
+            out_dir=tmp_path / "o",
+            test_chromosomes=["3"],
+            exclude_cells=["x"],
         )
     assert not Path(tmp_path / "o").exists()

@@ -177,7 +177,7 @@ def test_benchmark_region_holdout_fits_on_training_blocks_only(tmp_path: Path) -
     store = make_store(tmp_path / "s", {"chr8": 2400}, 5, fill=0.6, seed=5)
     pos = open_dataset(store).positions("chr8")
     spy = _Spy()
-    res = run_benchmark(store, [spy, "site-mean"], out_dir=tmp_path / "b", plots=False)
+    res = run_benchmark(store, models=[spy, "site-mean"], out_dir=tmp_path / "b", figures=False)
     s = res.settings
     assert s["split"] == "regions" and s["test_regions"] and "not in the store" in s["split_note"]
     test_rows = np.concatenate([np.arange(r[1], r[2]) for r in s["test_regions"]])
@@ -211,7 +211,7 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     bench = tmp_path / "bench"
     code = main(
         ["benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
-        + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-plots"]
+        + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-figures"]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -252,7 +252,7 @@ def test_devmethyl_locus_trains_and_benchmarks_without_renaming(
     bench = tmp_path / "bench"
     code = main(
         ["-q", "benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]
-        + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-plots"]
+        + ["-o", str(bench), "--models", "cpgformer,site-mean,knn-cells", "--no-figures"]
     )
     assert code == 0
     settings = json.loads((bench / "settings.json").read_text())

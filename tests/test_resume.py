@@ -44,8 +44,7 @@ def _final(run: Path) -> tuple[dict, list]:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    keep = ("step", "train_loss_step", "lr", "val_loss", "val_auroc")
-    return ckpt, [{k: r.get(k, "") for k in keep} for r in rows]
+    return ckpt, rows  # every column: epoch means, validation metrics and baseline included
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -110,3 +109,30 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_stop_within_seconds(
     resumed = run_script("exact-resume", str(store), str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(full, run)
+
+
+@pytest.mark.slow
+def test_run_killed_before_its_first_checkpoint_is_started_again(
+    tmp_path: Path, uninterrupted: tuple[Path, Path]
+) -> None:
+    """The same command again (no --resume) starts a run that died before its first checkpoint
+    from the beginning, replacing only what that run wrote; anything else there is refused."""
+    store, full = uninterrupted
+    run = tmp_path / "run"
+    killed = run_script("exact-early", str(store), str(run))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (run / "config.json").is_file() and not (run / "checkpoints" / "last.ckpt").exists()
+    resumed = run_script("exact-resume", str(store), str(run))
+    assert resumed.returncode != 0 and "without --resume to start it again" in resumed.stderr
+    again = run_script("exact-full", str(store), str(run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_same_run(full, run)
+    assert not list(tmp_path.glob(".*"))  # the lock is gone
+    # a folder holding something the run did not write is never taken over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text((run / "config.json").read_text())
+    (other / "notes.txt").write_text("mine")
+    refused = run_script("exact-full", str(store), str(other))
+    assert refused.returncode != 0 and "not empty" in refused.stderr
+    assert (other / "notes.txt").read_text() == "mine"

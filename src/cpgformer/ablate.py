@@ -111,11 +111,11 @@ def ablate(
         store,
         models=[*models, "site-mean"],
         out_dir=out / "benchmark",
-        test_chroms=test_chroms,
+        test_chromosomes=test_chroms,
         hide_fraction=hide_fraction,
         seed=seed,
         overwrite=True,
-        plots=False,
+        figures=False,
     )
     predictions = pd.read_csv(out / "benchmark" / "predictions.tsv.gz", sep="\t")
     names = [*configs, "site-mean"]

@@ -13,6 +13,7 @@ benchmark-sized data (1e6 sites x 100 cells = 100 MB), not for whole atlases.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -40,8 +41,14 @@ from cpgformer.benchmark.metrics import (
     read_tss_bed,
     tss_distance,
 )
+from cpgformer.benchmark.report import write_report
+from cpgformer.data.config import DataConfig
 from cpgformer.data.segments import Region, regions_from_record, resolve_split
 from cpgformer.errors import UsageError
+from cpgformer.io.fasta import Reference
+from cpgformer.io.store import Dataset, open_dataset
+from cpgformer.nn import ModelConfig
+from cpgformer.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +123,11 @@ def resolve_benchmark_split(
     ckpt_data: dict,
     receptive_field: int | None = None,
 ) -> BenchmarkSplit:
-    """Test chromosomes or test blocks: ``--test-chroms`` if given, else the checkpoint's held-out
+    """Test chromosomes or test blocks: ``--test-chromosomes`` if given, else the checkpoint's held-out
     split (chromosomes or region blocks), else the split ``cpgformer train`` makes by default.
 
     Region blocks: baselines fit on the training blocks only, and the test blocks are scored.
     """
-    from cpgformer.data.config import DataConfig
-    from cpgformer.nn import ModelConfig
 
     names = list(ds.chromosomes)
     if not test_chroms and ckpt_data:
@@ -135,14 +140,14 @@ def resolve_benchmark_split(
                         "is not in this store (was it trained on another store?)"
                     )
             if not regions["test"]:
-                raise UsageError("the checkpoint has no test blocks: give --test-chroms")
+                raise UsageError("the checkpoint has no test blocks: give --test-chromosomes")
             log.info("test blocks from the checkpoint: %d", len(regions["test"]))
             return BenchmarkSplit(
                 "regions", sorted({b.chrom for b in regions["test"]}), [], regions
             )
         test_chroms = list(ckpt_data.get("test_chromosomes_resolved") or [])
         if not test_chroms:
-            raise UsageError("the checkpoint has no test chromosomes: give --test-chroms")
+            raise UsageError("the checkpoint has no test chromosomes: give --test-chromosomes")
         log.info("test chromosomes from the checkpoint: %s", ", ".join(test_chroms))
     note = ""
     if not test_chroms:
@@ -180,7 +185,7 @@ def resolve_benchmark_split(
     if not train_chroms:
         raise UsageError(
             "every chromosome is a test chromosome: nothing left to fit baselines on "
-            "(leave --test-chroms out for a region hold-out)"
+            "(leave --test-chromosomes out for a region hold-out)"
         )
     held = set(ckpt_data.get("test_chromosomes_resolved") or []) | set(
         ckpt_data.get("val_chromosomes_resolved") or []
@@ -236,187 +241,269 @@ def _region_rows(ds: Any, regions: dict[str, list[Region]] | None, split: str) -
     return rows
 
 
+def _meta(help: str) -> dict[str, str]:  # noqa: A002 - the argparse name
+    return {"help": help}
+
+
+@dataclass
+class BenchmarkOptions:
+    """What to benchmark and how (``cpgformer benchmark`` makes one flag per field but the last two).
+
+    ``models``: comma-separated names or a list of names and/or model objects. ``test_chromosomes``
+    empty: the checkpoint's held-out test chromosomes or test blocks, else the split ``cpgformer
+    train`` makes by default (see :func:`resolve_benchmark_split`).
+    """
+
+    models: Any = field(
+        default="all",
+        metadata=_meta(
+            "comma-separated model names; 'all' = every baseline (+ cpgformer with --checkpoint), "
+            "'baselines' = every baseline"
+        ),
+    )
+    checkpoint: str | None = field(
+        default=None, metadata=_meta("trained cpgformer checkpoint (for model cpgformer)")
+    )
+    test_chromosomes: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            **_meta(
+                "test chromosomes (default: the checkpoint's test chromosomes or test blocks; "
+                "without a checkpoint, the split `cpgformer train` makes by default)"
+            ),
+            "deprecated": ("--test-chroms",),
+        },
+    )
+    exclude_cells: tuple[str, ...] = field(
+        default=(), metadata=_meta("cells never hidden nor scored (they stay visible input)")
+    )
+    protocol: str = field(
+        default="holdout",
+        metadata={
+            **_meta(
+                "holdout: hide a fraction of observed test calls in read-sized runs; exhaustive: "
+                "the original's leave-one-out scoring of every observed call"
+            ),
+            "choices": PROTOCOLS,
+        },
+    )
+    hide_fraction: float | None = field(
+        default=None,
+        metadata=_meta(
+            "holdout: expected fraction of observed test calls hidden (default 0.2); exhaustive: "
+            "fraction of observed test calls scored, each hidden alone (default 1)"
+        ),
+    )
+    seed: int = field(default=0, metadata=_meta("seed of the hidden-entry choice"))
+    run_gap: int = field(
+        default=ho.DEFAULT_RUN_GAP,
+        metadata=_meta("bp: observed sites of one cell this close are hidden together"),
+    )
+    tss_bed: str | None = field(
+        default=None, metadata=_meta("BED of TSSs for per-context metrics by TSS distance")
+    )
+    fasta: str | None = field(
+        default=None,
+        metadata=_meta("reference FASTA for DNA features (default: the store's, if present)"),
+    )
+    knn_cells: int = field(default=5, metadata=_meta("k of knn-cells"))
+    tile_sites: int = field(default=1024, metadata=_meta("cpgformer: sites per tile"))
+    batch_size: int = field(default=8, metadata=_meta("cpgformer: tiles per forward"))
+    bootstrap: int = field(
+        default=1000,
+        metadata=_meta(
+            "paired bootstrap resamples for the intervals of cpgformer minus each model (0 = none)"
+        ),
+    )
+    figures: bool = field(default=True, metadata=_meta("write the PNG figures"))
+    overwrite: bool = field(default=False, metadata=_meta("replace an existing output"))
+    deepcpg: DeepCpGConfig | None = None
+    camelia: CaMeliaConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.test_chromosomes = tuple(self.test_chromosomes or ())
+        self.exclude_cells = tuple(self.exclude_cells or ())
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(
+                f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"
+            )
+        if self.hide_fraction is None:
+            self.hide_fraction = DEFAULT_HIDE_FRACTION[self.protocol]
+        if not 0.0 < self.hide_fraction <= 1.0:
+            raise UsageError(f"--hide-fraction must be in (0, 1], got {self.hide_fraction}")
+        if self.bootstrap < 0:
+            raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+
+
 def run_benchmark(
     store: Any,
-    models: str | Sequence[Any] = "all",
-    checkpoint: str | os.PathLike[str] | None = None,
-    out_dir: str | os.PathLike[str] = "benchmark",
-    test_chroms: Sequence[str] | None = None,
-    cells_exclude: Sequence[str] = (),
-    hide_fraction: float | None = None,
-    seed: int = 0,
-    protocol: str = "holdout",
+    options: BenchmarkOptions | None = None,
     *,
-    tss_bed: str | os.PathLike[str] | None = None,
-    fasta: str | os.PathLike[str] | None = None,
-    run_gap: int = ho.DEFAULT_RUN_GAP,
-    deepcpg: DeepCpGConfig | None = None,
-    camelia: CaMeliaConfig | None = None,
-    knn_k: int = 5,
-    tile_sites: int = 1024,
-    batch_size: int = 8,
-    overwrite: bool = False,
-    plots: bool = True,
-    bootstrap: int = 1000,
+    out_dir: str | os.PathLike[str] = "benchmark",
+    **fields: Any,
 ) -> BenchmarkResult:
-    """Benchmark ``models`` on the test chromosomes of ``store`` and write the report to ``out_dir``.
-
-    ``models``: comma-separated names or a list of names and/or model objects (``all`` = every
-    baseline, plus ``cpgformer`` when a checkpoint is given). ``test_chroms`` default: the
-    checkpoint's held-out test chromosomes or test blocks, else the split ``cpgformer train``
-    makes by default (see :func:`resolve_benchmark_split`). ``cells_exclude``: cells never hidden
-    nor scored (their calls stay visible input). ``hide_fraction``: holdout -- expected fraction of
-    observed entries hidden (default 0.2); exhaustive -- fraction of observed entries scored, each
-    hidden alone (default 1.0 = all). ``bootstrap``: resamples of the paired bootstrap intervals of
-    cpgformer minus each model (0 = none).
-    """
-    from cpgformer.benchmark.report import write_report
-    from cpgformer.io.store import Dataset, open_dataset
-    from cpgformer.utils.atomic import atomic_dir
-
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    if hide_fraction is None:
-        hide_fraction = DEFAULT_HIDE_FRACTION[protocol]
-    if not 0.0 < hide_fraction <= 1.0:
-        raise UsageError(f"--hide-fraction must be in (0, 1], got {hide_fraction}")
+    """Benchmark the models of ``options`` (or of the :class:`BenchmarkOptions` fields given as
+    keywords) on the test chromosomes of ``store`` and write the report to ``out_dir``."""
+    opts = dataclasses.replace(options, **fields) if options else BenchmarkOptions(**fields)
     out_path = Path(out_dir)
-    if out_path.exists() and not overwrite:
+    if out_path.exists() and not opts.overwrite:
         raise UsageError(f"{out_path}: already exists (choose another output or remove it)")
     ds = store if isinstance(store, Dataset) else open_dataset(store)
     store_path = str(getattr(ds, "path", store))
     cells = list(ds.cells)
+    objs = _models(opts)
+    model_names = [m.name for m in objs]
+    split = resolve_benchmark_split(ds, opts.test_chromosomes, *_checkpoint_split(objs))
+    cell_mask = _scored_cells(cells, opts.exclude_cells)
+    fasta_path = str(opts.fasta) if opts.fasta else None
+    if fasta_path is None and ds.fasta_path and Path(ds.fasta_path).exists():
+        fasta_path = ds.fasta_path
+    reference = None
+    if fasta_path:
+        reference = Reference(fasta_path)
+        log.info("DNA features from %s", fasta_path)
+    tss = None
+    if opts.tss_bed is not None:
+        tss = match_tss_chromosomes(read_tss_bed(opts.tss_bed), list(ds.chromosomes), opts.tss_bed)
+    timings = {n: {"fit_s": 0.0, "predict_s": 0.0} for n in model_names}
+    _fit_models(objs, _training_data(ds, split, reference), cells, timings)
+    frames = [
+        _score_part(chrom, data, objs, opts, cells, cell_mask, tss, timings)
+        for chrom, parts in _test_parts(ds, split, reference)
+        for data in parts
+    ]
+    predictions = pd.concat(frames, ignore_index=True)
+    if predictions.shape[0] == 0:
+        raise UsageError("no observed entries to score on the test chromosomes")
+    settings = {
+        "store": store_path,
+        "store_fingerprint": getattr(ds, "fingerprint", None),
+        "checkpoint": None if opts.checkpoint is None else str(opts.checkpoint),
+        "protocol": opts.protocol,
+        "hide_fraction": opts.hide_fraction,
+        "run_gap_bp": opts.run_gap if opts.protocol == "holdout" else None,
+        "seed": opts.seed,
+        "split": split.mode,
+        "split_note": split.note,
+        "test_chromosomes": split.test_chromosomes,
+        "train_chromosomes": split.train_chromosomes,
+        "test_regions": _region_rows(ds, split.regions, "test"),
+        "train_regions": _region_rows(ds, split.regions, "train"),
+        "excluded_cells": list(opts.exclude_cells),
+        "n_cells": len(cells),
+        "fasta": fasta_path,
+        "tss_bed": None if opts.tss_bed is None else str(opts.tss_bed),
+        "models": model_names,
+        "timings": timings,
+        "n_entries": int(predictions.shape[0]),
+        "bootstrap_resamples": opts.bootstrap,
+    }
+    inputs = [store_path, opts.checkpoint]
+    with atomic_dir(out_path, opts.overwrite, kind="benchmark", inputs=inputs) as tmp:
+        metrics, per_cell, per_context, boot = write_report(
+            tmp, predictions, model_names, settings, plots=opts.figures, bootstrap=opts.bootstrap
+        )
+    log.info("benchmark report written to %s", out_path)
+    return BenchmarkResult(out_path, metrics, per_cell, per_context, predictions, settings, boot)
 
-    names = _model_list(models, None if checkpoint is None else str(checkpoint))
-    objs: list[Any] = []
+
+def _models(opts: BenchmarkOptions) -> list[Any]:
+    """The model objects of ``opts.models`` (names built, objects kept), in order."""
+    checkpoint = None if opts.checkpoint is None else str(opts.checkpoint)
+    names = _model_list(opts.models, checkpoint)
     wanted = [n for n in names if isinstance(n, str)]
     built = iter(
         build_models(
-            wanted,
-            None if checkpoint is None else str(checkpoint),
-            deepcpg,
-            camelia,
-            knn_k,
-            tile_sites,
-            batch_size,
+            wanted, checkpoint, opts.deepcpg, opts.camelia, opts.knn_cells, opts.tile_sites,
+            opts.batch_size,
         )
-    )
-    for n in names:
-        objs.append(next(built) if isinstance(n, str) else n)
+    )  # fmt: skip
+    objs = [next(built) if isinstance(n, str) else n for n in names]
     model_names = [m.name for m in objs]
     if len(set(model_names)) != len(model_names):
         raise UsageError(f"two models share a name: {', '.join(model_names)}")
+    return objs
 
-    # the split: test chromosomes, or test blocks of a region hold-out
+
+def _checkpoint_split(objs: Sequence[Any]) -> tuple[dict, int | None]:
+    """(data parameters, receptive field) of the cpgformer model among ``objs`` ({} and None)."""
     ckpt_data: dict = {}
     ckpt_rf: int | None = None
     for m in objs:
         if isinstance(m, CpgformerModel):
-            ckpt_data = m.data
-            ckpt_rf = m.receptive_field
-    split = resolve_benchmark_split(ds, test_chroms, ckpt_data, ckpt_rf)
-    test_chroms = split.test_chromosomes
-    train_chroms = split.train_chromosomes
-    missing_cells = [c for c in cells_exclude if c not in cells]
-    if missing_cells:
-        raise UsageError(f"--exclude-cells: unknown cell(s) {', '.join(missing_cells)}")
-    cell_mask = np.array([c not in set(cells_exclude) for c in cells], dtype=bool)
-    if not cell_mask.any():
+            ckpt_data, ckpt_rf = m.data, m.receptive_field
+    return ckpt_data, ckpt_rf
+
+
+def _scored_cells(cells: Sequence[str], excluded: Sequence[str]) -> np.ndarray:
+    missing = [c for c in excluded if c not in cells]
+    if missing:
+        raise UsageError(f"--exclude-cells: unknown cell(s) {', '.join(missing)}")
+    mask = np.array([c not in set(excluded) for c in cells], dtype=bool)
+    if not mask.any():
         raise UsageError("every cell is excluded")
+    return mask
 
-    reference = None
-    fasta_path = str(fasta) if fasta else None
-    if fasta_path is None and ds.fasta_path and Path(ds.fasta_path).exists():
-        fasta_path = ds.fasta_path
-    if fasta_path:
-        from cpgformer.io.fasta import Reference
 
-        reference = Reference(fasta_path)
-        log.info("DNA features from %s", fasta_path)
-    tss = None
-    if tss_bed is not None:
-        tss = match_tss_chromosomes(read_tss_bed(tss_bed), list(ds.chromosomes), tss_bed)
-
-    timings: dict[str, dict[str, float]] = {
-        n: {"fit_s": 0.0, "predict_s": 0.0} for n in model_names
-    }
+def _training_data(ds: Any, split: BenchmarkSplit, reference: Any) -> list[ChromData]:
+    """The training chromosomes, or the training blocks of a region hold-out."""
     if split.regions is None:
-        train = [load_chromosome(ds, c, reference) for c in train_chroms]
-    else:
-        train = [
-            block_of(load_chromosome(ds, chrom, reference), blocks)
-            for chrom, blocks in _by_chromosome(split.regions["train"]).items()
-        ]
-        train = [piece for pieces in train for piece in pieces]
+        return [load_chromosome(ds, c, reference) for c in split.train_chromosomes]
+    return [
+        piece
+        for chrom, blocks in _by_chromosome(split.regions["train"]).items()
+        for piece in block_of(load_chromosome(ds, chrom, reference), blocks)
+    ]
+
+
+def _fit_models(
+    objs: Sequence[Any], train: list[ChromData], cells: list[str], timings: dict
+) -> None:
     for m in objs:
         t0 = time.perf_counter()
         log.info("fitting %s on %d training chromosome(s) or block(s)", m.name, len(train))
         m.fit(train, cells)
         timings[m.name]["fit_s"] = time.perf_counter() - t0
-    del train
 
-    frames = []
-    for chrom, parts in _test_parts(ds, split, reference):
-        for data in parts:
-            rng = _chrom_rng(seed, data.name)
-            if protocol == "holdout":
-                hidden = ho.holdout_entries(data, hide_fraction, rng, run_gap, cell_mask)
-                masked = ho.mask_entries(data, hidden.rows, hidden.cols)
-            else:
-                hidden = ho.sample_entries(data, hide_fraction, rng, cell_mask)
-                masked = None
-            log.info("%s: %d entries scored (%s protocol)", data.name, len(hidden), protocol)
-            frame = pd.DataFrame(
-                {
-                    "chrom": chrom,
-                    "pos": data.positions[hidden.rows],
-                    "cell": np.asarray(cells, dtype=object)[hidden.cols],
-                    "label": hidden.labels.astype(np.int8),
-                }
-            )
-            qpos = data.positions[hidden.rows]
-            frame["cpg_density"] = cpg_density(data.positions, qpos, data.sequence)
-            if tss is not None:
-                frame["tss_distance"] = tss_distance(qpos, tss.get(chrom))
-            for m in objs:
-                t0 = time.perf_counter()
-                if masked is not None:
-                    probs = ho.predict_holdout(m, masked, hidden)
-                else:
-                    probs = ho.predict_exhaustive(m, data, hidden)
-                timings[m.name]["predict_s"] += time.perf_counter() - t0
-                frame[m.name] = probs
-            frames.append(frame)
-    predictions = pd.concat(frames, ignore_index=True)
-    if predictions.shape[0] == 0:
-        raise UsageError("no observed entries to score on the test chromosomes")
 
-    settings = {
-        "store": store_path,
-        "store_fingerprint": getattr(ds, "fingerprint", None),
-        "checkpoint": None if checkpoint is None else str(checkpoint),
-        "protocol": protocol,
-        "hide_fraction": hide_fraction,
-        "run_gap_bp": run_gap if protocol == "holdout" else None,
-        "seed": seed,
-        "split": split.mode,
-        "split_note": split.note,
-        "test_chromosomes": test_chroms,
-        "train_chromosomes": train_chroms,
-        "test_regions": _region_rows(ds, split.regions, "test"),
-        "train_regions": _region_rows(ds, split.regions, "train"),
-        "excluded_cells": list(cells_exclude),
-        "n_cells": len(cells),
-        "fasta": fasta_path,
-        "tss_bed": None if tss_bed is None else str(tss_bed),
-        "models": model_names,
-        "timings": timings,
-        "n_entries": int(predictions.shape[0]),
-        "bootstrap_resamples": bootstrap,
-    }
-    with atomic_dir(out_path, overwrite, kind="benchmark", inputs=[store_path, checkpoint]) as tmp:
-        metrics, per_cell, per_context, boot = write_report(
-            tmp, predictions, model_names, settings, plots=plots, bootstrap=bootstrap
-        )
-    log.info("benchmark report written to %s", out_path)
-    return BenchmarkResult(out_path, metrics, per_cell, per_context, predictions, settings, boot)
+def _score_part(
+    chrom: str,
+    data: ChromData,
+    objs: Sequence[Any],
+    opts: BenchmarkOptions,
+    cells: list[str],
+    cell_mask: np.ndarray,
+    tss: Any,
+    timings: dict,
+) -> pd.DataFrame:
+    """Hide the entries of one test chromosome or block, and every model's predictions of them."""
+    rng = _chrom_rng(opts.seed, data.name)
+    assert opts.hide_fraction is not None
+    if opts.protocol == "holdout":
+        hidden = ho.holdout_entries(data, opts.hide_fraction, rng, opts.run_gap, cell_mask)
+        masked = ho.mask_entries(data, hidden.rows, hidden.cols)
+    else:
+        hidden = ho.sample_entries(data, opts.hide_fraction, rng, cell_mask)
+        masked = None
+    log.info("%s: %d entries scored (%s protocol)", data.name, len(hidden), opts.protocol)
+    frame = pd.DataFrame(
+        {
+            "chrom": chrom,
+            "pos": data.positions[hidden.rows],
+            "cell": np.asarray(cells, dtype=object)[hidden.cols],
+            "label": hidden.labels.astype(np.int8),
+        }
+    )
+    qpos = data.positions[hidden.rows]
+    frame["cpg_density"] = cpg_density(data.positions, qpos, data.sequence)
+    if tss is not None:
+        frame["tss_distance"] = tss_distance(qpos, tss.get(chrom))
+    for m in objs:
+        t0 = time.perf_counter()
+        if masked is not None:
+            probs = ho.predict_holdout(m, masked, hidden)
+        else:
+            probs = ho.predict_exhaustive(m, data, hidden)
+        timings[m.name]["predict_s"] += time.perf_counter() - t0
+        frame[m.name] = probs
+    return frame

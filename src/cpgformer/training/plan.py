@@ -175,3 +175,55 @@ def advice(config: ModelConfig, cells: int, estimate: StepEstimate) -> str | Non
     if config.hidden > 32:
         parts.append("a smaller model (--hidden 32 --n-layers 2 --n-heads 4)")
     return "; ".join(parts) if parts else None
+
+
+def report_plan(
+    config: ModelConfig,
+    dm: Any,
+    data: Any,
+    training: Any,
+    n_cells: int,
+) -> StepEstimate:
+    """Log the estimated time per step and epoch before training (``dm``: the data module,
+    ``data``/``training``: the run's DataConfig and TrainConfig); warn with a concrete suggestion
+    when a step would take impractically long."""
+    cells = cells_per_batch(n_cells, data.resample_cells)
+    device = "cpu"
+    if training.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        device = "cuda"
+    estimate = estimate_step(
+        config,
+        cells=cells,
+        segment_length=min(data.segment_length, max(s.length for s in dm.splits["train"])),
+        batch_size=data.batch_size,
+        steps_per_epoch=math.ceil(len(dm.splits["train"]) / data.batch_size),
+        device=device,
+    )
+    log.info(
+        "plan: ~%.2f s per training step of %d tokens on %s (~%.0f tokens/s), ~%s per epoch of %d "
+        "steps; ~%.1f GB of activations",
+        estimate.seconds_per_step,
+        estimate.tokens_per_step,
+        device,
+        estimate.tokens_per_second,
+        duration(estimate.seconds_per_epoch),
+        estimate.steps_per_epoch,
+        estimate.activation_gb,
+    )
+    suggestion = advice(config, cells, estimate)
+    if suggestion:
+        log.warning(
+            "one training step will take ~%s (%d cells per batch): consider %s",
+            duration(estimate.seconds_per_step),
+            cells,
+            suggestion,
+        )
+    return estimate
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -75,7 +75,7 @@ class TrainingProgress(Callback):
         if math.isfinite(total):
             text += f"/{total:,.0f} ({100.0 * step / max(total, 1):.0f}%)"
         text += f", {done / elapsed:.3g} steps/s, {format_count(self.tokens / elapsed)} tokens/s"
-        loss = trainer.callback_metrics.get("train_loss")
+        loss = trainer.callback_metrics.get("train_loss_step")
         if loss is not None:
             try:
                 text += f", train_loss {float(loss):.4f}"

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "cpgformer"
 CHECKPOINT_FORMAT_VERSION = 1
 RNG_KEY = "cpgformer_rng"
+EPOCH_LOSS_KEY = "cpgformer_epoch_loss"
+"""The running training-loss sum and count of the epoch a checkpoint was written in."""
 
 
 def _rng_states() -> dict[str, Any]:
@@ -158,6 +160,8 @@ class CpGTask(pl.LightningModule):
         self.val_baseline_positives = SumMetric()
         self.val_baseline_entries = SumMetric()
         self._baseline_value: float | None = None
+        self._epoch_loss: tuple[torch.Tensor, int] = (torch.zeros(()), 0)
+        self._epoch_loss_to_restore: dict[str, Any] | None = None
         self.cell_profiles: dict | None = None  # fitted CellProfiler (inductive cell encoder)
 
     def set_profiler(self, profiler: Any, dataset: Any) -> None:
@@ -198,12 +202,16 @@ class CpGTask(pl.LightningModule):
         else:
             loss = losses.mean()
         self.log(
-            "train_loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
+            "train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True,
             batch_size=batch.batch_size,
+        )  # fmt: skip
+        # the epoch mean is kept here, not by Lightning, so that checkpoints carry it: a run
+        # resumed inside an epoch logs the same epoch mean as an uninterrupted one (the same
+        # arithmetic as Lightning's batch-size-weighted mean)
+        total, count = self._epoch_loss
+        self._epoch_loss = (
+            total + loss.detach().float() * batch.batch_size,
+            count + batch.batch_size,
         )
         self.log("lr", self.current_lr(), on_step=True, on_epoch=False, batch_size=batch.batch_size)
         return loss
@@ -301,6 +309,19 @@ class CpGTask(pl.LightningModule):
             _set_rng_states(states)
             self._rng_to_restore = None
 
+    def on_train_epoch_start(self) -> None:
+        saved, self._epoch_loss_to_restore = self._epoch_loss_to_restore, None
+        if saved is not None and int(saved["epoch"]) == self.current_epoch:
+            # resumed inside the epoch the checkpoint was written in
+            self._epoch_loss = (saved["total"].to(self.device), int(saved["count"]))
+        else:
+            self._epoch_loss = (torch.zeros((), device=self.device), 0)
+
+    def on_train_epoch_end(self) -> None:
+        total, count = self._epoch_loss
+        if count:
+            self.log("train_loss_epoch", total / count, on_step=False, on_epoch=True)
+
     # ---- checkpoints ----------------------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {
@@ -326,10 +347,21 @@ class CpGTask(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_metadata()
         # random states (dropout), so that a resumed run draws what the uninterrupted one would
         checkpoint[RNG_KEY] = _rng_states()
+        total, count = self._epoch_loss
+        checkpoint[EPOCH_LOSS_KEY] = {
+            "epoch": self.current_epoch,
+            "total": total.detach().cpu(),
+            "count": int(count),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied when training starts (after the sanity check and the loaders are set up)
         self._rng_to_restore = checkpoint.get(RNG_KEY)
+        saved = checkpoint.get(EPOCH_LOSS_KEY)
+        if saved is not None:
+            # Lightning resumes inside the saved epoch without calling on_train_epoch_start
+            self._epoch_loss = (saved["total"], int(saved["count"]))
+        self._epoch_loss_to_restore = saved
         meta = checkpoint.get(CHECKPOINT_KEY) or {}
         training = meta.get("training") or {}
         if "warmup_end_epoch" in training:
