@@ -160,14 +160,8 @@ def _runner(model: CpGTransformer, x0: torch.Tensor, inputs, part: str, impl: st
 
 def worker(spec: str, repeats: int, mode: str) -> dict:
     """Time one workload (``part:phase:impl:cells:sites``) in this process: one untimed call, then
-    the best of ``repeats`` — the steady state of a training (or imputation) loop. ``impl``
-    "compiled" is the fast path with the opt-in compiled inference (``cpgformer.nn.compiled``);
-    the untimed call compiles."""
+    the best of ``repeats`` — the steady state of a training (or imputation) loop."""
     part, phase, impl, cells, sites = spec.split(":")
-    from cpgformer.nn import compiled
-
-    compiled.ENABLED = impl == "compiled"
-    impl = "fast" if impl == "compiled" else impl
     model, x0, inputs = _setup(int(cells), int(sites), mode)
     fn = _runner(model, x0, inputs, part, impl)
     model.train(phase == "train")
@@ -194,16 +188,12 @@ def bench(cells: int, sites: int, args: argparse.Namespace) -> dict:
     row: dict = {"cells": cells, "sites": sites, "tokens": tokens}
     parts = ["stack"] if args.no_model else ["stack", "model"]
     best: dict[str, float] = {}
-    from cpgformer.nn import compiled
-
     workloads = [
         (part, phase, impl)
         for part in parts
         for phase in ("train", "infer")
         for impl in ("fast", "port")
     ]
-    if args.compile and cells <= compiled.MAX_CELLS:
-        workloads.append(("stack", "infer", "compiled"))
     for _ in range(args.rounds):
         for part, phase, impl in workloads:
             seconds = _in_subprocess(f"{part}:{phase}:{impl}:{cells}:{sites}", args)
@@ -260,19 +250,6 @@ def table(rows: list[dict], dna: dict | None, whole_model: bool) -> str:
             f"{r['stack_infer_fast'] / r['stack_infer_port']:.1f}x | {r['act_kb_fast']:.1f} | "
             f"{r['act_kb_port']:.1f} | {r['peak_mb_fast']:,.0f} | {r['peak_mb_port']:,.0f} |"
         )
-    compiled_rows = [r for r in rows if "stack_infer_compiled" in r]
-    if compiled_rows:
-        lines += [
-            "",
-            "| C | L | stack infer compiled, opt-in (tok/s) | vs port | vs fast (eager) |",
-            "|---|---|---|---|---|",
-        ]
-        for r in compiled_rows:
-            lines.append(
-                f"| {r['cells']} | {r['sites']} | {_fmt(r['stack_infer_compiled'])} | "
-                f"{r['stack_infer_compiled'] / r['stack_infer_port']:.1f}x | "
-                f"{r['stack_infer_compiled'] / r['stack_infer_fast']:.2f}x |"
-            )
     if whole_model:
         lines += [
             "",
@@ -323,12 +300,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time with process CPU time instead of wall time (use with --threads 1 on a loaded "
         "machine: less sensitive to other processes)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="also time stack inference with the opt-in compiled path (CPGFORMER_COMPILE=1; "
-        "only where C <= cpgformer.nn.compiled.MAX_CELLS)",
     )
     parser.add_argument("--no-model", action="store_true", help="skip whole-model timings")
     parser.add_argument("--no-dna", action="store_true", help="skip the DNA encoder timing")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cpgformer.nn import cores
+from cpgformer.nn.attention import cores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,17 +11,17 @@ from cpgformer.nn import attention as attn
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(params=["native", "tensor"])
-def kernels(request, monkeypatch) -> str:
-    """Runs a test with the fused C++ attention kernels (``cpgformer.nn.native``) and with the
-    tensor-op cores they replace (``cores.SiteBandCore``, ``cores.CellCore``, SDPA)."""
-    from cpgformer.nn import native
+@pytest.fixture(params=["kernels", "sdpa", "tensor"])
+def kernels(request) -> str:
+    """Runs a test with each fast attention backend forced (``cpgformer.nn.attention.backends``):
+    the fused C++ operators (skipped where they cannot be built), SDPA on query blocks (the CUDA
+    path, here on the CPU) and the tensor-op cores."""
+    from cpgformer.nn.attention import kernels as fused
 
-    if request.param == "native":
-        assert native.available(), "the fused kernels must build here (a C++ compiler is needed)"
-    else:
-        monkeypatch.setattr(native, "usable", lambda qkv: False)
-    return request.param
+    if request.param == "kernels" and not fused.available():
+        pytest.skip(f"fused kernels unavailable: {fused.unavailable_reason()}")
+    with attn.use(request.param):
+        yield request.param
 
 
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
@@ -135,7 +135,7 @@ def test_band_layout_and_its_gradient() -> None:
     scores = torch.arange(1, length * width + 1, dtype=torch.float64).view(1, length, width)
     scores.requires_grad_(True)
     fill = -1000.0
-    band = attn._OnBand.apply(scores, half, fill)
+    band = attn.OnBand.apply(scores, half, fill)
     n_blocks = -(-length // attn.BLOCK)
     expected = torch.full(
         (1, n_blocks, attn.BLOCK, attn.BLOCK + width - 1), fill, dtype=torch.float64
@@ -206,15 +206,17 @@ def test_activation_memory_per_token_does_not_grow_with_cells(kernels: str, monk
     bounded whatever C. The fused cell kernels keep nothing of size C x C; the tensor-op cell core
     keeps its probabilities and draws only up to ``STORE_CELL_PROBS_UP_TO`` cells (8 heads x C x
     5 bytes <= 1.3 KB per token), no C x C tensor beyond."""
-    from cpgformer.nn import cores
+    from cpgformer.nn.attention import cores
 
+    if kernels == "sdpa":
+        pytest.skip("SDPA keeps what PyTorch's attention kernels keep (the CUDA path)")
     limit = cores.STORE_CELL_PROBS_UP_TO
     few = _saved_bytes_per_token_layer(8)
     kept = _saved_bytes_per_token_layer(limit)
     many = _saved_bytes_per_token_layer(attn.SDPA_MIN_CELLS + 24)
     assert max(few, kept, many) <= 12_000
     assert many <= few * 1.1
-    if kernels == "native":  # per-site tensors spread over more cells: never more per token
+    if kernels == "kernels":  # per-site tensors spread over more cells: never more per token
         assert many <= kept <= few
         return
     monkeypatch.setattr(cores, "STORE_CELL_PROBS_UP_TO", 0)

@@ -9,7 +9,6 @@ import sys
 import torch
 
 from cpgformer.impute import DTYPES, MAX_TILE_TOKENS, SITE_MODES, ImputeOptions, impute
-from cpgformer.nn import compiled
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps"
     )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="compiled CPU inference (torch.compile; up to 32 cells, modes axial, intracell, "
-        "intercell, none): compiles for tens of seconds first, then runs at 0.9-1.3x the speed "
-        "of the default fused-kernel path, so it rarely pays off; same as CPGFORMER_COMPILE=1",
-    )
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)  # deprecated
     parser.add_argument(
         "--ignore-fingerprint",
         action="store_true",
@@ -81,13 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    previous = compiled.ENABLED
     if args.compile:
-        compiled.ENABLED = True
-    try:
-        return _run(args)
-    finally:
-        compiled.ENABLED = previous
+        log.warning("--compile is deprecated and ignored (compiled inference no longer pays)")
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpgformer.nn import compiled
 from cpgformer.nn.config import ATTENTION_IMPLS, ModelConfig
 from cpgformer.nn.dna import DNAEncoder
 from cpgformer.nn.embeddings import BinaryStateEmbedding, ContinuousStateEmbedding
@@ -149,16 +148,6 @@ class CpGTransformer(nn.Module):
             positions = torch.zeros_like(positions)
         if self._positional and self.layers:
             rel = RelativePositions(positions, self.config.half_window, self.config.hidden)
-        if impl == "fast" and compiled.usable(list(self.layers), x):
-            try:
-                return self._transform_compiled(x, rel)
-            except compiled.compile_errors() as error:  # no C++ compiler here: eager from now on
-                compiled.fail(error)
         for layer in self.layers:
             x = layer(x, rel, impl)
-        return x
-
-    def _transform_compiled(self, x: Tensor, rel: RelativePositions | None) -> Tensor:
-        for layer in self.layers:
-            x = compiled.layer_inference(layer, x, rel)
         return x

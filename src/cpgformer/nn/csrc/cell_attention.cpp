@@ -1,4 +1,4 @@
-// Fused CPU kernels of the fast path (cpgformer.nn.native): attention across the cells of each
+// Fused CPU kernels of the fast path (cpgformer.nn.attention.kernels): attention across the cells of each
 // site, forward and backward.
 //
 // Layouts (contiguous, T = float or double):
@@ -17,6 +17,8 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "kernels.h"
 
 namespace {
 
@@ -206,7 +208,6 @@ void cell_backward_f64(const double* qkv, uint64_t seed, int threshold, double s
                        int64_t D, int threads) {
   cell_backward<double>(qkv, seed, threshold, scale, dz, dqkv, make_cells(N, C, H, D), threads);
 }
-// The dropout draws of rows [0, rows) (row = (site * H + head) * C + query cell), [rows, C].
 void cell_draws(uint64_t seed, int64_t rows, int64_t C, int8_t* out) {
   for (int64_t r = 0; r < rows; ++r) row_draws(seed, uint64_t(r), C, out + r * C);
 }

@@ -1,4 +1,4 @@
-// Fused CPU kernels of the fast path (cpgformer.nn.native): window attention along sites,
+// Fused CPU kernels of the fast path (cpgformer.nn.attention.kernels): window attention along sites,
 // forward and backward.
 //
 // Layouts (contiguous, T = float or double; P = W rounded up to a multiple of 8):
@@ -29,6 +29,8 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "kernels.h"
 
 namespace {
 
@@ -360,8 +362,6 @@ void backward_all(const T* qkv, const T* relt, const T* ub, const T* vb, const T
 }  // namespace
 
 extern "C" {
-
-int cpgformer_abi_version() { return 4; }
 
 #define CPG_FORWARD(NAME, T)                                                                    \
   void NAME(const T* qkv, const T* relt, const T* ub, const T* vb, const int8_t* draws,        \

@@ -13,6 +13,9 @@ softmax gradient from the outputs, as in FlashAttention) instead of another pass
   elementwise on the ``2w + 1`` window slots only.
 * :class:`CellCore` — full attention across cells (memory linear in C).
 
+:func:`site_attention` and :func:`cell_attention` are the backend entry points (the ``tensor``
+backend of :mod:`cpgformer.nn.attention.backends`): they run on any device and dtype.
+
 The site core stores its window probabilities and dropout draws (5 bytes per window slot,
 independent of C); the cell core keeps its probabilities and draws only up to
 ``STORE_CELL_PROBS_UP_TO`` cells, beyond which its backward recomputes each chunk's probabilities and
@@ -81,6 +84,16 @@ def keep_mask(
     """Float mask of 1 (kept, probability ``1 - threshold / 256``) and 0 (dropped), from
     :func:`random_draws`."""
     return keep_from_draws(random_draws(shape, device, seed), threshold, dtype)
+
+
+def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Dropout with the cheap keep decisions of :func:`keep_mask` (the drop probability rounded to
+    a multiple of 1/256, survivors scaled by the exact inverse keep rate of the rounded value, so
+    the expectation is unchanged). Seeded by the default generator."""
+    if not training or p <= 0:
+        return x
+    threshold, scale = dropout_threshold(p)
+    return x * keep_mask(x.shape, threshold, x.dtype, x.device).mul_(scale)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -560,3 +573,47 @@ class CellCore(torch.autograd.Function):
 
         _run_chunks(work, chunks, qkv.device)
         return d_qkv, None
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+
+
+SITE_BLOCK = 16
+"""Query sites per block of :class:`SiteBandCore` (its band scores per block: 16 x (16 + 2w))."""
+
+
+def window_encodings(rel: Tensor, count: int, block: int = SITE_BLOCK) -> Tensor:
+    """Window encodings ``[B, L, W, H, d]`` -> ``[B, H, nblk*block, d, W]`` (zero on padded sites)."""
+    length = rel.shape[1]
+    rel = F.pad(rel, (0, 0, 0, 0, 0, 0, 0, count * block - length))
+    return rel.permute(0, 3, 1, 4, 2).contiguous()
+
+
+def window_mask(
+    length: int, half_window: int, count: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``[nblk, SITE_BLOCK, W]``: 0 where window slot o of site i has its key inside the segment,
+    the lowest finite value elsewhere (masks it in the softmax)."""
+    width = 2 * half_window + 1
+    site = torch.arange(count * SITE_BLOCK, device=device).unsqueeze(1)
+    key = site + torch.arange(width, device=device).unsqueeze(0) - half_window
+    valid = (key >= 0) & (key < length)
+    mask = torch.zeros(valid.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~valid, torch.finfo(dtype).min).view(count, SITE_BLOCK, width)
+
+
+def site_attention(
+    qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, half_window: int, dropout: float
+) -> Tensor:
+    """:class:`SiteBandCore` from the packed projection ``qkv [B, L, C, 3, H, d]`` (q pre-scaled)
+    and the projected window encodings ``rel [B, L, W, H, d]`` -> ``z [B, L, C, H, d]``."""
+    length = qkv.shape[1]
+    count = max(1, -(-length // SITE_BLOCK))
+    mask = window_mask(length, half_window, count, qkv.dtype, qkv.device)
+    return SiteBandCore.apply(qkv, window_encodings(rel, count), u, v, mask, dropout)
+
+
+def cell_attention(qkv: Tensor, dropout: float) -> Tensor:
+    """:class:`CellCore`: ``qkv [B, L, C, 3, H, d]`` (q pre-scaled) -> ``z [B, L, C, H, d]``."""
+    return CellCore.apply(qkv, dropout)
