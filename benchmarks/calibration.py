@@ -8,7 +8,7 @@ after, for masked calls (what imputation of missing entries is) and for the obse
 with their own label in the input (the denoised outputs). Cells 10, 20 and 30 (deliberately degraded
 by the data's authors) are left out of the scores.
 
-    .venv/bin/python benchmarks/calibration.py --work /tmp/calib --max-steps 300 --out docs/bench/calibration.md
+    .venv/bin/python benchmarks/calibration.py --work WORK --max-steps 300 --out calibration.md
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Uses the published architecture (4 layers, hidden 64, 8 heads, site window 21; random weights: the
 cost does not depend on them) on one receptive field of 81 sites x C cells, without DNA and with the
-1001-bp DNA branch, and writes a markdown table (default ``docs/bench/explain.md``).
+1001-bp DNA branch, and writes a markdown table (``--markdown``).
 
     .venv/bin/python benchmarks/explain_speed.py
     .venv/bin/python benchmarks/explain_speed.py --cells 30 122 --n-steps 50 --device cuda --markdown /tmp/x.md
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
-    parser.add_argument("--markdown", default=str(REPO / "docs" / "bench" / "explain.md"))
+    parser.add_argument("--markdown", default="explain-speed.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,7 +12,7 @@ first ``--sites`` CpGs of a real sequence (default: the shared human chr22 1-Mb 
 
 Each measurement runs in a fresh subprocess so its peak RSS (``VmHWM``) is its own. Example:
 
-    .venv/bin/python benchmarks/impute_speed.py --cells 20 122 --sites 3000 --out docs/bench/impute-speed.md
+    .venv/bin/python benchmarks/impute_speed.py --cells 20 122 --sites 3000 --out impute-speed.md
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Trains one model per mask rule (``original``: min(floor(L * p), #observed) entri
 scores every model on the *same* fixed validation masks of each rule (AUROC over the perturbed
 entries), next to the per-site mean of the other cells on those entries.
 
-    python benchmarks/masking_rule.py STORE --steps 300 --segment-length 128 --out docs/bench/masking-rule.md
+    python benchmarks/masking_rule.py STORE --steps 300 --segment-length 128 --out masking-rule.md
 
 Extra flags after ``--`` go to ``cpgformer train`` (model size etc.).
 """
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--segment-length", type=int, default=128)
     parser.add_argument("--val-batches", type=int, default=30)
-    parser.add_argument("--out", default="docs/bench/masking-rule.md")
+    parser.add_argument("--out", default="masking-rule.md")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temp dir)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []

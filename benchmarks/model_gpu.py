@@ -14,7 +14,7 @@
    the whole model with the DNA encoder (inference).
 
 Needs torch (and numpy, which ``cpgformer.codes`` imports) only:
-``PYTHONPATH=src python3 benchmarks/model_gpu.py --output docs/bench/model_gpu.md``;
+``PYTHONPATH=src python3 benchmarks/model_gpu.py --output model_gpu.md``;
 ``--device cpu --quick`` is a tiny smoke run of every code path.
 """
 
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
     shown = [a for a in (argv if argv is not None else sys.argv[1:])]
     if "--output" in shown:  # the device's output folder means nothing here
-        shown[shown.index("--output") + 1] = "docs/bench/model_gpu.md"
+        shown[shown.index("--output") + 1] = "model_gpu.md"
     command = "python3 benchmarks/model_gpu.py " + " ".join(shown)
     header = [
         "# CpG Transformer on the GPU: correctness and speed",

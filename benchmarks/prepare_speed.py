@@ -12,7 +12,7 @@ Every measurement runs in a fresh Python subprocess that reports its own peak RS
 
     .venv/bin/python benchmarks/prepare_speed.py                       # all cases, full size
     .venv/bin/python benchmarks/prepare_speed.py --cases generated --cells 100 --calls 100000
-    .venv/bin/python benchmarks/prepare_speed.py --markdown docs/bench/prepare.md  # append a table
+    .venv/bin/python benchmarks/prepare_speed.py --markdown prepare-speed.md  # append a table
 """
 
 from __future__ import annotations

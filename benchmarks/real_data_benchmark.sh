@@ -10,7 +10,7 @@
 # Usage:  bash benchmarks/real_data_benchmark.sh [OUT_DIR]     (default OUT_DIR: bench_real)
 # Knobs (environment): TRAIN_STEPS (default 3000), TRAIN_ARGS (extra `cpgformer train` flags, e.g.
 # "--accelerator gpu"), BENCH_ARGS (extra `cpgformer benchmark` flags), CPGFORMER_SHARED.
-# QUICK=1: the reduced run of docs/bench/benchmark.md (small model: 2 layers, hidden 32, segments of
+# QUICK=1: the reduced run in docs/benchmarks.md (run records) (small model: 2 layers, hidden 32, segments of
 # 256 sites, 300 steps; DeepCpG 100 steps at width 128; CaMelia 100 rounds on <= 10,000 rows/cell),
 # ~40 min on the loaded shared 2-core CPU.
 # Bounded CPU training: TRAIN_STEPS=3000 segments of 1024 sites x 27 cells is about 1-2 h on an idle

@@ -1,7 +1,7 @@
 """Speed and peak memory of ``cpgformer simulate`` (issue 7: 10,000 cells × 1 Mb in < 10 min, < 4 GB).
 
 Runs the CLI in a child process on the human chr22 piece, measures wall time and the child's peak RSS
-(``wait4`` rusage), counts the written files and rows, and writes ``docs/bench/simulate.md``.
+(``wait4`` rusage), counts the written files and rows, and writes a markdown report (``--markdown``).
 
     .venv/bin/python benchmarks/simulate_speed.py                       # 10,000 cells, scbs
     .venv/bin/python benchmarks/simulate_speed.py --cells 1000 --protocol scrrbs --markdown /tmp/x.md
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         default="files,store",
         help="comma-separated runs: files (cov.gz + truth), store (also --store)",
     )
-    ap.add_argument("--markdown", default=str(REPO / "docs" / "bench" / "simulate.md"))
+    ap.add_argument("--markdown", default="simulate-speed.md")
     args = ap.parse_args(argv)
 
     results = []

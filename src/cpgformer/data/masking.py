@@ -11,7 +11,7 @@ Two count rules:
   number of rows of the segment (256 per 1024-row segment whatever the number of cells).
 * ``observed`` (default) — ``n = round(mask_fraction * #observed)`` (at least one when anything is
   observed): the same share of the data is perturbed whatever the number of cells and the coverage.
-  Chosen by measurement (``benchmarks/masking_rule.py``, ``docs/bench/masking-rule.md``): as good or
+  Chosen by measurement (``benchmarks/masking_rule.py``, ``docs/benchmarks.md``): as good or
   better than ``original`` on the same fixed validation masks at the same number of steps.
 
 Random draws come from :func:`segment_rng`: validation masks are keyed by (seed, chromosome,
