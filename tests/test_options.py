@@ -64,8 +64,13 @@ def test_deprecated_spellings_warn_and_set_the_same_field(
     # an earlier CLI run in the same process stops the package logger from propagating to caplog
     monkeypatch.setattr(logging.getLogger("cpgformer"), "propagate", True)
     parser = _parser()
-    with caplog.at_level(logging.WARNING):
-        args = parser.parse_args(["S", "--force", "--test-chroms", "x,y", "--no-plots"])
+    logger = logging.getLogger(options.__name__)  # (the CLI may have stopped propagation)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=options.__name__):
+            args = parser.parse_args(["S", "--force", "--test-chroms", "x,y", "--no-plots"])
+    finally:
+        logger.removeHandler(caplog.handler)
     got = options.from_args(Example, args)
     assert got.overwrite is True and got.test_chromosomes == ("x", "y") and got.figures is False
     messages = " ".join(r.getMessage() for r in caplog.records)

@@ -136,3 +136,14 @@ def test_run_killed_before_its_first_checkpoint_is_started_again(
     refused = run_script("exact-full", str(store), str(other))
     assert refused.returncode != 0 and "not empty" in refused.stderr
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_train_into_a_run_being_written_is_refused(tmp_path: Path) -> None:
+    from cpgformer.errors import UsageError
+    from cpgformer.training.fit import fit
+    from cpgformer.utils.locks import output_lock
+
+    run = tmp_path / "run"
+    with output_lock(run), pytest.raises(UsageError, match="another cpgformer process"):
+        fit(tmp_path / "no-store", run)  # refused before anything is read or written
+    assert not run.exists() and not list(tmp_path.glob(".*"))

@@ -180,3 +180,26 @@ def test_one_class_validation_logs_nan_auroc_with_a_warning(
     assert all(r["val_auprc"] == "nan" and r["val_baseline_auroc"] == "nan" for r in rows)
     assert all(float(r["val_accuracy"]) >= 0 for r in rows)
     assert any("one class" in r.message for r in caplog.records)
+
+
+def test_time_budget_state_continues_the_budget_after_a_resume() -> None:
+    """A resumed run spends what is left of the budget (not a new one) and keeps its plan."""
+    import time
+
+    from cpgformer.training.schedule import TimeBudget, plan_schedule
+
+    training = TrainConfig(time_budget="100")
+    first = TimeBudget(plan_schedule(training, 10), time.monotonic() - 30.0)
+    first.planned, first._val_every_s, first._n_val_planned = True, 5.0, 14
+    first._next_val = time.monotonic() + 2.0
+    first._val_costs = [0.5, 0.7]
+    first.plan.horizon, first.plan.warmup = 321, 16
+    state = first.state_dict()
+    resumed = TimeBudget(plan_schedule(training, 10), time.monotonic())
+    resumed.load_state_dict(state)
+    now = time.monotonic()
+    assert 69.0 < resumed.deadline - now <= 70.5
+    assert 1.0 < resumed._next_val - now <= 2.0
+    assert (resumed.planned, resumed._val_every_s, resumed._n_val_planned) == (True, 5.0, 14)
+    assert resumed._val_costs == [0.5, 0.7]
+    assert (resumed.plan.horizon, resumed.plan.warmup) == (321, 16)

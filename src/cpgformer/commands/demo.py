@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+
+from cpgformer.benchmark.report import markdown_table
+from cpgformer.commands import options
+from cpgformer.commands.options import option
+from cpgformer.demo import run_demo
 
 NAME = "demo"
 HELP = (
@@ -12,37 +18,34 @@ HELP = (
 )
 
 
+@dataclass
+class DemoOptions:
+    output: str = option("cpgformer-demo", "output folder", short="-o")
+    max_steps: int = option(800, "training steps (a few minutes)")
+    baselines: str = option(
+        "site-mean,cell-mean,nearest-neighbour,knn-cells,camelia,deepcpg",
+        "comma-separated baselines to benchmark against cpgformer",
+    )
+    seed: int = option(
+        0,
+        "random seed of training, masking and the benchmark's hidden calls (same seed, same "
+        "metrics on the same machine)",
+    )
+    overwrite: bool = option(False, "replace an existing output")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="cpgformer-demo", help="output folder")
-    parser.add_argument(
-        "--max-steps", type=int, default=800, help="training steps (default 800, a few minutes)"
-    )
-    parser.add_argument(
-        "--baselines",
-        default="site-mean,cell-mean,nearest-neighbour,knn-cells,camelia,deepcpg",
-        help="comma-separated baselines to benchmark against cpgformer",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="random seed of training, masking and the benchmark's hidden calls (same seed, "
-        "same metrics on the same machine)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    options.add_options(parser, DemoOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpgformer.benchmark.report import markdown_table
-    from cpgformer.demo import run_demo
-
-    baselines = tuple(b for b in args.baselines.split(",") if b)
+    opts = options.from_args(DemoOptions, args)
     res = run_demo(
-        args.output,
-        max_steps=args.max_steps,
-        baselines=baselines,
-        overwrite=args.overwrite,
-        seed=args.seed,
+        opts.output,
+        max_steps=opts.max_steps,
+        baselines=tuple(b for b in opts.baselines.split(",") if b),
+        overwrite=opts.overwrite,
+        seed=opts.seed,
     )
     cols = ["model", "n", "auroc", "auprc", "accuracy", "f1", "mcc", "brier", "ece"]
     table = res.metrics[cols].sort_values("auroc", ascending=False)

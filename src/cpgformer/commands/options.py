@@ -116,18 +116,12 @@ class _ListAction(argparse.Action):
 def _warn_deprecated(action_cls: type[argparse.Action], new: str) -> type[argparse.Action]:
     """``action_cls`` that warns that the spelling used is deprecated in favour of ``new``."""
 
-    class Deprecated(action_cls):  # type: ignore[misc, valid-type]
-        def __call__(
-            self,
-            parser: argparse.ArgumentParser,
-            namespace: argparse.Namespace,
-            values: Any,
-            option_string: str | None = None,
-        ) -> None:
-            log.warning("%s is deprecated and will be removed: use %s", option_string, new)
-            super().__call__(parser, namespace, values, option_string)
+    def call(self: argparse.Action, parser: argparse.ArgumentParser, *rest: Any) -> None:
+        used = rest[2] if len(rest) > 2 else self.option_strings[0]  # (namespace, values, used)
+        log.warning("%s is deprecated and will be removed: use %s", used, new)
+        action_cls.__call__(self, parser, *rest)
 
-    return Deprecated
+    return type(f"Deprecated{action_cls.__name__}", (action_cls,), {"__call__": call})
 
 
 def _action_class(kwargs: Mapping[str, Any]) -> type[argparse.Action]:
@@ -226,7 +220,9 @@ def add_options(
             )
             added.append(f.name)
             continue
-        if kwargs.get("action") is not argparse.BooleanOptionalAction:
+        if kwargs.get("action") is not argparse.BooleanOptionalAction and (
+            METAVAR in meta or "choices" not in kwargs  # (argparse shows the choices otherwise)
+        ):
             kwargs.setdefault("metavar", meta.get(METAVAR, f.name.upper()))
         if default not in (None, False) and "(default" not in text and "%(default)" not in text:
             text = f"{text} (default: {_default_text(default).replace('%', '%%')})"

@@ -8,8 +8,6 @@ defaults < ``--config FILE`` (JSON; sections ``model``/``data``/``training`` or 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -17,9 +15,12 @@ from typing import Any
 
 from cpgformer.commands import options
 from cpgformer.data.config import DataConfig
-from cpgformer.errors import UsageError
+from cpgformer.io.store import open_dataset
 from cpgformer.nn import ModelConfig
+from cpgformer.training import configs
 from cpgformer.training.config import TrainConfig
+from cpgformer.training.configs import SECTIONS, SKIP
+from cpgformer.utils import progress
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,6 @@ HELPS: dict[str, str] = {
     "label_sample_size": "observed labels sampled for the random-label distribution",
 }
 
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "training": TrainConfig}
-_SKIP = {"model": {"n_cells"}, "data": {"seed"}, "training": set()}
-_RUN_RECORD = {"store", "store_fingerprint", "init_from", "schedule_plan"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="dataset store written by `cpgformer prepare`")
@@ -99,13 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field of the model, data and training configs (read by :func:`build_configs`)."""
     seen: set[str] = set()
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} parameters")
         options.add_options(
             group,
             cls,
             prefix=f"{section}__",
-            skip=_SKIP[section],
+            skip=SKIP[section],
             helps=HELPS,
             suppress_defaults=True,
             defaults={"dna_window": "see above"},
@@ -113,78 +110,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _load_config_file(path: str) -> dict[str, dict[str, Any]]:
-    from cpgformer.errors import InputError
-
-    try:
-        with open(path) as fh:
-            raw = json.load(fh)
-    except OSError as exc:
-        raise InputError(path, None, f"cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, None, "expected a JSON object")
-    out: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
-    known = {
-        s: {f.name for f in dataclasses.fields(cls)} - _SKIP[s] for s, cls in _SECTIONS.items()
-    }
-    for key, value in raw.items():
-        if key in _SECTIONS and isinstance(value, dict):
-            for k, v in value.items():
-                if k in known[key]:
-                    out[key][k] = v
-                elif k == "seed":
-                    out["training"]["seed"] = v
-                # other keys (resolved split, n_cells, ...) are what a run's config.json records
-            continue
-        if key in _RUN_RECORD:
-            continue  # what a run's config.json records besides its parameters
-        owners = [s for s in _SECTIONS if key in known[s]]
-        if not owners:
-            raise InputError(path, None, f"unknown parameter {key!r}")
-        out[owners[0]][key] = value
-    return out
-
-
 def build_configs(
     args: argparse.Namespace, n_cells: int, has_fasta: bool
 ) -> tuple[ModelConfig, DataConfig, TrainConfig, dict[str, Any]]:
     """(model, data, training configs, explicitly given model parameters) from file + flags."""
-    values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
-    if getattr(args, "config", None):
-        values = _load_config_file(args.config)
-    given_model: dict[str, Any] = dict(values["model"])
-    for key, value in vars(args).items():
-        if "__" in key:
-            section, name = key.split("__", 1)
-            if section in values:
-                values[section][name] = value
-                if section == "model":
-                    given_model[name] = value
-    if "dna_window" not in values["model"]:
-        values["model"]["dna_window"] = 1001 if has_fasta else 0
-        if not has_fasta:
-            log.info("the store has no FASTA: training without DNA (--dna-window 0)")
-    values["data"]["seed"] = values["training"].get("seed", 0)
-    for name in ("val_chromosomes", "test_chromosomes"):
-        if name in values["data"]:
-            values["data"][name] = tuple(values["data"][name] or ())
-            # chromosomes named by the user are used as given (an unknown one is an error)
-            values["data"].setdefault("split", "chromosomes")
-    try:
-        model = ModelConfig(n_cells=n_cells, **values["model"])
-        data = DataConfig(**values["data"])
-        training = TrainConfig(**values["training"])
-    except TypeError as exc:
-        raise UsageError(str(exc)) from None
-    return model, data, training, given_model
+    given = {s: options.values(args, cls, prefix=f"{s}__") for s, cls in SECTIONS.items()}
+    return configs.build_configs(given, n_cells, has_fasta, getattr(args, "config", None))
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpgformer.io.store import open_dataset
-    from cpgformer.training.fit import fit
-    from cpgformer.utils import progress
+    from cpgformer.training.fit import fit  # (Lightning: heavy, loaded when training only)
 
     ds = open_dataset(args.store)
     model, data, training, given_model = build_configs(args, ds.n_cells, bool(ds.fasta_path))

@@ -187,8 +187,10 @@ def _fit(
     if config.n_cells != ds.n_cells:
         config = dataclasses.replace(config, n_cells=ds.n_cells)
 
-    budget = training.memory_budget_gb or 0.5 * step_plan.available_memory_gb()
-    data = step_plan.fit_to_memory(config, start.data, ds.n_cells, budget)
+    data = start.data
+    if start.ckpt_path is None:  # (a resumed run keeps the data plan it started with)
+        budget = training.memory_budget_gb or 0.5 * step_plan.available_memory_gb()
+        data = step_plan.fit_to_memory(config, data, ds.n_cells, budget)
     pl.seed_everything(training.seed, workers=True, verbose=False)
     dm = SegmentDataModule(
         store, data, data_mode=config.data_mode, dna_window=config.dna_window or 0,

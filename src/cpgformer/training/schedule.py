@@ -291,6 +291,33 @@ class TimeBudget(Callback):
             self.stopped_by_budget = True
             log.info("time budget reached after %d steps: final validation", step)
 
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The time already spent and the plan made, so that a resumed run continues the budget
+        (the time between the checkpoint and a kill is redone, not charged twice)."""
+        now = time.monotonic()
+        return {
+            "elapsed_s": now - self.start,
+            "planned": self.planned,
+            "val_every_s": self._val_every_s,
+            "next_val_in_s": self._next_val - now,
+            "n_val_planned": self._n_val_planned,
+            "val_costs": list(self._val_costs),
+            "horizon": self.plan.horizon,
+            "warmup": self.plan.warmup,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self.start = now - float(state["elapsed_s"])
+        self.deadline = self.start + float(self.plan.time_budget_s or 0.0)
+        self.planned = bool(state["planned"])
+        self._val_every_s = float(state["val_every_s"])
+        self._next_val = now + float(state["next_val_in_s"])
+        self._n_val_planned = int(state["n_val_planned"])
+        self._val_costs = [float(c) for c in state["val_costs"]]
+        self.plan.horizon, self.plan.warmup = state["horizon"], state["warmup"]
+
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.train_seconds = time.monotonic() - self.start
         self.plan.val_interval = None if not self.fixed_interval else self.plan.val_interval
