@@ -144,16 +144,19 @@ class CtypesCell(torch.autograd.Function):
         return d_qkv, None
 
 
+CLOCK = time.perf_counter
+
+
 def _timed(fn, repeats: int) -> float:  # noqa: ANN001
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, CLOCK() - start)
     return best
 
 
-def bench(cells: int, sites: int, repeats: int) -> list[tuple[str, float, float]]:
+def bench(cells: int, sites: int, repeats: int, rounds: int) -> list[tuple[str, float, float]]:
     g = torch.Generator().manual_seed(0)
     heads, dim, half = 8, 8, 10
     qkv = torch.randn(1, sites, cells, 3, heads, dim, generator=g).requires_grad_(True)
@@ -182,7 +185,7 @@ def bench(cells: int, sites: int, repeats: int) -> list[tuple[str, float, float]
             torch.testing.assert_close(_no_grad(op), _no_grad(legacy))  # same kernels, same result
             step_op(), step_ct()  # warm-up
             best_op = best_ct = float("inf")
-            for _ in range(3):  # alternate
+            for _ in range(rounds):  # alternate
                 best_op = min(best_op, _timed(step_op, repeats))
                 best_ct = min(best_ct, _timed(step_ct, repeats))
             rows.append((f"{kind} {phase}", best_op * 1e3, best_ct * 1e3))
@@ -195,13 +198,21 @@ def _no_grad(fn):  # noqa: ANN001, ANN202
 
 
 def main() -> int:
-    global LIB
+    global LIB, CLOCK
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[20, 122])
     parser.add_argument("--sites", type=int, nargs="+", default=[1024, 512])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two bindings")
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="process CPU time instead of wall time (with --threads 1 on a loaded machine)",
+    )
     args = parser.parse_args()
+    if args.cpu_time:
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     if not kernels.available():
@@ -213,13 +224,14 @@ def main() -> int:
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"best of 3 x {args.repeats} alternating\n"
+            f"{'process CPU' if args.cpu_time else 'wall'} time, best of {args.rounds} x "
+            f"{args.repeats} alternating\n"
             f"Command: python benchmarks/kernel_binding_speed.py {' '.join(sys.argv[1:])}\n"
         )
         print("| C | L | workload | op (ms) | ctypes (ms) | op / ctypes time |")
         print("|---|---|---|---|---|---|")
         for cells, sites in zip(args.cells, args.sites):
-            for name, op_ms, ct_ms in bench(cells, sites, args.repeats):
+            for name, op_ms, ct_ms in bench(cells, sites, args.repeats, args.rounds):
                 print(
                     f"| {cells} | {sites} | {name} | {op_ms:.1f} | {ct_ms:.1f} | {op_ms / ct_ms:.2f} |"
                 )

@@ -159,11 +159,14 @@ def _site_backward_fake(grad, qkv, relt, u, v, probs, draws, width, threshold, s
 
 def _site_setup(ctx, inputs, output) -> None:  # noqa: ANN001
     qkv, relt, u, v, draws, width, threshold, scale, _ = inputs
+    ctx.set_materialize_grads(False)  # probs get no gradient: no zero tensor of their size
     ctx.save_for_backward(qkv, relt, u, v, output[1], draws)
     ctx.params = (width, threshold, scale)
 
 
 def _site_backward(ctx, grad: Tensor, _grad_probs: Tensor):  # noqa: ANN001, ANN202
+    if grad is None:  # only probs were used (never, in this package)
+        return (None,) * 9
     qkv, relt, u, v, probs, draws = ctx.saved_tensors
     width, threshold, scale = ctx.params
     grads = torch.ops.cpgformer.site_attention_backward(
