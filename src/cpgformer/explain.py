@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from cpgformer.errors import InputError, UsageError
+from cpgformer.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +400,13 @@ def _target_logit(
     return model.head(x[:, target, target_cell]).squeeze(-1)
 
 
+def _cell_module(model: Any) -> Any:
+    """The module whose output is the cell vectors (table or profile encoder; None: no identity)."""
+    if not model.config.cell_identity:
+        return None
+    return model.cell_encoder if model.config.uses_profiles else model.cell_embed
+
+
 def integrated_gradients(
     model: Any,
     states: Any,
@@ -443,7 +451,7 @@ def integrated_gradients(
     if use_dna and dna is None:
         raise UsageError("this model uses DNA: DNA windows (a reference FASTA) are required")
     with _eval_mode(model), torch.no_grad():
-        actual = {"state": model.state_embed(states), "cell": model.cell_embed(cell_ids)}
+        actual = {"state": model.state_embed(states), "cell": model.cell_vectors(cell_ids)}
         if baseline == "unknown":
             base = {"state": model.state_embed(torch.zeros_like(states))}
         else:
@@ -459,7 +467,8 @@ def integrated_gradients(
             else:
                 base["dna"] = torch.zeros_like(actual["dna"])
             dna_model = dna.long()
-    names = ["state", "cell", "dna"] if use_dna else ["state", "cell"]
+    cell_module = _cell_module(model)
+    names = ["state"] + (["cell"] if cell_module is not None else []) + (["dna"] if use_dna else [])
 
     def make_forward(varying: Sequence[str], fixed: dict[str, Any]) -> Any:
         def forward(*embeddings: Any) -> Any:
@@ -468,10 +477,9 @@ def integrated_gradients(
             for name in names:
                 if name not in values:
                     values[name] = fixed[name].expand(n, *fixed[name].shape[1:])
-            replacements = [
-                (model.state_embed, values["state"]),
-                (model.cell_embed, values["cell"]),
-            ]
+            replacements = [(model.state_embed, values["state"])]
+            if cell_module is not None:
+                replacements.append((cell_module, values["cell"]))
             if use_dna:
                 flat = values["dna"].reshape(n * length, *values["dna"].shape[2:])
                 replacements.append((encoder.nucleotide_embed, flat))
@@ -495,7 +503,8 @@ def integrated_gradients(
     internal_batch_size = min(internal_batch_size, n_steps)
     if baseline == "unknown":
         # stage 1: cells from 0 with no data; stage 2: data from unknown with the actual cells
-        stages = [(["cell"], {**base}), ([n for n in names if n != "cell"], {**actual})]
+        stages = [(["cell"], {**base})] if cell_module is not None else []
+        stages.append(([n for n in names if n != "cell"], {**actual}))
     else:
         stages = [(list(names), {})]
     results: dict[str, Any] = {}
@@ -530,7 +539,7 @@ def integrated_gradients(
         param.grad = None
     return Attributions(
         state=results["state"],
-        cell=results["cell"],
+        cell=results.get("cell", np.zeros(n_cells)),
         dna=results.get("dna"),
         logit=logit,
         baseline_logit=baseline_logit,
@@ -698,27 +707,6 @@ def attention_maps(
 # --------------------------------------------------------------------------------------------------
 
 
-def _cell_mapping(
-    dataset: Any, model_cells: Sequence[str] | None, n_model_cells: int
-) -> np.ndarray:
-    """Index into the model's cell table of every store cell (store order)."""
-    if model_cells is None:
-        if dataset.n_cells != n_model_cells:
-            raise UsageError(
-                f"the store has {dataset.n_cells} cells but the model was trained on "
-                f"{n_model_cells} (and the checkpoint names no cells)"
-            )
-        return np.arange(dataset.n_cells, dtype=np.int64)
-    lookup = {name: i for i, name in enumerate(model_cells)}
-    missing = [name for name in dataset.cells if name not in lookup]
-    if missing:
-        raise UsageError(
-            f"{len(missing)} store cell(s) are not in the model's cell table (e.g. {missing[0]!r}); "
-            "a model can only explain the cells it was trained on"
-        )
-    return np.array([lookup[name] for name in dataset.cells], dtype=np.int64)
-
-
 def _resolve_cell(query: SiteQuery, cells: Sequence[str]) -> int:
     if query.cell in cells:
         return list(cells).index(query.cell)
@@ -753,12 +741,15 @@ def explain_sites(
     attention: bool = True,
     internal_batch_size: int | None = None,
     device: Any = None,
+    ignore_fingerprint: bool = False,
 ) -> list[SiteExplanation]:
     """Explain the model's prediction for every query (see the module docstring).
 
-    ``model``: a :class:`~cpgformer.nn.CpGTransformer`; ``dataset``: an open store; ``reference``: a
-    :class:`~cpgformer.io.fasta.Reference` (required when the model uses DNA); ``cells``: the
-    checkpoint's cell names (store cells are matched to them by name; ``None`` = same order).
+    ``model``: a :class:`~cpgformer.model.Model` (store and model must go together:
+    :meth:`~cpgformer.model.Model.check`, with ``ignore_fingerprint``) or a bare
+    :class:`~cpgformer.nn.CpGTransformer` with its ``cells`` (names of its cell table; ``None`` = the
+    store's order); ``dataset``: an open store; ``reference``: a
+    :class:`~cpgformer.io.fasta.Reference` (required when the model uses DNA).
     ``device``: where to run (default: the model's device). Returns one
     :class:`SiteExplanation` per query, in order.
     """
@@ -767,6 +758,10 @@ def explain_sites(
     from cpgformer.codes import to_model_input
     from cpgformer.utils.progress import progress
 
+    if not isinstance(model, Model):
+        model = Model(model, cells=None if cells is None else list(cells))
+    cell_ids = model.check(dataset, ignore_fingerprint)
+    model = model.require_network("explaining")
     config = model.config
     if config.has_dna and reference is None:
         raise UsageError(
@@ -776,7 +771,6 @@ def explain_sites(
     if device is not None:
         model = model.to(device)
     device = next(model.parameters()).device
-    cell_ids = _cell_mapping(dataset, cells, config.n_cells)
     radius = model.receptive_field_sites
     continuous = config.data_mode == "continuous"
     results = []

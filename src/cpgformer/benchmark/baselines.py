@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,8 +35,11 @@ import torch
 from torch import nn
 
 from cpgformer.benchmark.holdout import ChromData
-from cpgformer.codes import CODE_N, MISSING, N_NUCLEOTIDE_CODES
+from cpgformer.codes import CODE_N, MISSING, N_NUCLEOTIDE_CODES, to_model_input
+from cpgformer.data.profiles import DenseCalls
 from cpgformer.errors import UsageError
+from cpgformer.impute import embed_sites, plan_tiles, to_probabilities
+from cpgformer.model import Model
 from cpgformer.utils.progress import bar, progress
 
 log = logging.getLogger(__name__)
@@ -785,74 +789,57 @@ class CpgformerModel:
 
     def __init__(
         self,
-        predictor: Any,
-        cells: Sequence[str] | None = None,
-        temperature: float = 1.0,
+        model: Model,
         tile_sites: int = 1024,
         batch_size: int = 8,
+        ignore_fingerprint: bool = False,
     ) -> None:
-        self.predictor = predictor
-        self.model_cells = list(cells) if cells is not None else None
-        self.temperature = float(temperature or 1.0)
+        self.model = model
+        self.predictor = model.predictor()
+        self.temperature = float(model.temperature or 1.0)
         self.tile_sites = int(tile_sites)
         self.batch_size = int(batch_size)
+        self.ignore_fingerprint = ignore_fingerprint
+        self.store: Any = None  # the benchmark's store (use_store); None: only its cell names
         self.cell_ids: np.ndarray | None = None
         self._dna_cache: tuple[tuple[str, int], torch.Tensor | None] | None = None
-        self.data: dict = {}
-        self.loaded: Any = None  # the LoadedCheckpoint (inductive models embed cells with it)
 
     @property
     def receptive_field(self) -> int:
         return int(self.predictor.margin)
 
+    @property
+    def data(self) -> dict:
+        """The checkpoint's data parameters (e.g. the held-out chromosomes)."""
+        return self.model.data
+
     @classmethod
     def from_checkpoint(
         cls, path: str, tile_sites: int = 1024, batch_size: int = 8
     ) -> CpgformerModel:
-        """Load a checkpoint (:func:`cpgformer.checkpoint.load_checkpoint`); its data parameters
-        (e.g. the held-out chromosomes) are kept in ``.data``."""
-        from cpgformer.checkpoint import load_checkpoint
-        from cpgformer.impute import Predictor
-
-        loaded = load_checkpoint(path)
-        model = cls(
-            Predictor.from_model(loaded.model),
-            loaded.cells,
-            float(loaded.temperature or 1.0),
-            tile_sites,
-            batch_size,
-        )
-        model.data = dict(loaded.data or {})
-        model.loaded = loaded
-        return model
+        """Load a checkpoint (:meth:`cpgformer.model.Model.load`)."""
+        return cls(Model.load(path), tile_sites, batch_size)
 
     @classmethod
     def from_model(cls, model: nn.Module, cells: Sequence[str] | None = None, **kwargs: Any):
         """Wrap an in-memory ``CpGTransformer`` (tests, demo)."""
-        from cpgformer.impute import Predictor
+        return cls(Model(model, cells=None if cells is None else list(cells)), **kwargs)
 
-        return cls(Predictor.from_model(model), cells, **kwargs)
+    def use_store(self, store: Any, ignore_fingerprint: bool = False) -> None:
+        """The store the benchmark reads: checked against the checkpoint in :meth:`fit`."""
+        self.store = store
+        self.ignore_fingerprint = ignore_fingerprint
 
     def fit(self, train: Sequence[ChromData], cells: Sequence[str]) -> None:
-        from cpgformer.impute import cell_index_map
-
-        if self.loaded is not None and self.loaded.config.uses_profiles:
-            # cells embedded from profiles of the training chromosomes' calls (never the test's)
-            from cpgformer.data.profiles import CellProfiler, DenseCalls
-
-            profiler = CellProfiler.from_dict(self.loaded.cell_profiles or {})
-            features = profiler.transform(DenseCalls(train, len(cells)))
-            self.loaded.model.set_cell_profiles(torch.from_numpy(features))
-            self.cell_ids = np.arange(len(cells), dtype=np.int64)
-            return
-        if self.loaded is not None and self.loaded.inductive:  # no cell identity at all
-            self.cell_ids = np.arange(len(cells), dtype=np.int64)
-            return
-        if self.model_cells is None and len(cells) != self.predictor.n_cells:
-            raise UsageError(
-                f"the model has {self.predictor.n_cells} cells, the store {len(cells)}"
+        """The one store-vs-checkpoint rule (:meth:`cpgformer.model.Model.check`); inductive models
+        embed the cells from the training chromosomes' calls (never the test's)."""
+        store = self.store
+        if store is None or list(store.cells) != list(cells):
+            store = SimpleNamespace(
+                path="the benchmark data", cells=list(cells), n_cells=len(cells)
             )
-        self.cell_ids = cell_index_map(cells, self.model_cells)
+        profiles = DenseCalls(train, len(cells)) if self.model.inductive else None
+        self.cell_ids = self.model.check(store, self.ignore_fingerprint, profiles_from=profiles)
 
     def _dna_embedding(self, chrom: ChromData) -> torch.Tensor | None:
         if self.predictor.embed_fn is None or not self.predictor.dna_window:
@@ -864,8 +851,6 @@ class CpgformerModel:
             raise UsageError(
                 f"the checkpoint uses DNA (dna_window {self.predictor.dna_window}): give the FASTA"
             )
-        from cpgformer.impute import embed_sites
-
         width = int(self.predictor.dna_window)
 
         def windows(a: int, b: int) -> np.ndarray:
@@ -876,9 +861,6 @@ class CpgformerModel:
         return emb
 
     def predict(self, chrom: ChromData, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        from cpgformer.codes import to_model_input
-        from cpgformer.impute import plan_tiles, to_probabilities
-
         if self.cell_ids is None:
             raise RuntimeError("cpgformer: predict() before fit()")
         rows = np.asarray(rows, dtype=np.int64)

@@ -258,6 +258,7 @@ def run_benchmark(
     overwrite: bool = False,
     plots: bool = True,
     bootstrap: int = 1000,
+    ignore_fingerprint: bool = False,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on the test chromosomes of ``store`` and write the report to ``out_dir``.
 
@@ -268,7 +269,8 @@ def run_benchmark(
     nor scored (their calls stay visible input). ``hide_fraction``: holdout -- expected fraction of
     observed entries hidden (default 0.2); exhaustive -- fraction of observed entries scored, each
     hidden alone (default 1.0 = all). ``bootstrap``: resamples of the paired bootstrap intervals of
-    cpgformer minus each model (0 = none).
+    cpgformer minus each model (0 = none). ``ignore_fingerprint``: let the checkpoint apply to a
+    store other than its training store (:meth:`cpgformer.model.Model.check`).
     """
     from cpgformer.benchmark.report import write_report
     from cpgformer.io.store import Dataset, open_dataset
@@ -312,6 +314,7 @@ def run_benchmark(
     ckpt_rf: int | None = None
     for m in objs:
         if isinstance(m, CpgformerModel):
+            m.use_store(ds, ignore_fingerprint)  # checked against the checkpoint in fit
             ckpt_data = m.data
             ckpt_rf = m.receptive_field
     split = resolve_benchmark_split(ds, test_chroms, ckpt_data, ckpt_rf)

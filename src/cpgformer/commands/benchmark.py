@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cpgformer.model import IGNORE_FINGERPRINT_HELP
+
 NAME = "benchmark"
 HELP = "score cpgformer and baselines on hidden calls of test chromosomes (tables, report, plots)"
 
@@ -92,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(0 = none; default %(default)s)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         plots=not args.no_plots,
         bootstrap=args.bootstrap,
+        ignore_fingerprint=args.ignore_fingerprint,
     )
     table = result.metrics.sort_values("auroc", ascending=False, na_position="last")
     sys.stdout.write(markdown_table(table) + "\n")

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from cpgformer.impute import DTYPES, MAX_TILE_TOKENS, SITE_MODES, ImputeOptions, impute
+from cpgformer.model import IGNORE_FINGERPRINT_HELP
 from cpgformer.nn import compiled
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "intercell, none): compiles for tens of seconds first, then runs at 0.9-1.3x the speed "
         "of the default fused-kernel path, so it rarely pays off; same as CPGFORMER_COMPILE=1",
     )
-    parser.add_argument(
-        "--ignore-fingerprint",
-        action="store_true",
-        help="impute a store other than the training store (cells must still match; models "
-        "trained with --cell-encoder profile take any store and any cells)",
-    )
+    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
