@@ -179,9 +179,7 @@ def test_save_load_round_trip_and_original_checkpoints(world: dict[str, Path], t
         torch.testing.assert_close(again.network.state_dict()[key], value)
     # an original CpG Transformer checkpoint (state dict + hparams) loads as the same network
     torch.manual_seed(3)
-    net = CpGTransformer(
-        ModelConfig(n_cells=4, cell_embed=8, **{**TABLE, "dna_window": 101})
-    )
+    net = CpGTransformer(ModelConfig(n_cells=4, cell_embed=8, **{**TABLE, "dna_window": 101}))
     payload = {
         "state_dict": legacy.to_original(net),
         "hparams": legacy.to_original_hparams(net.config),
