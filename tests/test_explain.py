@@ -233,7 +233,7 @@ def test_attention_maps_refuse_recomputation_that_differs(monkeypatch) -> None:
         probs, output = original(*args)
         return probs, output + 1e-2
 
-    monkeypatch.setattr(ex, "attention_probabilities", shifted)
+    monkeypatch.setattr("cpgformer.explain.attention.attention_probabilities", shifted)
     with pytest.raises(RuntimeError, match="would not be the model's"):
         ex.attention_maps(model, states, positions, cells, 2)
 
