@@ -238,31 +238,17 @@ def plot_attention(expl: SiteExplanation, path: str | os.PathLike[str] | None = 
         for layer in range(n_layers):
             ax = axes[layer, col]
             weights = target[layer]
+            style = {"cmap": "viridis", "vmin": 0, "vmax": vmax, "aspect": "auto"}
             if name == "site":
                 offs = expl.site_offsets
                 assert offs is not None
                 extent = (offs[0] - 0.5, offs[-1] + 0.5, weights.shape[0] - 0.5, -0.5)
-                image = ax.imshow(
-                    weights,
-                    cmap="viridis",
-                    vmin=0,
-                    vmax=vmax,
-                    aspect="auto",
-                    interpolation="nearest",
-                    extent=extent,
-                )
+                image = ax.imshow(weights, interpolation="nearest", extent=extent, **style)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel("site offset" if layer == n_layers - 1 else "")
                 ax.set_title(f"layer {layer + 1}: along the site window", fontsize=8)
             else:
-                image = ax.imshow(
-                    weights,
-                    cmap="viridis",
-                    vmin=0,
-                    vmax=vmax,
-                    aspect="auto",
-                    interpolation="nearest",
-                )
+                image = ax.imshow(weights, interpolation="nearest", **style)
                 _cell_ticks(ax, expl.cells, expl.target_cell, axis="x")
                 ax.set_title(f"layer {layer + 1}: across cells", fontsize=8)
             ax.set_ylabel("head")

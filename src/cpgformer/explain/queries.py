@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cpgformer.codes import MISSING
 from cpgformer.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class SiteQuery:
     def label_change_text(self) -> str:
         if self.label_change is None:
             return "none"
-        if self.label_change == -1:
+        if self.label_change == MISSING:
             return "mask"
         return f"{self.label_change:g}"
 
@@ -61,7 +62,7 @@ def _parse_label_change(token: str) -> float | None:
     if low in _KEEP_TOKENS:
         return LABEL_KEEP
     if low in _MASK_TOKENS:
-        return -1.0
+        return float(MISSING)
     value = float(low)  # ValueError handled by the caller
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ValueError(low)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cpgformer.codes import to_model_input
+from cpgformer.codes import MISSING, to_model_input
 from cpgformer.errors import UsageError
 from cpgformer.explain.attention import attention_maps
 from cpgformer.explain.attribution import integrated_gradients
@@ -104,7 +104,7 @@ class _Window:
         stored = np.asarray(read(query.chrom, start, stop), dtype=np.float32)
         if query.label_change is not None:
             value = query.label_change
-            if not continuous and value not in (-1.0, 0.0, 1.0):
+            if not continuous and value not in (MISSING, 0, 1):
                 raise query.error(f"label change {value:g}: a binary model takes mask/-1, 0 or 1")
             stored[row - start, target_cell] = value
         positions = np.asarray(dataset.positions(query.chrom)[start:stop], dtype=np.int64)

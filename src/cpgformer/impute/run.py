@@ -114,23 +114,15 @@ def impute(
     inputs = [getattr(store, "path", store), _model_path(model), opts.fasta]
     check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
     with output_lock(out):  # one writer per output; the partial run below is ours to resume
-        return _impute(store, model, out, opts, device=device)
+        return _impute(store, model, out, opts, device)
 
 
 def _model_path(model: Model | str | os.PathLike[str]) -> Any:
     return model.path if isinstance(model, Model) else model
 
 
-def _impute(
-    store: Any,
-    model: Model | str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    options: ImputeOptions | None = None,
-    *,
-    device: str | torch.device | None = None,
-) -> ImputedStore:
+def _impute(store: Any, model: Model | str, out: Path, opts: ImputeOptions, device: Any) -> Any:
     """:func:`impute` while holding the output's lock."""
-    opts = options or ImputeOptions()
     ds = as_dataset(store)
     source = as_model(model)
     predictor = source.predictor(device)

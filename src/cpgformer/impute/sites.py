@@ -58,7 +58,7 @@ class ChromSource:
 
     def betas(self, a: int, b: int) -> np.ndarray:
         s0, s1 = self._store_range(a, b)
-        return self._expand(self.ds.betas(self.chrom, s0, s1), a, b, s0, -1.0)
+        return self._expand(self.ds.betas(self.chrom, s0, s1), a, b, s0, float(MISSING))
 
     def csr_arrays(self) -> dict[str, np.ndarray]:
         """Observed calls of the imputed rows (CSR by row; cells as in the store)."""

@@ -116,7 +116,7 @@ def _check_chrom(ch: ChromArrays, n_cells: int) -> None:
     if np.any(mc < 0) or np.any(mc > cov):
         raise bad("counts must satisfy 0 <= mc <= cov")
     label = np.asarray(ch.label)
-    if np.any((label < -1) | (label > 1)):
+    if np.any((label < MISSING) | (label > 1)):
         raise bad("labels must be -1, 0 or 1")
 
 

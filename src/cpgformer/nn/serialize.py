@@ -50,23 +50,29 @@ def save_model(
 
 
 def build_model(
-    config: ModelConfig, state: Mapping[str, torch.Tensor], where: str
+    config: ModelConfig,
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    names: Mapping[str, str] | None = None,
 ) -> CpGTransformer:
     """A model of ``config`` (eval mode) with ``state`` loaded strictly: every key and shape is
-    checked, and what does not fit is named (``CheckpointError`` starting with ``where``)."""
+    checked, and what does not fit is named (``CheckpointError`` starting with ``where``; ``names``
+    maps our keys to the names the file uses, e.g. the original implementation's)."""
     model = CpGTransformer(config)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    shown = dict(names or {})
+    missing = [shown.get(k, k) for k in sorted(set(expected) - set(state))]
     unexpected = sorted(set(state) - set(expected))
     problems = []
     if missing:
-        problems.append("missing " + ", ".join(missing))
+        problems.append("missing key(s): " + ", ".join(missing))
     if unexpected:
-        problems.append("unexpected " + ", ".join(unexpected))
+        problems.append("unexpected key(s): " + ", ".join(unexpected))
     for key, value in state.items():
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             problems.append(
-                f"{key} has shape {list(value.shape)}, config expects {list(expected[key].shape)}"
+                f"shape of {shown.get(key, key)} is {list(value.shape)}, expected "
+                f"{list(expected[key].shape)} for {config.mode} model"
             )
     if problems:
         raise CheckpointError(f"{where}: weights do not fit the config: " + "; ".join(problems))
