@@ -554,3 +554,21 @@ def test_shared_dna_convolutions_equal_per_window_cnn(n_conv_layers: int, window
         direct = encoder(torch.from_numpy(windows.astype(np.int64)))
         shared = shared_dna_embedding(encoder, fetch, positions, block_bp=150, max_gap=50)
     np.testing.assert_allclose(shared.numpy(), direct.numpy(), atol=1e-5)
+
+
+def test_imputed_store_reads_the_observed_calls_like_the_dataset(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", {"1": 120, "2": 50}, n_cells=3)
+    ds = open_dataset(store)
+    imp = impute(ds, source_for(tiny_model(3), ds.cells), tmp_path / "imp")
+    for chrom in ds.chromosomes:
+        n = ds.n_sites(chrom)
+        np.testing.assert_array_equal(imp.positions(chrom), ds.positions(chrom))
+        np.testing.assert_array_equal(imp.states(chrom, 5, n), ds.states(chrom, 5, n))
+        np.testing.assert_array_equal(imp.betas(chrom, 0, n), ds.betas(chrom, 0, n))
+        for got, want in zip(imp.counts(chrom, 3, 40), ds.counts(chrom, 3, 40)):
+            np.testing.assert_array_equal(got, want)
+        for read in (imp.states, imp.counts, imp.values, imp.imputed):
+            with pytest.raises(UsageError, match="out of range"):
+                read(chrom, 0, n + 1)
+    with pytest.raises(UsageError, match="chromosome 'X' is not in the imputed store"):
+        imp.positions("X")

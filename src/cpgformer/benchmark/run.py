@@ -42,6 +42,7 @@ from cpgformer.benchmark.metrics import (
 )
 from cpgformer.data.segments import Region, regions_from_record, resolve_split
 from cpgformer.errors import UsageError
+from cpgformer.io.store import reference as find_reference
 
 log = logging.getLogger(__name__)
 
@@ -327,14 +328,9 @@ def run_benchmark(
     if not cell_mask.any():
         raise UsageError("every cell is excluded")
 
-    reference = None
-    fasta_path = str(fasta) if fasta else None
-    if fasta_path is None and ds.fasta_path and Path(ds.fasta_path).exists():
-        fasta_path = ds.fasta_path
+    reference = find_reference(fasta, ds)  # optional: DNA features where a FASTA is there
+    fasta_path = None if reference is None else str(reference.path)
     if fasta_path:
-        from cpgformer.io.fasta import Reference
-
-        reference = Reference(fasta_path)
         log.info("DNA features from %s", fasta_path)
     tss = None
     if tss_bed is not None:
