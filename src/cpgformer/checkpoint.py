@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cpgformer.errors import CheckpointError, UsageError
+from cpgformer import legacy
+from cpgformer.errors import CheckpointError, UsageError, describe_os_error
 from cpgformer.nn import CpGTransformer, ModelConfig
 from cpgformer.nn.serialize import build_model, load_model, save_model
 
@@ -46,8 +48,6 @@ def diagnose_file(path: str | os.PathLike[str]) -> str | None:
     Checks existence, type, emptiness, text content and, for the zip container ``torch.save``
     writes, that the archive is complete (its central directory is read; nothing is unpickled).
     """
-    import zipfile
-
     p = os.fspath(path)
     if not os.path.exists(p):
         return "no such file"
@@ -60,8 +60,6 @@ def diagnose_file(path: str | os.PathLike[str]) -> str | None:
         with open(p, "rb") as fh:
             head = fh.read(512)
     except OSError as exc:
-        from cpgformer.errors import describe_os_error
-
         return describe_os_error(exc).split(": ", 1)[-1]
     if size == 0:
         return "empty file (0 bytes), not a checkpoint"
@@ -101,8 +99,6 @@ def _read(path: str | os.PathLike[str]) -> Any:
             ) from exc
         raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
     except OSError as exc:
-        from cpgformer.errors import describe_os_error
-
         raise CheckpointError(describe_os_error(exc, path)) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
         raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
@@ -174,8 +170,6 @@ def _read_original(
     path: str | os.PathLike[str], obj: Mapping[str, Any], hparams: Mapping[str, Any] | None
 ) -> tuple[CpGTransformer, dict[str, Any]]:
     """An original CpG Transformer state dict (bare, or under ``state_dict``) as our network."""
-    from cpgformer import legacy
-
     state = obj.get("state_dict", obj)
     known = isinstance(state, Mapping) and any(
         ".attn_list." in str(k) or "CpG_embed" in str(k) for k in state

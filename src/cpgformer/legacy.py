@@ -20,6 +20,7 @@ from torch import Tensor
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn.config import ModelConfig
 from cpgformer.nn.model import CpGTransformer
+from cpgformer.nn.serialize import build_model
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ def from_original(
     state_dict: Mapping[str, Tensor], hparams: Mapping[str, Any] | None = None
 ) -> CpGTransformer:
     """Our model with the weights of an original state dict (strict keys and shapes)."""
-    from cpgformer.nn.serialize import build_model
-
     config = config_from_original(state_dict, hparams)
     given = {LEGACY_RENAMES.get(k, k): v for k, v in state_dict.items()}
     for old, new in LEGACY_RENAMES.items():

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from cpgformer.checkpoint import read_checkpoint, save_checkpoint
+from cpgformer.data.profiles import CellProfiler
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn import CpGTransformer, ModelConfig
 
@@ -288,8 +289,6 @@ class Model:
             return
         if not self.cell_profiles:
             raise CheckpointError(f"{self.name}: an inductive model records no cell profiler")
-        from cpgformer.data.profiles import CellProfiler
-
         profiler = CellProfiler.from_dict(self.cell_profiles)
         network.set_cell_profiles(torch.from_numpy(profiler.transform(data)))
 

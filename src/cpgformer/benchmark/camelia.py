@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cpgformer.benchmark.holdout import ChromData
 from cpgformer.benchmark.simple import Baseline, nearest_observed
@@ -149,8 +150,6 @@ class CaMelia(Baseline):
         self.use_dna = False
 
     def _frame(self, features: np.ndarray, dna: np.ndarray | None) -> Any:
-        import pandas as pd
-
         cols = {"local": features[:, 0]}
         for j in range(1, features.shape[1]):
             cols[f"neigh{j - 1}"] = features[:, j]
@@ -162,8 +161,6 @@ class CaMelia(Baseline):
     def _cell_features(
         self, chroms: Sequence[ChromData], target: int, rows_per_chrom: Sequence[np.ndarray]
     ) -> Any:
-        import pandas as pd
-
         cfg = self.config
         parts = []
         for ch, rows in zip(chroms, rows_per_chrom):

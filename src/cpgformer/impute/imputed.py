@@ -27,6 +27,7 @@ import numpy as np
 from cpgformer.codes import MISSING
 from cpgformer.errors import InputError, UsageError
 from cpgformer.impute.probabilities import dequantize
+from cpgformer.integrity import verify_imputed_files
 from cpgformer.io.store import CallStore, read_manifest
 from cpgformer.utils.atomic import PARTIAL_PREFIX
 
@@ -61,8 +62,6 @@ class ImputedStore(CallStore):
             raise UsageError(f"{path}: imputed store is incomplete")
         super().__init__(path, manifest)
         self.chunk_sites: int = int(manifest["chunk_sites"])
-        from cpgformer.integrity import verify_imputed_files
-
         verify_imputed_files(self.path, manifest)  # every chunk there and complete
 
     def __repr__(self) -> str:

@@ -27,6 +27,7 @@ from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_
 from cpgformer.impute.probabilities import DTYPES, quantize, to_probabilities
 from cpgformer.impute.sites import ChromSource, all_cpg_positions, observed_to_model_input
 from cpgformer.impute.tiles import MAX_TILE_TOKENS, predict_block
+from cpgformer.integrity import file_digests
 from cpgformer.io.store import as_dataset, fasta_for
 from cpgformer.io.store import reference as find_reference
 from cpgformer.model import Model, Predictor, as_model
@@ -296,8 +297,6 @@ def _run_chunks(
 
 def _finish(work: Path, out: Path, manifest: dict) -> None:
     """Manifest (with file digests) last, then the partial directory becomes ``out``."""
-    from cpgformer.integrity import file_digests
-
     _clean_partials(work)
     manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
     _save_json(work / "manifest.json", manifest)

@@ -35,6 +35,8 @@ import pandas as pd
 from cpgformer import __version__
 from cpgformer.codes import MISSING
 from cpgformer.errors import InputError, UsageError
+from cpgformer.integrity import _store_entries, file_digests, verify_store_files
+from cpgformer.io.fasta import Reference
 from cpgformer.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -271,8 +273,6 @@ def write_store_into(
     }
     df = _cell_frame(cell_names, n_calls, n_meth, n_labelled, cov_sum, cell_info)
     df.to_csv(out / "cells.tsv", sep="\t", index=False, na_rep="NA")
-    from cpgformer.integrity import _store_entries, file_digests
-
     names = [rel for rel, _shape, _dtype in _store_entries(manifest)] + ["cells.tsv"]
     manifest["files"] = file_digests(out, names)  # sizes and SHA-256 (cpgformer check)
     with open(out / "manifest.json", "w") as fh:
@@ -504,8 +504,6 @@ class Dataset(CallStore):
         )
         super().__init__(path, manifest)
         self.fingerprint: str = manifest["fingerprint"]
-        from cpgformer.integrity import verify_store_files
-
         verify_store_files(self.path, manifest)  # every array there, complete, as promised
 
     def __repr__(self) -> str:
@@ -556,8 +554,6 @@ def reference(fasta: str | os.PathLike[str] | None, store: Any, need: str | None
     if not fasta and not need and not Path(path).exists():
         log.info("the FASTA the store records (%s) is not there: no DNA features", path)
         return None
-    from cpgformer.io.fasta import Reference
-
     return Reference(path)
 
 
