@@ -24,11 +24,8 @@ import numpy as np
 import torch
 
 from cpgformer.impute import (
-    ModelSource,
-    Predictor,
     binary_nll,
     expected_calibration_error,
-    file_digest,
     fit_temperature,
     masked_holdout,
     to_probabilities,
@@ -131,13 +128,7 @@ def main() -> None:
         )
         ckpt = str(result.best_checkpoint or result.last_checkpoint)
     train_s = time.time() - t0
-    loaded = load_checkpoint(ckpt)
-    source = ModelSource(
-        Predictor.from_model(loaded.model),
-        checkpoint_id=file_digest(ckpt),
-        cells=loaded.cells,
-        store_fingerprint=loaded.store_fingerprint,
-    )
+    source = load_checkpoint(ckpt)
     keep_cells = np.array([c not in DEGRADED for c in ds.cells])
     val = masked_holdout(ds, source, [args.val], fraction=args.mask_fraction, seed=1)
     test = masked_holdout(ds, source, [args.test], fraction=args.mask_fraction, seed=2)

@@ -74,9 +74,10 @@ def build_store(path: Path, fasta: str, n_sites: int, n_cells: int, seed: int = 
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
-    from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute, plan_tiles
+    from cpgformer.impute import ImputeOptions, impute, plan_tiles
     from cpgformer.io.fasta import Reference
     from cpgformer.io.store import open_dataset
+    from cpgformer.model import Model
     from cpgformer.nn import CpGTransformer, ModelConfig
 
     torch.set_num_threads(args.threads)
@@ -93,7 +94,7 @@ def run_one(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.impl == "cpgformer":
         out = Path(tempfile.mkdtemp(dir=work)) / "imputed"
-        source = ModelSource(Predictor.from_model(model), checkpoint_id="bench")
+        source = Model(model, checkpoint_id="bench")
         impute(
             ds,
             source,

@@ -233,7 +233,7 @@ def test_attention_maps_refuse_recomputation_that_differs(monkeypatch) -> None:
         probs, output = original(*args)
         return probs, output + 1e-2
 
-    monkeypatch.setattr(ex, "attention_probabilities", shifted)
+    monkeypatch.setattr("cpgformer.explain.attention.attention_probabilities", shifted)
     with pytest.raises(RuntimeError, match="would not be the model's"):
         ex.attention_maps(model, states, positions, cells, 2)
 
@@ -383,7 +383,7 @@ def test_explain_sites_errors_name_the_sites_file_line(tmp_path: Path) -> None:
         with pytest.raises(InputError) as err:
             ex.explain_sites(model, ds, ex.read_sites(f), n_steps=2)
         assert str(err.value).startswith(f"{f}:2: ") and message in str(err.value)
-    with pytest.raises(UsageError, match="not in the model's cell table"):
+    with pytest.raises(UsageError, match="unknown to the model"):
         ex.explain_sites(model, ds, ex.read_sites(f), cells=["x", "y", "z", "w"])
     dna_model = CpGTransformer(tiny_config(4, dna_window=101))
     with pytest.raises(UsageError, match="reference FASTA"):

@@ -15,20 +15,21 @@ import torch
 from cpgformer.cli import main
 from cpgformer.errors import InputError, UsageError
 from cpgformer.export import ExportOptions, aggregate_regions, export
-from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute, open_imputed
+from cpgformer.impute import ImputeOptions, Predictor, impute, open_imputed
 from cpgformer.io.store import ChromArrays, open_dataset, write_store
 from cpgformer.io.writers import cell_file_names, read_bed_regions
+from cpgformer.model import Model
 
 CELLS = ["cA", "cB", "weird/name"]
 
 
-def half_predictor(n_cells: int) -> ModelSource:
+def half_predictor(n_cells: int) -> Model:
     """Logit 0 everywhere: every model probability is exactly 0.5."""
 
     def predict(states, positions, cell_ids, emb):  # noqa: ANN001, ANN202
         return torch.zeros(states.shape, dtype=torch.float32)
 
-    return ModelSource(Predictor(predict, 1, n_cells), checkpoint_id="half")
+    return Model.from_predictor(Predictor(predict, 1, n_cells), "half")
 
 
 def hand_store(path: Path) -> Path:
@@ -81,7 +82,7 @@ def random_store(path: Path, n_cells: int = 4, seed: int = 0) -> Path:
     return path
 
 
-def smooth_source(n_cells: int) -> ModelSource:
+def smooth_source(n_cells: int) -> Model:
     """A deterministic position- and neighbour-dependent toy model (receptive field 1 site)."""
 
     def predict(states, positions, cell_ids, emb):  # noqa: ANN001, ANN202
@@ -90,7 +91,7 @@ def smooth_source(n_cells: int) -> ModelSource:
         right = torch.nn.functional.pad(x, (0, 0, 0, 1))[:, 1:]
         return 0.7 * x + 0.4 * (left + right) + 0.3 * cell_ids[:, None, :].float() - 0.2
 
-    return ModelSource(Predictor(predict, 1, n_cells), checkpoint_id="smooth")
+    return Model.from_predictor(Predictor(predict, 1, n_cells), "smooth")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,19 +23,20 @@ from cpgformer.export import (
     export,
     style_chrom,
 )
-from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute
+from cpgformer.impute import ImputeOptions, Predictor, impute
 from cpgformer.io.store import ChromArrays, write_store
+from cpgformer.model import Model
 
 # ALLCools' CG filter: mc_type "CGN" expanded over the IUPAC code N (= A, C, G, T)
 IUPAC = {"A": "A", "C": "C", "G": "G", "T": "T", "N": "ACGT"}
 ALLCOOLS_CG = {"".join(p) for p in itertools.product(*(IUPAC[b] for b in "CGN"))}
 
 
-def half_source(n_cells: int) -> ModelSource:
+def half_source(n_cells: int) -> Model:
     def predict(states, positions, cell_ids, emb):  # noqa: ANN001, ANN202
         return torch.zeros(states.shape, dtype=torch.float32)
 
-    return ModelSource(Predictor(predict, 1, n_cells), checkpoint_id="half")
+    return Model.from_predictor(Predictor(predict, 1, n_cells), "half")
 
 
 def chrom(name: str, positions: list[int], n_cells: int = 2) -> ChromArrays:

@@ -18,10 +18,8 @@ import torch
 from cpgformer.errors import UsageError
 from cpgformer.impute import (
     ImputeOptions,
-    ModelSource,
     Predictor,
     binary_nll,
-    cell_index_map,
     default_chunk_sites,
     dequantize,
     expected_calibration_error,
@@ -33,6 +31,7 @@ from cpgformer.impute import (
     quantize,
 )
 from cpgformer.io.store import ChromArrays, open_dataset, write_store
+from cpgformer.model import Model
 from cpgformer.nn import CpGTransformer, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,8 +79,8 @@ def tiny_model(n_cells: int, seed: int = 0) -> CpGTransformer:
     return model.eval()
 
 
-def source_for(model: CpGTransformer, cells: list[str] | None = None) -> ModelSource:
-    return ModelSource(Predictor.from_model(model), checkpoint_id="test-model", cells=cells)
+def source_for(model: CpGTransformer, cells: list[str] | None = None) -> Model:
+    return Model(model, cells=cells, checkpoint_id="test-model")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +189,10 @@ def test_impute_refuses_other_cells_and_fingerprint(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", {"1": 40}, n_cells=3)
     model = tiny_model(3)
     cells = ["cell00", "cell01", "cell02"]
-    other = ModelSource(Predictor.from_model(model), "m", cells=["cell00", "cell01", "x"])
-    with pytest.raises(UsageError, match="cells differ"):
+    other = Model(model, cells=["cell00", "cell01", "x"], checkpoint_id="m")
+    with pytest.raises(UsageError, match="unknown to the model"):
         impute(store, other, tmp_path / "a")
-    wrong = ModelSource(Predictor.from_model(model), "m", cells=cells, store_fingerprint="ab" * 32)
+    wrong = Model(model, cells=cells, store_fingerprint="ab" * 32, checkpoint_id="m")
     with pytest.raises(UsageError, match="fingerprint"):
         impute(store, wrong, tmp_path / "b")
     imp = impute(store, wrong, tmp_path / "c", ImputeOptions(ignore_fingerprint=True))
@@ -203,7 +202,6 @@ def test_impute_refuses_other_cells_and_fingerprint(tmp_path: Path) -> None:
 
 
 def test_cells_in_other_order_are_matched_by_name(tmp_path: Path) -> None:
-    assert cell_index_map(["b", "a", "c"], ["a", "b", "c"]).tolist() == [1, 0, 2]
     store = make_store(tmp_path / "store", {"1": 60}, n_cells=3)
     model = tiny_model(3)
     ds = open_dataset(store)
@@ -235,7 +233,7 @@ def test_injected_failure_resumes_at_first_unfinished_chunk(tmp_path: Path) -> N
             raise RuntimeError("injected failure")
         return base.predict_fn(states, positions, cell_ids, emb)
 
-    source = ModelSource(Predictor(flaky, base.margin, 4), checkpoint_id="test-model")
+    source = Model.from_predictor(Predictor(flaky, base.margin, 4), "test-model")
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="injected"):
         impute(store, source, out, opts)
@@ -261,7 +259,8 @@ def test_injected_failure_resumes_at_first_unfinished_chunk(tmp_path: Path) -> N
 KILL_MODEL = textwrap.dedent(
     """
     import time, torch
-    from cpgformer.impute import ImputeOptions, ModelSource, Predictor
+    from cpgformer.impute import ImputeOptions, Predictor
+    from cpgformer.model import Model
     from cpgformer.nn import CpGTransformer, ModelConfig
     torch.manual_seed(0)
     cfg = ModelConfig(n_cells=4, dna_window=0, hidden=16, n_heads=2, head_dim=8, n_layers=2,
@@ -271,7 +270,7 @@ KILL_MODEL = textwrap.dedent(
     def slow(*args):
         time.sleep(delay)
         return base.predict_fn(*args)
-    src = ModelSource(Predictor(slow, base.margin, 4), checkpoint_id="kill-test")
+    src = Model.from_predictor(Predictor(slow, base.margin, 4), "kill-test")
     opts = ImputeOptions(tile_sites=24, chunk_sites=50)
     """
 )
@@ -321,7 +320,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     import numpy as np
-    from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute
+    from cpgformer.impute import ImputeOptions, Predictor, impute
+    from cpgformer.model import Model
     torch.set_num_threads(1)
     weights = torch.tensor([0.2, 0.3, 0.5, 0.3, 0.2])
     def smooth(states, positions, cell_ids, emb):
@@ -329,7 +329,7 @@ MEMORY_SCRIPT = textwrap.dedent(
         x = states.float().permute(0, 2, 1).reshape(-1, 1, states.shape[1])
         y = torch.nn.functional.conv1d(x, weights.view(1, 1, 5), padding=2)
         return y.reshape(states.shape[0], states.shape[2], -1).permute(0, 2, 1) - 1.0
-    src = ModelSource(Predictor(smooth, 2, 32), checkpoint_id="mem-test")
+    src = Model.from_predictor(Predictor(smooth, 2, 32), "mem-test")
     impute(sys.argv[1], src, sys.argv[2], ImputeOptions(tile_sites=512, chunk_sites=4096))
     # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
     status = open("/proc/self/status").read()
@@ -554,3 +554,21 @@ def test_shared_dna_convolutions_equal_per_window_cnn(n_conv_layers: int, window
         direct = encoder(torch.from_numpy(windows.astype(np.int64)))
         shared = shared_dna_embedding(encoder, fetch, positions, block_bp=150, max_gap=50)
     np.testing.assert_allclose(shared.numpy(), direct.numpy(), atol=1e-5)
+
+
+def test_imputed_store_reads_the_observed_calls_like_the_dataset(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", {"1": 120, "2": 50}, n_cells=3)
+    ds = open_dataset(store)
+    imp = impute(ds, source_for(tiny_model(3), ds.cells), tmp_path / "imp")
+    for chrom in ds.chromosomes:
+        n = ds.n_sites(chrom)
+        np.testing.assert_array_equal(imp.positions(chrom), ds.positions(chrom))
+        np.testing.assert_array_equal(imp.states(chrom, 5, n), ds.states(chrom, 5, n))
+        np.testing.assert_array_equal(imp.betas(chrom, 0, n), ds.betas(chrom, 0, n))
+        for got, want in zip(imp.counts(chrom, 3, 40), ds.counts(chrom, 3, 40)):
+            np.testing.assert_array_equal(got, want)
+        for read in (imp.states, imp.counts, imp.values, imp.imputed):
+            with pytest.raises(UsageError, match="out of range"):
+                read(chrom, 0, n + 1)
+    with pytest.raises(UsageError, match="chromosome 'X' is not in the imputed store"):
+        imp.positions("X")

@@ -177,3 +177,40 @@ def test_open_errors(tmp_path, store) -> None:
     (store / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(InputError, match="format_version 99"):
         open_dataset(store)
+
+
+def test_reference_is_the_flag_else_the_stores(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from cpgformer.io.store import fasta_for, reference
+
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">1\nACGTACGTCG\n")
+    other = tmp_path / "other.fa"
+    other.write_text(">1\nCCGG\n")
+    recorded = SimpleNamespace(fasta_path=str(fasta))
+    bare = SimpleNamespace(fasta_path=None)
+    assert fasta_for(None, recorded) == str(fasta) and fasta_for(other, recorded) == str(other)
+    assert fasta_for(None, bare) is None
+    assert reference(None, recorded).path == fasta
+    assert reference(str(other), recorded, "the model uses DNA windows").path == other
+    with pytest.raises(
+        UsageError, match="the model uses DNA windows: give the reference with --fasta"
+    ):
+        reference(None, bare, "the model uses DNA windows")
+    assert reference(None, bare) is None  # optional: none
+    gone = SimpleNamespace(fasta_path=str(tmp_path / "moved.fa"))
+    assert reference(None, gone) is None  # optional: the recorded file is no longer there
+    with pytest.raises(InputError, match="no such FASTA file"):
+        reference(None, gone, "--sites all")  # needed: its absence is an error naming the file
+
+
+def test_segment_reads_check_the_row_range(tmp_path) -> None:
+    write_store(tmp_path / "s", [_chr1()], ["a", "b", "c"])
+    ds = open_dataset(tmp_path / "s")
+    n = ds.n_sites("chr1")
+    for read in (ds.states, ds.betas, ds.counts):
+        with pytest.raises(UsageError, match="out of range"):
+            read("chr1", 0, n + 1)
+        with pytest.raises(UsageError, match="out of range"):
+            read("chr1", 2, 1)

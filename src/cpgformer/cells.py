@@ -25,24 +25,26 @@ import pandas as pd
 import torch
 
 from cpgformer.errors import UsageError
+from cpgformer.model import Model, as_model
 
 log = logging.getLogger(__name__)
 
 REPRESENTATION_KEY = "X_cpgformer"
 
 
-def cell_representations(checkpoint: str | Path, dataset: Any) -> np.ndarray:
+def cell_representations(
+    model: Model | str | Path, dataset: Any, ignore_fingerprint: bool = False
+) -> np.ndarray:
     """``[n_cells, cell_embed]`` float32: the model's vector for each cell of ``dataset``.
 
-    Table models need the store's cells to be the checkpoint's (matched by name); profile models
-    embed any cell from its calls."""
-    from cpgformer.impute import load_model_source
-
-    source = load_model_source(checkpoint)
-    ids = source.cell_ids_for(dataset, ignore_fingerprint=True)
-    model = source.loaded.model
+    ``model``: a checkpoint path or a :class:`~cpgformer.model.Model`; store and model must go
+    together (:meth:`~cpgformer.model.Model.check`): profile models embed any cell from its calls."""
+    model = as_model(model)
+    ids = model.check(dataset, ignore_fingerprint)
     with torch.inference_mode():
-        vectors = model.cell_vectors(torch.as_tensor(ids).unsqueeze(0))[0]
+        vectors = model.require_network("cell vectors").cell_vectors(
+            torch.as_tensor(ids).unsqueeze(0)
+        )[0]
     return vectors.float().numpy()
 
 

@@ -1,4 +1,4 @@
-"""Load and save trained models: ``load_checkpoint`` reads both our formats without Lightning.
+"""Checkpoint files: ``read_checkpoint`` reads our formats without Lightning (and original files).
 
 * Lightning ``.ckpt`` written by ``cpgformer train``: a dict with ``state_dict`` (model weights under
   ``model.``) and ``checkpoint["cpgformer"]`` = {format_version, config, cells, store_fingerprint,
@@ -7,8 +7,10 @@
 * The plain model file of :mod:`cpgformer.nn.serialize` (``format: "cpgformer-model"``), with
   ``store_fingerprint``, ``data`` and ``temperature`` as extra entries (:func:`save_checkpoint`).
 
-Original CpG Transformer checkpoints (``.pt`` state dicts) go through :mod:`cpgformer.legacy`
-(``cpgformer convert-checkpoint``, or ``cpgformer train --init-from``).
+* An original CpG Transformer state dict (``.pt``, or a checkpoint dict with ``state_dict`` holding
+  only tensors), converted with :mod:`cpgformer.legacy`.
+
+The object the rest of cpgformer uses is :class:`cpgformer.model.Model` (``Model.load``).
 """
 
 from __future__ import annotations
@@ -16,52 +18,25 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cpgformer.errors import CheckpointError, UsageError
+from cpgformer import legacy
+from cpgformer.errors import CheckpointError, UsageError, describe_os_error
 from cpgformer.nn import CpGTransformer, ModelConfig
+from cpgformer.nn.serialize import build_model, load_model, save_model
+
+if TYPE_CHECKING:
+    from cpgformer.model import Model
 
 log = logging.getLogger(__name__)
 
 LIGHTNING_KEY = "cpgformer"
 MODEL_PREFIX = "model."
 SUPPORTED_VERSION = 1
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A model (eval mode, CPU) with what its checkpoint says about its training data."""
-
-    model: CpGTransformer
-    config: ModelConfig
-    cells: list[str] | None = None
-    store_fingerprint: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    temperature: float = 1.0
-    training: dict[str, Any] = field(default_factory=dict)
-    kind: str = "lightning"  # "lightning" | "model"
-    cell_profiles: dict[str, Any] | None = None  # fitted CellProfiler of an inductive model
-
-    @property
-    def inductive(self) -> bool:
-        """True when the model embeds any cell from its data (no fixed cell table)."""
-        return bool(self.config.inductive)
-
-    def use_cells_of(self, dataset: Any) -> None:
-        """Make an inductive model embed the cells of ``dataset`` (a store): their profiles are
-        computed with the checkpoint's fitted profiler. Table models are left as they are."""
-        if not self.config.uses_profiles:
-            return
-        if not self.cell_profiles:
-            raise CheckpointError("the checkpoint of an inductive model records no cell profiler")
-        from cpgformer.data.profiles import CellProfiler
-
-        profiler = CellProfiler.from_dict(self.cell_profiles)
-        self.model.set_cell_profiles(torch.from_numpy(profiler.transform(dataset)))
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -73,8 +48,6 @@ def diagnose_file(path: str | os.PathLike[str]) -> str | None:
     Checks existence, type, emptiness, text content and, for the zip container ``torch.save``
     writes, that the archive is complete (its central directory is read; nothing is unpickled).
     """
-    import zipfile
-
     p = os.fspath(path)
     if not os.path.exists(p):
         return "no such file"
@@ -87,8 +60,6 @@ def diagnose_file(path: str | os.PathLike[str]) -> str | None:
         with open(p, "rb") as fh:
             head = fh.read(512)
     except OSError as exc:
-        from cpgformer.errors import describe_os_error
-
         return describe_os_error(exc).split(": ", 1)[-1]
     if size == 0:
         return "empty file (0 bytes), not a checkpoint"
@@ -128,8 +99,6 @@ def _read(path: str | os.PathLike[str]) -> Any:
             ) from exc
         raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
     except OSError as exc:
-        from cpgformer.errors import describe_os_error
-
         raise CheckpointError(describe_os_error(exc, path)) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
         raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
@@ -151,57 +120,22 @@ def model_state_from_lightning(
     return {k[len(MODEL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
 
 
-def build_model(
-    config: ModelConfig, state: Mapping[str, torch.Tensor], where: str
-) -> CpGTransformer:
-    """A model of ``config`` with ``state`` loaded strictly (keys and shapes checked)."""
-    model = CpGTransformer(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    problems = []
-    if missing:
-        problems.append("missing " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected " + ", ".join(unexpected))
-    for key, value in state.items():
-        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
-            problems.append(
-                f"{key} has shape {list(value.shape)}, config expects {list(expected[key].shape)}"
-            )
-    if problems:
-        raise CheckpointError(f"{where}: weights do not fit the config: " + "; ".join(problems))
-    model.load_state_dict(dict(state), strict=True)
-    model.eval()
-    return model
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
-    """Read a ``cpgformer train`` checkpoint (``.ckpt``) or a plain cpgformer model file."""
+def read_checkpoint(
+    path: str | os.PathLike[str], hparams: Mapping[str, Any] | None = None
+) -> tuple[CpGTransformer, dict[str, Any]]:
+    """(network in eval mode, recorded entries) of a ``cpgformer train`` checkpoint (``.ckpt``), a
+    plain cpgformer model file, or an original CpG Transformer state dict (``hparams``: see
+    :func:`cpgformer.legacy.config_from_original`). The entries are the keyword fields of
+    :class:`cpgformer.model.Model`."""
     obj = _read(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: not a cpgformer checkpoint")
     if obj.get("format") == "cpgformer-model":
-        from cpgformer.nn.serialize import load_model
-
         model, meta = load_model(path)
-        return LoadedCheckpoint(
-            model=model,
-            config=meta["config"],
-            cells=meta.get("cells"),
-            store_fingerprint=meta.get("store_fingerprint"),
-            data=dict(meta.get("data") or {}),
-            temperature=float(meta.get("temperature") or 1.0),
-            training=dict(meta.get("training") or {}),
-            kind="model",
-            cell_profiles=meta.get("cell_profiles"),
-        )
+        return model, _entries(meta, "model")
     meta = obj.get(LIGHTNING_KEY)
     if not isinstance(meta, Mapping) or "state_dict" not in obj:
-        raise CheckpointError(
-            f"{path}: not a cpgformer checkpoint (for original CpG Transformer files use "
-            "`cpgformer convert-checkpoint` or `cpgformer train --init-from`)"
-        )
+        return _read_original(path, obj, hparams)
     version = meta.get("format_version")
     if not isinstance(version, int) or version > SUPPORTED_VERSION:
         raise CheckpointError(
@@ -216,17 +150,49 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     cells = meta.get("cells")
     if cells is not None and len(cells) != config.n_cells:
         raise CheckpointError(f"{path}: {len(cells)} cell names for {config.n_cells} cells")
-    return LoadedCheckpoint(
-        model=model,
-        config=config,
-        cells=list(cells) if cells is not None else None,
-        store_fingerprint=meta.get("store_fingerprint"),
-        data=dict(meta.get("data") or {}),
-        temperature=float(meta.get("temperature") or 1.0),
-        training=dict(meta.get("training") or {}),
-        kind="lightning",
-        cell_profiles=meta.get("cell_profiles"),
+    return model, _entries(meta, "lightning")
+
+
+def _entries(meta: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    cells = meta.get("cells")
+    return {
+        "cells": list(cells) if cells is not None else None,
+        "store_fingerprint": meta.get("store_fingerprint"),
+        "data": dict(meta.get("data") or {}),
+        "temperature": float(meta.get("temperature") or 1.0),
+        "training": dict(meta.get("training") or {}),
+        "kind": kind,
+        "cell_profiles": meta.get("cell_profiles"),
+    }
+
+
+def _read_original(
+    path: str | os.PathLike[str], obj: Mapping[str, Any], hparams: Mapping[str, Any] | None
+) -> tuple[CpGTransformer, dict[str, Any]]:
+    """An original CpG Transformer state dict (bare, or under ``state_dict``) as our network."""
+    state = obj.get("state_dict", obj)
+    known = isinstance(state, Mapping) and any(
+        ".attn_list." in str(k) or "CpG_embed" in str(k) for k in state
     )
+    if not known or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path}: not a cpgformer checkpoint nor an original CpG Transformer state dict"
+        )
+    file_hparams = obj.get("hyper_parameters", obj.get("hparams")) or {}
+    merged = {**dict(file_hparams), **dict(hparams or {})}
+    try:
+        model = legacy.from_original(state, merged)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model.eval()
+    return model, _entries({}, "original")
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Model:
+    """:meth:`cpgformer.model.Model.load` (the name older code knows)."""
+    from cpgformer.model import Model
+
+    return Model.load(path)
 
 
 def save_checkpoint(
@@ -239,9 +205,7 @@ def save_checkpoint(
     temperature: float = 1.0,
     cell_profiles: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a plain model file (atomic) that :func:`load_checkpoint` reads back."""
-    from cpgformer.nn.serialize import save_model
-
+    """Write a plain model file (atomic) that :func:`read_checkpoint` reads back."""
     save_model(
         path,
         model,

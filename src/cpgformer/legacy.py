@@ -20,6 +20,7 @@ from torch import Tensor
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn.config import ModelConfig
 from cpgformer.nn.model import CpGTransformer
+from cpgformer.nn.serialize import build_model
 
 log = logging.getLogger(__name__)
 
@@ -174,30 +175,14 @@ def from_original(
 ) -> CpGTransformer:
     """Our model with the weights of an original state dict (strict keys and shapes)."""
     config = config_from_original(state_dict, hparams)
-    model = CpGTransformer(config)
     given = {LEGACY_RENAMES.get(k, k): v for k, v in state_dict.items()}
     for old, new in LEGACY_RENAMES.items():
         if old in state_dict:
             log.info("renamed legacy key %s -> %s", old, new)
-    ours = model.state_dict()
-    wanted = {original_key(k): k for k in ours}
-    missing = sorted(set(wanted) - set(given))
-    unexpected = sorted(set(given) - set(wanted))
-    problems = []
-    if missing:
-        problems.append("missing key(s): " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected key(s): " + ", ".join(unexpected))
-    for orig, value in given.items():
-        if orig in wanted and tuple(value.shape) != tuple(ours[wanted[orig]].shape):
-            problems.append(
-                f"shape of {orig} is {list(value.shape)}, expected "
-                f"{list(ours[wanted[orig]].shape)} for {config.mode} model"
-            )
-    if problems:
-        raise CheckpointError("original checkpoint does not fit: " + "; ".join(problems))
-    model.load_state_dict({wanted[k]: v for k, v in given.items()}, strict=True)
-    return model
+    ours = {original_key(k): k for k in CpGTransformer(config).state_dict()}
+    state = {ours.get(k, k): v for k, v in given.items()}  # unknown keys stay as the file has them
+    names = {k: orig for orig, k in ours.items()}
+    return build_model(config, state, "original checkpoint", names)
 
 
 def to_original(model: CpGTransformer) -> dict[str, Tensor]:

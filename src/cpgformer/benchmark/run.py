@@ -45,8 +45,9 @@ from cpgformer.benchmark.report import write_report
 from cpgformer.data.config import DataConfig
 from cpgformer.data.segments import Region, regions_from_record, resolve_split
 from cpgformer.errors import UsageError
-from cpgformer.io.fasta import Reference
 from cpgformer.io.store import Dataset, open_dataset
+from cpgformer.io.store import reference as find_reference
+from cpgformer.model import IGNORE_FINGERPRINT_HELP
 from cpgformer.nn import ModelConfig
 from cpgformer.utils.atomic import atomic_dir
 
@@ -317,6 +318,7 @@ class BenchmarkOptions:
     )
     figures: bool = field(default=True, metadata=_meta("write the PNG figures"))
     overwrite: bool = field(default=False, metadata=_meta("replace an existing output"))
+    ignore_fingerprint: bool = field(default=False, metadata=_meta(IGNORE_FINGERPRINT_HELP))
     deepcpg: DeepCpGConfig | None = None
     camelia: CaMeliaConfig | None = None
 
@@ -353,15 +355,13 @@ def run_benchmark(
     cells = list(ds.cells)
     objs = _models(opts)
     model_names = [m.name for m in objs]
-    split = resolve_benchmark_split(ds, opts.test_chromosomes, *_checkpoint_split(objs))
+    split = resolve_benchmark_split(
+        ds, opts.test_chromosomes, *_checkpoint_split(objs, ds, opts.ignore_fingerprint)
+    )
     cell_mask = _scored_cells(cells, opts.exclude_cells)
-    fasta_path = str(opts.fasta) if opts.fasta else None
-    if fasta_path is None and ds.fasta_path and Path(ds.fasta_path).exists():
-        fasta_path = ds.fasta_path
-    reference = None
-    if fasta_path:
-        reference = Reference(fasta_path)
-        log.info("DNA features from %s", fasta_path)
+    reference = find_reference(opts.fasta, ds)  # optional: DNA features where a FASTA is there
+    if reference is not None:
+        log.info("DNA features from %s", reference.path)
     tss = None
     if opts.tss_bed is not None:
         tss = match_tss_chromosomes(read_tss_bed(opts.tss_bed), list(ds.chromosomes), opts.tss_bed)
@@ -391,7 +391,7 @@ def run_benchmark(
         "train_regions": _region_rows(ds, split.regions, "train"),
         "excluded_cells": list(opts.exclude_cells),
         "n_cells": len(cells),
-        "fasta": fasta_path,
+        "fasta": None if reference is None else str(reference.path),
         "tss_bed": None if opts.tss_bed is None else str(opts.tss_bed),
         "models": model_names,
         "timings": timings,
@@ -425,12 +425,16 @@ def _models(opts: BenchmarkOptions) -> list[Any]:
     return objs
 
 
-def _checkpoint_split(objs: Sequence[Any]) -> tuple[dict, int | None]:
-    """(data parameters, receptive field) of the cpgformer model among ``objs`` ({} and None)."""
+def _checkpoint_split(
+    objs: Sequence[Any], ds: Any, ignore_fingerprint: bool
+) -> tuple[dict, int | None]:
+    """(data parameters, receptive field) of the cpgformer model among ``objs`` ({} and None); the
+    model is told the store it will be checked against (in its ``fit``)."""
     ckpt_data: dict = {}
     ckpt_rf: int | None = None
     for m in objs:
         if isinstance(m, CpgformerModel):
+            m.use_store(ds, ignore_fingerprint)
             ckpt_data, ckpt_rf = m.data, m.receptive_field
     return ckpt_data, ckpt_rf
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from cpgformer.impute import calibrate
+from cpgformer.model import IGNORE_FINGERPRINT_HELP
 
 NAME = "calibrate"
 HELP = "fit a calibration temperature on masked validation calls; write a calibrated checkpoint"
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fasta", help="reference FASTA (default: the one the store records)")
     parser.add_argument("--tile-sites", type=int, default=1024, help="sites per tile")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         tile_sites=args.tile_sites,
         batch_size=args.batch_size,
         fasta=args.fasta,
+        ignore_fingerprint=args.ignore_fingerprint,
         overwrite=args.overwrite,
     )
     sys.stdout.write(json.dumps(report, indent=1) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cpgformer.errors import InputError, UsageError
+from cpgformer.model import IGNORE_FINGERPRINT_HELP
 from cpgformer.utils.atomic import atomic_dir
 
 NAME = "cells"
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="metadata column of known groups: ARI/NMI of the raw and imputed clusterings",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of UMAP and k-means (default: 0)")
+    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -88,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
                 f"no column {column!r} in the store's cell table or --cell-metadata "
                 f"(has {', '.join(map(str, obs.columns))})"
             )
-    representations = lib.cell_representations(args.checkpoint, ds)
+    representations = lib.cell_representations(
+        args.checkpoint, ds, ignore_fingerprint=args.ignore_fingerprint
+    )
     adata = lib.cell_map(
         representations,
         obs,

@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from cpgformer.errors import InputError
+from cpgformer.integrity import check_path
+
 NAME = "check"
 HELP = "verify a dataset store, imputed store or checkpoint: sizes, checksums, manifest vs content"
 
@@ -16,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpgformer.errors import InputError
-    from cpgformer.integrity import check_path
 
     summary, problems = check_path(args.path)
     report = {"path": args.path, **summary, "ok": not problems, "problems": problems}

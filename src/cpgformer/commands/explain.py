@@ -9,6 +9,21 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from cpgformer.errors import UsageError
+from cpgformer.explain import (
+    plot_attention,
+    plot_attributions,
+    plot_dna_track,
+    read_sites,
+    save_npz,
+)
+from cpgformer.io.store import open_dataset
+from cpgformer.io.store import reference as find_reference
+from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, resolve_device
+from cpgformer.utils.atomic import atomic_dir
+
 NAME = "explain"
 HELP = (
     "explain predictions of chosen (site, cell) pairs: integrated gradients over the neighbouring "
@@ -79,14 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", default="png", choices=["png", "pdf", "svg"], help="figure format (png)"
     )
+    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the output directory if it exists"
     )
 
 
 def _summary_row(k: int, expl, npz_name: str) -> dict:  # noqa: ANN001 - SiteExplanation
-    import numpy as np
-
     target = expl.states[expl.target_index, expl.target_cell]
     others = np.abs(expl.cell_totals).copy()
     top = int(np.argmax(others))
@@ -110,62 +124,24 @@ def _summary_row(k: int, expl, npz_name: str) -> dict:  # noqa: ANN001 - SiteExp
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from cpgformer.checkpoint import load_checkpoint
-    from cpgformer.errors import UsageError
-    from cpgformer.explain import (
-        explain_sites,
-        plot_attention,
-        plot_attributions,
-        plot_dna_track,
-        read_sites,
-        save_npz,
-    )
-    from cpgformer.io.store import open_dataset
-    from cpgformer.utils.atomic import atomic_dir
-
     if args.n_steps < 1:
         raise UsageError(f"--n-steps must be >= 1, got {args.n_steps}")
     queries = read_sites(args.sites)
     ds = open_dataset(args.store)
-    loaded = load_checkpoint(args.checkpoint)
-    if loaded.store_fingerprint and loaded.store_fingerprint != ds.fingerprint:
-        log.warning(
-            "store fingerprint %s differs from the checkpoint's training store %s: explaining "
-            "predictions on another store of the same cells",
-            ds.fingerprint[:12],
-            loaded.store_fingerprint[:12],
-        )
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {args.device!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    reference = None
-    if loaded.config.has_dna:
-        fasta = args.fasta or ds.fasta_path
-        if not fasta:
-            raise UsageError(
-                "the model uses DNA windows: give the reference with --fasta (the store records none)"
-            )
-        from cpgformer.io.fasta import Reference
-
-        reference = Reference(fasta)
-    elif args.fasta:
+    model = Model.load(args.checkpoint)
+    device = resolve_device(args.device)
+    need = "the model uses DNA windows" if model.config.has_dna else None
+    if need is None and args.fasta:
         log.info("the model uses no DNA: --fasta ignored")
-
-    results = explain_sites(
-        loaded.model,
+    results = model.explain(
         ds,
         queries,
-        reference=reference,
+        reference=find_reference(args.fasta, ds, need) if need else None,
         n_steps=args.n_steps,
         baseline=args.baseline,
-        cells=loaded.cells,
         attention=not args.no_attention,
         device=device,
+        ignore_fingerprint=args.ignore_fingerprint,
     )
     rows = []
     inputs = [args.store, args.checkpoint, args.sites, args.fasta]

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from cpgformer.impute import DTYPES, MAX_TILE_TOKENS, SITE_MODES, ImputeOptions, impute
+from cpgformer.model import IGNORE_FINGERPRINT_HELP
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps"
     )
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)  # deprecated
-    parser.add_argument(
-        "--ignore-fingerprint",
-        action="store_true",
-        help="impute a store other than the training store (cells must still match; models "
-        "trained with --cell-encoder profile take any store and any cells)",
-    )
+    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 

@@ -8,6 +8,8 @@ import math
 import sys
 from typing import Any
 
+from cpgformer.io.store import open_dataset
+
 NAME = "info"
 HELP = "summarise a dataset store: cells, chromosomes, sites, calls, fill fraction, per-cell stats"
 
@@ -33,8 +35,6 @@ def _num(value: Any) -> Any:
 
 def store_summary(path: str) -> dict:
     """The ``info --json`` dictionary of a store (reads only the manifest and cells table)."""
-    from cpgformer.io.store import open_dataset
-
     ds = open_dataset(path)
     m = ds.manifest
     n_cells = ds.n_cells

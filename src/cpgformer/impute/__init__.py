@@ -1,8 +1,8 @@
 """Genome-wide imputation: overlap-tiled streaming inference into a compact, resumable imputed store.
 
-Modules:
+A model reaches these functions as a :class:`cpgformer.model.Model` (or a checkpoint path); tiled
+inference sees it through a :class:`cpgformer.model.Predictor`. Modules:
 
-* :mod:`~cpgformer.impute.predictor`: the model seam (:class:`Predictor`, :class:`ModelSource`);
 * :mod:`~cpgformer.impute.tiles`: tiling arithmetic and one block's predictions;
 * :mod:`~cpgformer.impute.dna`: DNA embeddings of a block's sites (shared convolutions);
 * :mod:`~cpgformer.impute.sites`: which rows are imputed and their observed calls;
@@ -24,15 +24,6 @@ from cpgformer.impute.calibration import (
 )
 from cpgformer.impute.dna import embed_sites, shared_dna_embedding
 from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed
-from cpgformer.impute.predictor import (
-    ModelSource,
-    PredictFn,
-    Predictor,
-    cell_index_map,
-    file_digest,
-    load_model_source,
-    resolve_device,
-)
 from cpgformer.impute.probabilities import DTYPES, dequantize, quantize, to_probabilities
 from cpgformer.impute.run import SITE_MODES, ImputeOptions, default_chunk_sites, impute
 from cpgformer.impute.sites import all_cpg_positions
@@ -44,6 +35,7 @@ from cpgformer.impute.tiles import (
     plan_tiles,
     predict_block,
 )
+from cpgformer.model import PredictFn, Predictor, file_digest, resolve_device
 
 __all__ = [
     "DTYPES",
@@ -54,7 +46,6 @@ __all__ = [
     "HeldOut",
     "ImputeOptions",
     "ImputedStore",
-    "ModelSource",
     "PredictFn",
     "Predictor",
     "Tile",
@@ -64,7 +55,6 @@ __all__ = [
     "binary_nll",
     "calibrate",
     "calibration_report",
-    "cell_index_map",
     "default_chunk_sites",
     "dequantize",
     "embed_sites",
@@ -72,7 +62,6 @@ __all__ = [
     "file_digest",
     "fit_temperature",
     "impute",
-    "load_model_source",
     "masked_holdout",
     "open_imputed",
     "plan_tile_shape",

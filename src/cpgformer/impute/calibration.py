@@ -16,11 +16,13 @@ import numpy as np
 from cpgformer.codes import MISSING
 from cpgformer.errors import UsageError
 from cpgformer.impute.dna import chunk_embedding
-from cpgformer.impute.predictor import ModelSource, Predictor, file_digest, load_model_source
 from cpgformer.impute.probabilities import to_probabilities
-from cpgformer.impute.run import ImputeOptions, default_chunk_sites, open_reference, windows_fn_for
+from cpgformer.impute.run import ImputeOptions, default_chunk_sites, windows_fn_for
 from cpgformer.impute.sites import ChromSource, observed_to_model_input
 from cpgformer.impute.tiles import predict_block
+from cpgformer.io.store import as_dataset
+from cpgformer.io.store import reference as find_reference
+from cpgformer.model import Model, Predictor, as_model
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output, remove_leftovers
 
@@ -114,7 +116,7 @@ def _mask_for(chrom: str, label: np.ndarray, fraction: float, seed: int) -> np.n
 
 def masked_holdout(
     store: Any,
-    model: ModelSource | str | os.PathLike[str],
+    model: Model | str | os.PathLike[str],
     chroms: Sequence[str],
     *,
     fraction: float = 0.1,
@@ -124,31 +126,27 @@ def masked_holdout(
     chunk_sites: int | None = None,
     fasta: str | None = None,
     max_observed: int = 2_000_000,
+    ignore_fingerprint: bool = False,
 ) -> HeldOut:
     """Hide a seeded ``fraction`` of the observed calls of ``chroms`` and predict every call.
 
     Returns the logits of the hidden calls with their labels (for fitting / scoring a temperature),
     and of up to ``max_observed`` of the remaining observed calls (their denoised predictions).
     """
-    from cpgformer.io.store import Dataset, open_dataset
-
-    ds = store if isinstance(store, Dataset) else open_dataset(store)
-    source = model if isinstance(model, ModelSource) else load_model_source(model)
-    predictor = source.predictor
+    ds = as_dataset(store)
+    source = as_model(model)
+    predictor = source.predictor()
     if predictor.data_mode != "binary":
         raise UsageError("calibration by temperature scaling applies to binary models only")
     if not 0 < fraction < 1:
         raise UsageError(f"mask fraction must be in (0, 1), got {fraction}")
-    cell_ids = source.cell_ids_for(ds)
+    cell_ids = source.check(ds, ignore_fingerprint)
     reference = None
     if predictor.dna_window:
-        fasta = fasta or ds.fasta_path
-        if not fasta:
-            raise UsageError("the model uses DNA windows: give the reference with --fasta")
-        reference = open_reference(str(fasta))
+        reference = find_reference(fasta, ds, "the model uses DNA windows")
+    block = _Block(predictor, cell_ids, tile_sites, batch_size)
     chunk = int(chunk_sites or default_chunk_sites(ds.n_cells))
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("ml", "my", "mc", "ol", "oy", "oc")}
-    m = predictor.margin
     for chrom in chroms:
         if chrom not in ds.chromosomes:
             raise UsageError(f"{ds.path}: chromosome {chrom!r} is not in the store")
@@ -158,38 +156,7 @@ def masked_holdout(
         windows_fn = windows_fn_for(reference, src, predictor.dna_window) if reference else None
         for a in range(0, src.n_sites, chunk):
             b = min(src.n_sites, a + chunk)
-            lo, hi = max(0, a - m), min(src.n_sites, b + m)
-            states = src.states(lo, hi)
-            k0, k1 = int(indptr[lo]), int(indptr[hi])
-            nnz_rows = np.repeat(np.arange(hi - lo), np.diff(indptr[lo : hi + 1]))
-            hidden = hide[k0:k1]
-            states[nnz_rows[hidden], cell[k0:k1][hidden]] = MISSING
-            embedding = None
-            if windows_fn is not None:
-                embedding = chunk_embedding(predictor, src, lo, hi, windows_fn, ImputeOptions())
-            raw = predict_block(
-                predictor,
-                observed_to_model_input(states, False),
-                np.asarray(src.positions[lo:hi], dtype=np.int64),
-                a - lo,
-                b - lo,
-                cell_ids=cell_ids,
-                dna_embedding=embedding,
-                tile_sites=tile_sites,
-                batch_size=batch_size,
-            )
-            inside = (nnz_rows >= a - lo) & (nnz_rows < b - lo)
-            r = nnz_rows - (a - lo)
-            c = cell[k0:k1]
-            lab = label[k0:k1]
-            sel = inside & hidden
-            out["ml"].append(raw[r[sel], c[sel]])
-            out["my"].append(lab[sel])
-            out["mc"].append(c[sel])
-            sel = inside & ~hidden & (lab >= 0)
-            out["ol"].append(raw[r[sel], c[sel]])
-            out["oy"].append(lab[sel])
-            out["oc"].append(c[sel])
+            block.predict(src, a, b, indptr, cell, label, hide, windows_fn, out)
 
     def cat(key: str, dtype: type) -> np.ndarray:
         return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
@@ -201,9 +168,63 @@ def masked_holdout(
     return HeldOut(cat("ml", np.float32), cat("my", np.int8), ol, oy, cat("mc", np.int32), oc)
 
 
+@dataclass
+class _Block:
+    """Predicts the calls of rows ``[a, b)`` with the chosen ones hidden (m rows of context)."""
+
+    predictor: Predictor
+    cell_ids: np.ndarray
+    tile_sites: int
+    batch_size: int
+
+    def predict(
+        self,
+        src: ChromSource,
+        a: int,
+        b: int,
+        indptr: np.ndarray,
+        cell: np.ndarray,
+        label: np.ndarray,
+        hide: np.ndarray,
+        windows_fn: Any,
+        out: dict[str, list[np.ndarray]],
+    ) -> None:
+        """Append the logits, labels and cells of the hidden (``m*``) and other observed (``o*``)
+        calls of rows ``[a, b)`` to ``out``."""
+        m = self.predictor.margin
+        lo, hi = max(0, a - m), min(src.n_sites, b + m)
+        states = src.states(lo, hi)
+        k0, k1 = int(indptr[lo]), int(indptr[hi])
+        nnz_rows = np.repeat(np.arange(hi - lo), np.diff(indptr[lo : hi + 1]))
+        hidden = hide[k0:k1]
+        states[nnz_rows[hidden], cell[k0:k1][hidden]] = MISSING
+        embedding = None
+        if windows_fn is not None:
+            embedding = chunk_embedding(self.predictor, src, lo, hi, windows_fn, ImputeOptions())
+        raw = predict_block(
+            self.predictor,
+            observed_to_model_input(states, False),
+            np.asarray(src.positions[lo:hi], dtype=np.int64),
+            a - lo,
+            b - lo,
+            cell_ids=self.cell_ids,
+            dna_embedding=embedding,
+            tile_sites=self.tile_sites,
+            batch_size=self.batch_size,
+        )
+        inside = (nnz_rows >= a - lo) & (nnz_rows < b - lo)
+        r = nnz_rows - (a - lo)
+        c = cell[k0:k1]
+        lab = label[k0:k1]
+        for prefix, sel in (("m", inside & hidden), ("o", inside & ~hidden & (lab >= 0))):
+            out[prefix + "l"].append(raw[r[sel], c[sel]])
+            out[prefix + "y"].append(lab[sel])
+            out[prefix + "c"].append(c[sel])
+
+
 def calibrate(
     store: Any,
-    checkpoint: str | os.PathLike[str],
+    model: Model | str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
     chroms: Sequence[str] | None = None,
@@ -212,71 +233,63 @@ def calibrate(
     tile_sites: int = 1024,
     batch_size: int = 8,
     fasta: str | None = None,
+    ignore_fingerprint: bool = False,
     overwrite: bool = False,
 ) -> dict:
     """Fit a temperature on seeded masked calls of ``chroms`` and write a calibrated checkpoint.
 
-    ``chroms`` default to the checkpoint's validation chromosomes. The new checkpoint (a plain model
-    file, see :func:`cpgformer.checkpoint.save_checkpoint`) carries the same weights, cells,
-    fingerprint and data parameters, and the fitted ``temperature``. Returns the report (ECE and
-    NLL before/after on the masked calls, ECE of the denoised observed calls before/after).
+    ``model``: a checkpoint path or a :class:`~cpgformer.model.Model`. ``chroms`` default to the
+    checkpoint's validation chromosomes. The new checkpoint (a plain model file, see
+    :meth:`cpgformer.model.Model.save`) carries the same weights, cells, fingerprint and data
+    parameters, and the fitted ``temperature``. Returns the report (ECE and NLL before/after on the
+    masked calls, ECE of the denoised observed calls before/after).
     """
     out = Path(out)
-    inputs = [getattr(store, "path", store), checkpoint, fasta]
+    model_path = model.path if isinstance(model, Model) else model
+    inputs = [getattr(store, "path", store), model_path, fasta]
     check_output(out, "model", overwrite=overwrite, inputs=inputs)
     with output_lock(out):
         check_output(out, "model", overwrite=overwrite, inputs=inputs)
         remove_leftovers(out)
-        return _calibrate(
-            store, checkpoint, out, chroms, fraction, seed, tile_sites, batch_size, fasta
+        source = as_model(model)
+        ds = as_dataset(store)
+        source.check(ds, ignore_fingerprint)
+        chroms = list(chroms) if chroms else _validation_chromosomes(ds, source)
+        held = masked_holdout(
+            ds,
+            source,
+            chroms,
+            fraction=fraction,
+            seed=seed,
+            tile_sites=tile_sites,
+            batch_size=batch_size,
+            fasta=fasta,
+            ignore_fingerprint=ignore_fingerprint,
         )
-
-
-def _calibrate(
-    store: Any,
-    checkpoint: str | os.PathLike[str],
-    out: Path,
-    chroms: Sequence[str] | None,
-    fraction: float,
-    seed: int,
-    tile_sites: int,
-    batch_size: int,
-    fasta: str | None,
-) -> dict:
-    from cpgformer.checkpoint import load_checkpoint, save_checkpoint
-    from cpgformer.io.store import open_dataset
-
-    ds = open_dataset(store)
-    loaded = load_checkpoint(checkpoint)
-    if loaded.store_fingerprint and loaded.store_fingerprint != ds.fingerprint:
-        raise UsageError(
-            f"{ds.path}: store fingerprint {ds.fingerprint[:12]} differs from the checkpoint's "
-            f"({loaded.store_fingerprint[:12]}); calibrate on the training store"
+        report = _fit_report(held, chroms, fraction, seed, source.temperature)
+        source.save(
+            out,
+            data={**source.data, "calibration": report},
+            temperature=report["temperature"],
         )
+        return report
+
+
+def _validation_chromosomes(ds: Any, model: Model) -> list[str]:
+    """The checkpoint's validation chromosomes, as the store names them."""
+    wanted = list((model.data or {}).get("val_chromosomes") or [])
+    chroms = [c for c in (_store_name(ds, name) for name in wanted) if c is not None]
     if not chroms:
-        wanted = list((loaded.data or {}).get("val_chromosomes") or [])
-        chroms = [_store_name(ds, c) for c in wanted]
-        chroms = [c for c in chroms if c is not None]
-        if not chroms:
-            raise UsageError(
-                "the checkpoint names no validation chromosome of this store: pass --chroms"
-            )
-    source = ModelSource(
-        Predictor.from_model(loaded.model),
-        checkpoint_id=file_digest(checkpoint),
-        cells=loaded.cells,
-        store_fingerprint=loaded.store_fingerprint,
-    )
-    held = masked_holdout(
-        ds,
-        source,
-        chroms,
-        fraction=fraction,
-        seed=seed,
-        tile_sites=tile_sites,
-        batch_size=batch_size,
-        fasta=fasta,
-    )
+        raise UsageError(
+            "the checkpoint names no validation chromosome of this store: pass --chroms"
+        )
+    return chroms
+
+
+def _fit_report(
+    held: HeldOut, chroms: Sequence[str], fraction: float, seed: int, previous: float
+) -> dict:
+    """The fitted temperature with ECE and NLL before and after (masked and observed calls)."""
     if held.masked_labels.size < 100:
         raise UsageError(
             f"only {held.masked_labels.size} masked calls on {', '.join(chroms)}: too few to fit a "
@@ -289,7 +302,7 @@ def _calibrate(
             "chromosomes": list(chroms),
             "mask_fraction": fraction,
             "seed": seed,
-            "previous_temperature": float(loaded.temperature or 1.0),
+            "previous_temperature": float(previous or 1.0),
             "n_observed": int(held.observed_labels.size),
             "ece_observed_before": expected_calibration_error(
                 to_probabilities(held.observed_logits, "binary"), held.observed_labels
@@ -299,16 +312,6 @@ def _calibrate(
                 held.observed_labels,
             ),
         }
-    )
-    data = dict(loaded.data or {})
-    data["calibration"] = report
-    save_checkpoint(
-        out,
-        loaded.model,
-        cells=loaded.cells,
-        store_fingerprint=loaded.store_fingerprint,
-        data=data,
-        temperature=temperature,
     )
     log.info(
         "temperature %.3f fitted on %d masked calls: ECE %.4f -> %.4f",

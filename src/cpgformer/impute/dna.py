@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cpgformer.impute.predictor import Predictor
+from cpgformer.model import Predictor
 
 if TYPE_CHECKING:
     from cpgformer.impute.run import ImputeOptions

@@ -24,10 +24,13 @@ from cpgformer import __version__
 from cpgformer.errors import UsageError
 from cpgformer.impute.dna import chunk_embedding
 from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed, partial_dir
-from cpgformer.impute.predictor import ModelSource, Predictor, load_model_source
 from cpgformer.impute.probabilities import DTYPES, quantize, to_probabilities
 from cpgformer.impute.sites import ChromSource, all_cpg_positions, observed_to_model_input
 from cpgformer.impute.tiles import MAX_TILE_TOKENS, predict_block
+from cpgformer.integrity import file_digests
+from cpgformer.io.store import as_dataset, fasta_for
+from cpgformer.io.store import reference as find_reference
+from cpgformer.model import Model, Predictor, as_model
 from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output
@@ -92,15 +95,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def open_reference(path: str) -> Any:
-    from cpgformer.io.fasta import Reference
-
-    return Reference(path)
-
-
 def impute(
     store: Any,
-    model: ModelSource | str | os.PathLike[str],
+    model: Model | str | os.PathLike[str],
     out: str | os.PathLike[str],
     options: ImputeOptions | None = None,
     *,
@@ -109,58 +106,38 @@ def impute(
     """Impute every (site, cell) of ``store`` with ``model`` into the imputed store ``out``.
 
     ``store``: a path or an open :class:`cpgformer.io.store.Dataset`; ``model``: a checkpoint path or a
-    :class:`ModelSource`; ``device``: where a checkpoint's model runs (default CPU; the output does
-    not depend on it beyond floating-point rounding, so a run may resume on another device). Resumes an interrupted run with the same settings; see the module docstring.
+    :class:`cpgformer.model.Model`; ``device``: where the model runs (default CPU; the output does
+    not depend on it beyond floating-point rounding, so a run may resume on another device).
+    Resumes an interrupted run with the same settings; see :mod:`cpgformer.impute`.
     """
     opts = options or ImputeOptions()
     out = Path(out)
-    inputs = [getattr(store, "path", store), None if isinstance(model, ModelSource) else model]
-    check_output(out, "imputed", overwrite=opts.overwrite, inputs=[*inputs, opts.fasta])
+    inputs = [getattr(store, "path", store), _model_path(model), opts.fasta]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
     with output_lock(out):  # one writer per output; the partial run below is ours to resume
-        return _impute(store, model, out, opts, device=device)
+        return _impute(store, model, out, opts, device)
 
 
-def _impute(
-    store: Any,
-    model: ModelSource | str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    options: ImputeOptions | None = None,
-    *,
-    device: str | torch.device | None = None,
-) -> ImputedStore:
+def _model_path(model: Model | str | os.PathLike[str]) -> Any:
+    return model.path if isinstance(model, Model) else model
+
+
+def _impute(store: Any, model: Model | str, out: Path, opts: ImputeOptions, device: Any) -> Any:
     """:func:`impute` while holding the output's lock."""
-    from cpgformer.io.store import Dataset, open_dataset
-
-    opts = options or ImputeOptions()
-    ds = store if isinstance(store, Dataset) else open_dataset(store)
-    source = model if isinstance(model, ModelSource) else load_model_source(model, device)
-    predictor = source.predictor
+    ds = as_dataset(store)
+    source = as_model(model)
+    predictor = source.predictor(device)
     out = Path(out)
-    if opts.dtype not in DTYPES:
-        raise UsageError(f"unknown output dtype {opts.dtype!r} (choose from {', '.join(DTYPES)})")
-    if opts.sites not in SITE_MODES:
-        raise UsageError(f"--sites must be one of {', '.join(SITE_MODES)}, got {opts.sites!r}")
-
-    # ---- compatibility of store and checkpoint
-    cell_ids = source.cell_ids_for(ds, opts.ignore_fingerprint)
+    _check_options(opts)
+    cell_ids = source.check(ds, opts.ignore_fingerprint)
     temperature = float(opts.temperature if opts.temperature else source.temperature)
     if temperature <= 0:
         raise UsageError(f"temperature must be > 0, got {temperature}")
-
-    chroms = list(opts.chroms) if opts.chroms else list(ds.chromosomes)
-    for c in chroms:
-        if c not in ds.chromosomes:
-            raise UsageError(
-                f"{ds.path}: chromosome {c!r} is not in the store (has {', '.join(ds.chromosomes[:10])})"
-            )
-    fasta = opts.fasta or ds.fasta_path
-    reference = None
-    if predictor.dna_window or opts.sites == "all":
-        if not fasta:
-            need = "the model uses DNA windows" if predictor.dna_window else "--sites all"
-            raise UsageError(f"{need}: give the reference with --fasta (the store records none)")
-        reference = open_reference(str(fasta))
-
+    chroms = _chromosomes(ds, opts.chroms)
+    need = "the model uses DNA windows" if predictor.dna_window else None
+    if need is None and opts.sites == "all":
+        need = "--sites all"
+    reference = find_reference(opts.fasta, ds, need) if need else None
     sources = []
     for c in chroms:
         positions = all_cpg_positions(reference, c) if opts.sites == "all" else None
@@ -168,8 +145,67 @@ def _impute(
     chunk_sites = int(opts.chunk_sites or default_chunk_sites(ds.n_cells))
     if chunk_sites < 1:
         raise UsageError(f"chunk size must be >= 1 site, got {chunk_sites}")
+    fasta = fasta_for(opts.fasta, ds)
+    plan = _plan(ds, source, predictor, opts, temperature, fasta, chunk_sites, sources)
+    inputs = [ds.path, _model_path(model), fasta]
+    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
+    work = _work_dir(out, plan, opts.overwrite)
+    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+    _run_chunks(work, plan, sources, predictor, reference, cell_ids, temperature, opts)
+    manifest = dict(plan)
+    manifest.update(
+        {
+            "complete": True,
+            "package_version": __version__,
+            "model_config": source.config_dict,
+            "tile_sites": opts.tile_sites,
+            "margin_sites": predictor.margin,
+            "n_cells": ds.n_cells,
+            "n_sites": int(sum(s.n_sites for s in sources)),
+        }
+    )
+    _finish(work, out, manifest)
+    log.info(
+        "imputed %d sites x %d cells on %d chromosome(s) into %s",
+        manifest["n_sites"],
+        ds.n_cells,
+        len(sources),
+        out,
+    )
+    return open_imputed(out)
 
-    plan = {
+
+def _check_options(opts: ImputeOptions) -> None:
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"unknown output dtype {opts.dtype!r} (choose from {', '.join(DTYPES)})")
+    if opts.sites not in SITE_MODES:
+        raise UsageError(f"--sites must be one of {', '.join(SITE_MODES)}, got {opts.sites!r}")
+
+
+def _chromosomes(ds: Any, wanted: Sequence[str] | None) -> list[str]:
+    """``wanted`` (default: all of the store's), each checked to be in the store."""
+    chroms = list(wanted) if wanted else list(ds.chromosomes)
+    for c in chroms:
+        if c not in ds.chromosomes:
+            raise UsageError(
+                f"{ds.path}: chromosome {c!r} is not in the store (has {', '.join(ds.chromosomes[:10])})"
+            )
+    return chroms
+
+
+def _plan(
+    ds: Any,
+    source: Model,
+    predictor: Predictor,
+    opts: ImputeOptions,
+    temperature: float,
+    fasta: str | None,
+    chunk_sites: int,
+    sources: Sequence[ChromSource],
+) -> dict:
+    """Everything that determines the output: a resumed run must have the same plan."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "store": str(Path(ds.path).resolve()),
@@ -194,9 +230,9 @@ def _impute(
         ],
     }
 
-    # ---- output directory: fresh, or resume an unfinished run with the same plan (one writer)
-    inputs = [ds.path, model if not isinstance(model, ModelSource) else None, fasta]
-    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
+
+def _work_dir(out: Path, plan: dict, overwrite: bool) -> Path:
+    """The partial output directory: fresh, or an unfinished run with the same plan to resume."""
     work = partial_dir(out)
     plan_path = work / "plan.json"
     if work.exists():
@@ -209,7 +245,7 @@ def _impute(
             log.info("removing %s (an earlier run stopped before it started)", work)
             shutil.rmtree(work)
         elif old != json.loads(json.dumps(plan, default=_json_default)):
-            if not opts.overwrite:
+            if not overwrite:
                 raise UsageError(
                     f"{work}: an unfinished imputation with other settings (store, checkpoint or "
                     "options) is there; rerun it with its settings to resume, or pass --overwrite"
@@ -220,10 +256,21 @@ def _impute(
     if not work.exists():
         work.mkdir(parents=True)
         _save_json(plan_path, plan)
-    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
-    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+    return work
 
-    # ---- chunks
+
+def _run_chunks(
+    work: Path,
+    plan: dict,
+    sources: Sequence[ChromSource],
+    predictor: Predictor,
+    reference: Any,
+    cell_ids: np.ndarray,
+    temperature: float,
+    opts: ImputeOptions,
+) -> None:
+    """Write every chunk not written yet (an earlier run's chunks are kept)."""
+    chunk_sites = plan["chunk_sites"]
     total = sum(c["n_chunks"] for c in plan["chromosomes"])
     done_before = 0
     with bar(total, desc="imputing", unit="chunk") as progress_bar:
@@ -247,33 +294,14 @@ def _impute(
     if done_before:
         log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
 
-    manifest = dict(plan)
-    manifest.update(
-        {
-            "complete": True,
-            "package_version": __version__,
-            "model_config": source.config,
-            "tile_sites": opts.tile_sites,
-            "margin_sites": predictor.margin,
-            "n_cells": ds.n_cells,
-            "n_sites": int(sum(s.n_sites for s in sources)),
-        }
-    )
-    _clean_partials(work)
-    from cpgformer.integrity import file_digests
 
+def _finish(work: Path, out: Path, manifest: dict) -> None:
+    """Manifest (with file digests) last, then the partial directory becomes ``out``."""
+    _clean_partials(work)
     manifest["files"] = file_digests(work)  # sizes and SHA-256 (cpgformer check)
     _save_json(work / "manifest.json", manifest)
-    plan_path.unlink()
+    (work / "plan.json").unlink()
     replace_dir(work, out)
-    log.info(
-        "imputed %d sites x %d cells on %d chromosome(s) into %s",
-        manifest["n_sites"],
-        ds.n_cells,
-        len(sources),
-        out,
-    )
-    return open_imputed(out)
 
 
 def _write_static(cdir: Path, src: ChromSource) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cpgformer.codes import MISSING
+from cpgformer.codes import CODE_C, CODE_G, MISSING, to_model_input
 from cpgformer.errors import UsageError
 
 
@@ -58,7 +58,7 @@ class ChromSource:
 
     def betas(self, a: int, b: int) -> np.ndarray:
         s0, s1 = self._store_range(a, b)
-        return self._expand(self.ds.betas(self.chrom, s0, s1), a, b, s0, -1.0)
+        return self._expand(self.ds.betas(self.chrom, s0, s1), a, b, s0, float(MISSING))
 
     def csr_arrays(self) -> dict[str, np.ndarray]:
         """Observed calls of the imputed rows (CSR by row; cells as in the store)."""
@@ -82,8 +82,6 @@ def all_cpg_positions(reference: Any, chrom: str, block: int = 1 << 24) -> np.nd
 
     ``reference`` is a :class:`cpgformer.io.fasta.Reference`; the contig is read in blocks.
     """
-    from cpgformer.codes import CODE_C, CODE_G
-
     target = reference.resolve(chrom)
     if target is None:
         raise UsageError(f"--sites all: contig {chrom!r} is not in the FASTA {reference.path}")
@@ -98,8 +96,6 @@ def all_cpg_positions(reference: Any, chrom: str, block: int = 1 << 24) -> np.nd
 
 def observed_to_model_input(observed: np.ndarray, continuous: bool) -> np.ndarray:
     """Stored labels (-1/0/1) or betas (-1 / [0, 1]) -> model-input coding (``codes.to_model_input``)."""
-    from cpgformer.codes import to_model_input
-
     if continuous:
         x = to_model_input(observed.astype(np.float32))
         x[observed < 0] = 0.0

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from cpgformer.errors import UsageError
-from cpgformer.impute.predictor import Predictor
+from cpgformer.model import Predictor
 
 
 class Tile(NamedTuple):

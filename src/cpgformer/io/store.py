@@ -33,7 +33,10 @@ import numpy as np
 import pandas as pd
 
 from cpgformer import __version__
+from cpgformer.codes import MISSING
 from cpgformer.errors import InputError, UsageError
+from cpgformer.integrity import _store_entries, file_digests, verify_store_files
+from cpgformer.io.fasta import Reference
 from cpgformer.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -115,7 +118,7 @@ def _check_chrom(ch: ChromArrays, n_cells: int) -> None:
     if np.any(mc < 0) or np.any(mc > cov):
         raise bad("counts must satisfy 0 <= mc <= cov")
     label = np.asarray(ch.label)
-    if np.any((label < -1) | (label > 1)):
+    if np.any((label < MISSING) | (label > 1)):
         raise bad("labels must be -1, 0 or 1")
 
 
@@ -270,8 +273,6 @@ def write_store_into(
     }
     df = _cell_frame(cell_names, n_calls, n_meth, n_labelled, cov_sum, cell_info)
     df.to_csv(out / "cells.tsv", sep="\t", index=False, na_rep="NA")
-    from cpgformer.integrity import _store_entries, file_digests
-
     names = [rel for rel, _shape, _dtype in _store_entries(manifest)] + ["cells.tsv"]
     manifest["files"] = file_digests(out, names)  # sizes and SHA-256 (cpgformer check)
     with open(out / "manifest.json", "w") as fh:
@@ -323,33 +324,40 @@ def write_store(
     return manifest
 
 
-class Dataset:
-    """A read-only, memory-mapped view of a store. Reading a segment never loads a chromosome."""
+CSR_FIELDS = ("indptr", "cell", "mc", "cov", "label")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        mpath = self.path / "manifest.json"
-        if not self.path.exists():
-            raise InputError(self.path, None, "no such store")
-        if not self.path.is_dir() or not mpath.is_file():
-            raise InputError(
-                self.path, None, "not a cpgformer store (no manifest.json; run cpgformer prepare)"
-            )
-        try:
-            with open(mpath) as fh:
-                manifest = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise InputError(mpath, None, f"unreadable store manifest: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise InputError(mpath, None, f"not a cpgformer store manifest (format != {FORMAT!r})")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InputError(
-                mpath,
-                None,
-                f"store format_version {version} is not supported by cpgformer {__version__} "
-                f"(expects {FORMAT_VERSION}); re-run cpgformer prepare",
-            )
+
+def read_manifest(path: Path, fmt: str, version: int, what: str, hint: str = "") -> dict:
+    """The ``manifest.json`` of a directory output, checked to be ``fmt`` at ``version`` (``hint``:
+    what to do about another version)."""
+    mpath = path / "manifest.json"
+    try:
+        with open(mpath) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise InputError(mpath, None, f"unreadable {what} manifest: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise InputError(mpath, None, f"not a cpgformer {what} (format != {fmt!r})")
+    if manifest.get("format_version") != version:
+        raise InputError(
+            mpath,
+            None,
+            f"{what} format_version {manifest.get('format_version')} is not supported by "
+            f"cpgformer {__version__} (expects {version}){hint}",
+        )
+    return manifest
+
+
+class CallStore:
+    """Read-only, memory-mapped observed calls of a directory store: per chromosome a sites x cells
+    matrix in CSR by site (``chroms/<k>/{positions,indptr,cell,mc,cov,label}[,beta].npy``) and a
+    ``cells.tsv``. Shared by the dataset store (:class:`Dataset`) and the imputed store
+    (:class:`cpgformer.impute.ImputedStore`); reading a segment never loads a chromosome."""
+
+    what = "store"  # in messages
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
         self.manifest: dict = manifest
         self._chrom_meta = {c["name"]: c for c in manifest["chromosomes"]}
         self.chromosomes: list[str] = [c["name"] for c in manifest["chromosomes"]]
@@ -357,16 +365,6 @@ class Dataset:
         self._cell_table: pd.DataFrame | None = None
         cells = manifest.get("cells")
         self.cells: list[str] = list(cells) if cells is not None else list(self.cell_table["name"])
-        self.fingerprint: str = manifest["fingerprint"]
-        from cpgformer.integrity import verify_store_files
-
-        verify_store_files(self.path, manifest)  # every array there, complete, as promised
-
-    def __repr__(self) -> str:
-        return (
-            f"Dataset({str(self.path)!r}: {self.n_cells} cells, {len(self.chromosomes)} "
-            f"chromosomes, {self.manifest.get('n_sites')} sites, {self.manifest.get('n_calls')} calls)"
-        )
 
     @property
     def n_cells(self) -> int:
@@ -374,6 +372,7 @@ class Dataset:
 
     @property
     def fasta_path(self) -> str | None:
+        """The reference FASTA the store records (None: none)."""
         fasta = self.manifest.get("fasta")
         if not fasta:
             return None
@@ -382,40 +381,43 @@ class Dataset:
     @property
     def cell_table(self) -> pd.DataFrame:
         if self._cell_table is None:
-            df = pd.read_csv(
+            self._cell_table = pd.read_csv(
                 self.path / "cells.tsv",
                 sep="\t",
                 dtype={"name": str, "source_file": str, "flags": str},
                 keep_default_na=False,
                 na_values={"global_meth_frac": ["NA"], "mean_cov": ["NA"]},
             )
-            self._cell_table = df
         return self._cell_table
+
+    def _missing_chromosome(self, chrom: str) -> str:
+        more = " ..." if len(self.chromosomes) > 10 else ""
+        return (
+            f"{self.path}: chromosome {chrom!r} is not in the {self.what} "
+            f"(has {', '.join(self.chromosomes[:10])}{more})"
+        )
 
     def _meta(self, chrom: str) -> dict:
         try:
             return self._chrom_meta[chrom]
         except KeyError:
-            raise UsageError(
-                f"{self.path}: chromosome {chrom!r} is not in the store "
-                f"(has {', '.join(self.chromosomes[:10])}{' ...' if len(self.chromosomes) > 10 else ''})"
-            ) from None
+            raise UsageError(self._missing_chromosome(chrom)) from None
+
+    def _file(self, chrom: str, field: str) -> Path:
+        return self.path / "chroms" / self._meta(chrom)["dir"] / f"{field}.npy"
 
     def _array(self, chrom: str, field: str) -> np.ndarray:
         arrays = self._arrays.setdefault(chrom, {})
         if field not in arrays:
-            f = self.path / "chroms" / self._meta(chrom)["dir"] / f"{field}.npy"
+            f = self._file(chrom, field)
             try:
                 arrays[field] = np.load(f, mmap_mode="r")
             except (OSError, ValueError) as exc:
-                raise InputError(f, None, f"unreadable store array: {exc}") from None
+                raise InputError(f, None, f"unreadable {self.what} array: {exc}") from None
         return arrays[field]
 
     def n_sites(self, chrom: str) -> int:
         return int(self._meta(chrom)["n_sites"])
-
-    def n_calls(self, chrom: str) -> int:
-        return int(self._meta(chrom)["n_calls"])
 
     def positions(self, chrom: str) -> np.ndarray:
         """int64 [n_sites] 0-based + strand C positions (memmap)."""
@@ -426,7 +428,7 @@ class Dataset:
 
     def csr(self, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(indptr, cell, mc, cov, label) memmaps of one chromosome."""
-        return tuple(self._array(chrom, f) for f in ("indptr", "cell", "mc", "cov", "label"))  # type: ignore[return-value]
+        return tuple(self._array(chrom, f) for f in CSR_FIELDS)  # type: ignore[return-value]
 
     def beta_values(self, chrom: str) -> np.ndarray:
         """float32 [nnz] methylated fraction per stored call (``beta.npy`` if stored, else mc/cov)."""
@@ -438,13 +440,18 @@ class Dataset:
             np.float32
         )
 
-    def _segment(
-        self, chrom: str, start: int, stop: int
-    ) -> tuple[int, int, np.ndarray, np.ndarray]:
+    def check_rows(self, chrom: str, start: int, stop: int) -> tuple[int, int]:
+        """``(start, stop)`` as ints, checked to be a row range of ``chrom``."""
         n = self.n_sites(chrom)
         start, stop = int(start), int(stop)
         if not 0 <= start <= stop <= n:
-            raise UsageError(f"segment [{start}, {stop}) out of range for {chrom!r} with {n} sites")
+            raise UsageError(f"rows [{start}, {stop}) out of range for {chrom!r} with {n} sites")
+        return start, stop
+
+    def _segment(
+        self, chrom: str, start: int, stop: int
+    ) -> tuple[int, int, np.ndarray, np.ndarray]:
+        start, stop = self.check_rows(chrom, start, stop)
         ip = np.asarray(self._array(chrom, "indptr")[start : stop + 1])
         lo, hi = int(ip[0]), int(ip[-1])
         rows = np.repeat(np.arange(stop - start), np.diff(ip))
@@ -452,16 +459,17 @@ class Dataset:
         return lo, hi, rows, cols
 
     def states(self, chrom: str, start: int, stop: int) -> np.ndarray:
-        """int8 [stop - start, n_cells] labels of sites ``start:stop`` (site indices), -1 missing."""
+        """int8 [stop - start, n_cells] labels of sites ``start:stop`` (site indices), ``MISSING``
+        where unobserved (or excluded by the binarisation rule)."""
         lo, hi, rows, cols = self._segment(chrom, start, stop)
-        out = np.full((stop - start, self.n_cells), -1, dtype=np.int8)
+        out = np.full((stop - start, self.n_cells), MISSING, dtype=np.int8)
         out[rows, cols] = self._array(chrom, "label")[lo:hi]
         return out
 
     def betas(self, chrom: str, start: int, stop: int) -> np.ndarray:
-        """float32 [stop - start, n_cells] methylated fractions, -1 missing."""
+        """float32 [stop - start, n_cells] methylated fractions, ``MISSING`` where unobserved."""
         lo, hi, rows, cols = self._segment(chrom, start, stop)
-        out = np.full((stop - start, self.n_cells), -1.0, dtype=np.float32)
+        out = np.full((stop - start, self.n_cells), float(MISSING), dtype=np.float32)
         if self.has_beta(chrom):
             out[rows, cols] = self._array(chrom, "beta")[lo:hi]
         else:
@@ -479,6 +487,34 @@ class Dataset:
         cov[rows, cols] = self._array(chrom, "cov")[lo:hi]
         return mc, cov
 
+
+class Dataset(CallStore):
+    """A dataset store written by ``cpgformer prepare`` (read-only, memory-mapped)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(path, None, "no such store")
+        if not path.is_dir() or not (path / "manifest.json").is_file():
+            raise InputError(
+                path, None, "not a cpgformer store (no manifest.json; run cpgformer prepare)"
+            )
+        manifest = read_manifest(
+            path, FORMAT, FORMAT_VERSION, "store", "; re-run cpgformer prepare"
+        )
+        super().__init__(path, manifest)
+        self.fingerprint: str = manifest["fingerprint"]
+        verify_store_files(self.path, manifest)  # every array there, complete, as promised
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({str(self.path)!r}: {self.n_cells} cells, {len(self.chromosomes)} "
+            f"chromosomes, {self.manifest.get('n_sites')} sites, {self.manifest.get('n_calls')} calls)"
+        )
+
+    def n_calls(self, chrom: str) -> int:
+        return int(self._meta(chrom)["n_calls"])
+
     def chrom_arrays(self, chrom: str) -> ChromArrays:
         """All arrays of one chromosome as memmaps (for copying into another store)."""
         indptr, cell, mc, cov, label = self.csr(chrom)
@@ -489,6 +525,36 @@ class Dataset:
 def open_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Open a store written by :func:`write_store` / ``cpgformer prepare`` (memory-mapped)."""
     return Dataset(path)
+
+
+def as_dataset(store: Dataset | str | os.PathLike[str]) -> Dataset:
+    """``store`` itself when it is open, else the store at that path opened."""
+    return store if isinstance(store, Dataset) else open_dataset(store)
+
+
+def fasta_for(fasta: str | os.PathLike[str] | None, store: Any) -> str | None:
+    """The reference FASTA used with ``store``: ``fasta`` (``--fasta``) if given, else the one the
+    store records (None: neither)."""
+    if fasta:
+        return str(fasta)
+    return getattr(store, "fasta_path", None) or None
+
+
+def reference(fasta: str | os.PathLike[str] | None, store: Any, need: str | None = None) -> Any:
+    """The :class:`~cpgformer.io.fasta.Reference` of :func:`fasta_for` (one rule for every command).
+
+    ``need``: why one is required (e.g. "the model uses DNA windows"): without any FASTA this raises
+    a ``UsageError`` naming it. Without ``need`` the reference is optional: None when there is no
+    FASTA, or when the store's recorded one is no longer on disk (logged)."""
+    path = fasta_for(fasta, store)
+    if path is None:
+        if need:
+            raise UsageError(f"{need}: give the reference with --fasta (the store records none)")
+        return None
+    if not fasta and not need and not Path(path).exists():
+        log.info("the FASTA the store records (%s) is not there: no DNA features", path)
+        return None
+    return Reference(path)
 
 
 def nan_to_none(value: float) -> float | None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from os import PathLike
 from typing import Any
 
@@ -43,9 +44,41 @@ def save_model(
         if key in _RESERVED:
             raise ValueError(f"extra entry {key!r} would overwrite a reserved field")
         payload[key] = value
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)  # a file object: torch rejects temp names like .partial-model-x
     log.debug("saved model to %s", path)
+
+
+def build_model(
+    config: ModelConfig,
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    names: Mapping[str, str] | None = None,
+) -> CpGTransformer:
+    """A model of ``config`` (eval mode) with ``state`` loaded strictly: every key and shape is
+    checked, and what does not fit is named (``CheckpointError`` starting with ``where``; ``names``
+    maps our keys to the names the file uses, e.g. the original implementation's)."""
+    model = CpGTransformer(config)
+    expected = model.state_dict()
+    shown = dict(names or {})
+    missing = [shown.get(k, k) for k in sorted(set(expected) - set(state))]
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append("missing key(s): " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected key(s): " + ", ".join(unexpected))
+    for key, value in state.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            problems.append(
+                f"shape of {shown.get(key, key)} is {list(value.shape)}, expected "
+                f"{list(expected[key].shape)} for {config.mode} model"
+            )
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit the config: " + "; ".join(problems))
+    model.load_state_dict(dict(state), strict=True)
+    model.eval()
+    return model
 
 
 def load_model(path: str | PathLike[str]) -> tuple[CpGTransformer, dict[str, Any]]:
@@ -74,23 +107,7 @@ def load_model(path: str | PathLike[str]) -> tuple[CpGTransformer, dict[str, Any
         config = ModelConfig.from_dict(payload["config"])
     except UsageError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    model = CpGTransformer(config)
-    state_dict = payload["state_dict"]
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit the config: missing {missing}, unexpected {unexpected}"
-        )
-    for key, value in state_dict.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{path}: {key} has shape {list(value.shape)}, config expects "
-                f"{list(expected[key].shape)}"
-            )
-    model.load_state_dict(state_dict)
-    model.eval()
+    model = build_model(config, payload["state_dict"], str(path))
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "config")}
     meta["config"] = config
     return model, meta
