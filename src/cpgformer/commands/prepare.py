@@ -14,11 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="FILE",
         help="call files, one per cell (gzip detected by content); or one directory holding an "
         "X.npz/y.npz/pos.npz triple or MethSCAn's prepared matrices (<chrom>.npz + "
         "column_header.txt)",
+    )
+    parser.add_argument(
+        "--inputs-from",
+        default=None,
+        metavar="LIST",
+        help="file listing input files, one path per line (for more files than a command line holds)",
     )
     parser.add_argument("-o", "--output", required=True, help="store directory to create")
     parser.add_argument(
@@ -156,7 +162,12 @@ def run(args: argparse.Namespace) -> int:
         contig_aliases=args.contig_aliases,
         keep_contigs=args.keep_contigs,
     )
-    manifest = prepare(args.inputs, args.output, opts, overwrite=args.overwrite)
+    inputs = list(args.inputs)
+    if args.inputs_from:
+        from cpgformer.io.npz import read_names_file
+
+        inputs += read_names_file(args.inputs_from)
+    manifest = prepare(inputs, args.output, opts, overwrite=args.overwrite)
     summary = {
         "store": args.output,
         "n_cells": manifest["n_cells"],
