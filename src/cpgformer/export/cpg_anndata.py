@@ -31,7 +31,7 @@ from cpgformer.export.naming import chrom_names, store_chroms
 from cpgformer.utils.atomic import atomic_path, ensure_free_space
 from cpgformer.utils.progress import bar
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpgformer.export")  # one name for all of export's messages
 
 LAYOUTS = ("auto", "memory", "chunked")
 IN_MEMORY_MAX_BYTES = 512 << 20

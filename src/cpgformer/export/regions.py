@@ -21,7 +21,7 @@ from cpgformer.errors import UsageError
 from cpgformer.export.cpg_anndata import obs_table, uns_info
 from cpgformer.export.naming import chrom_names, region_names, store_chroms
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpgformer.export")  # one name for all of export's messages
 
 REGION_LAYER_MEANINGS = {
     "X": "imp_mean",

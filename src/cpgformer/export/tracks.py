@@ -17,7 +17,7 @@ from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names
 from cpgformer.utils.outputs import begin_files_in, check_files_in, remove_leftovers_in
 from cpgformer.utils.progress import bar
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpgformer.export")  # one name for all of export's messages
 
 BEDGRAPH_KINDS = ("imputed", "denoised", "observed")
 ALLCOOLS_CG_CONTEXTS = frozenset({"CGA", "CGC", "CGG", "CGT"})
