@@ -212,17 +212,7 @@ def _export_anndata(
     imp: ImputedStore, out: Path, to: str, chroms: list[str], opts: ExportOptions
 ) -> Path:
     if to == "h5ad":
-        return write_cpg_h5ad(
-            imp,
-            out,
-            chroms,
-            layout=opts.layout,
-            float16=opts.float16,
-            uncertainty=opts.uncertainty,
-            chrom_style=opts.chrom_style,
-            compression=opts.compression,
-            dense_layers=opts.dense_layers,
-        )
+        return write_cpg_h5ad(imp, out, chroms, opts)
     if (opts.regions is None) == (opts.bin_size is None):
         raise UsageError("--to regions needs exactly one of --regions BED or --bin-size")
     if opts.regions is not None:

@@ -407,32 +407,21 @@ def choose_layout(layout: str, n_cells: int, n_sites: int, float16: bool) -> str
     return "memory" if dense <= IN_MEMORY_MAX_BYTES else "chunked"
 
 
-def write_cpg_h5ad(
-    imp: Any,
-    out: Path,
-    chroms: Sequence[str],
-    *,
-    layout: str = "auto",
-    float16: bool = False,
-    uncertainty: bool = True,
-    chrom_style: str = "as-is",
-    compression: str = "gzip",
-    dense_layers: bool = False,
-) -> Path:
-    """The CpG-level ``.h5ad`` of ``chroms`` in the layout chosen by :func:`choose_layout`."""
+CHUNKED_SETTINGS = ("float16", "uncertainty", "chrom_style", "compression", "dense_layers")
+
+
+def write_cpg_h5ad(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> Path:
+    """The CpG-level ``.h5ad`` of ``chroms`` in the layout :func:`choose_layout` picks for
+    ``opts.layout``; ``opts`` (an ``ExportOptions``) also gives :data:`CHUNKED_SETTINGS`."""
     n_sites = sum(imp.n_sites(c) for c in chroms)
-    if choose_layout(layout, imp.n_cells, n_sites, float16) == "memory":
+    if choose_layout(opts.layout, imp.n_cells, n_sites, opts.float16) == "memory":
         adata = to_anndata(
-            imp, chroms, float16=float16, uncertainty=uncertainty, chrom_style=chrom_style
+            imp,
+            chroms,
+            float16=opts.float16,
+            uncertainty=opts.uncertainty,
+            chrom_style=opts.chrom_style,
         )
-        return write_h5ad(adata, out, compression)
-    return write_chunked_h5ad(
-        imp,
-        out,
-        chroms,
-        float16=float16,
-        uncertainty=uncertainty,
-        chrom_style=chrom_style,
-        compression=compression,
-        dense_layers=dense_layers,
-    )
+        return write_h5ad(adata, out, opts.compression)
+    settings = {k: getattr(opts, k) for k in CHUNKED_SETTINGS}
+    return write_chunked_h5ad(imp, out, chroms, **settings)

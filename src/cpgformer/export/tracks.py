@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,50 @@ def _groups(n_cells: int, per_cell_files: int, max_open: int) -> list[range]:
     return [range(a, min(n_cells, a + size)) for a in range(0, n_cells, size)]
 
 
+def _start_files(out: Path, names: list[str], overwrite: bool) -> None:
+    """Refuse files cpgformer did not write, clear leftovers, record what is being written."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_files_in(out, names, overwrite=overwrite)
+    remove_leftovers_in(out, names)
+    begin_files_in(out, "export", names)
+
+
+def _write_per_cell(
+    imp: Any,
+    chroms: Sequence[str],
+    groups: list[range],
+    open_writers: Callable[[range], dict[Any, Any]],
+    write_chunk: Callable[[dict[Any, Any], str, int, int, np.ndarray], None],
+    desc: str,
+) -> list[Path]:
+    """Per group of cells: open their writers, stream every chunk into them, close (or abort all
+    of the group's files on any error)."""
+    written: list[Path] = []
+    n_chunks = sum(len(imp.chunks(c)) for c in chroms)
+    with bar(n_chunks * len(groups), desc=desc, unit="chunk") as progress_bar:
+        for group in groups:
+            writers = open_writers(group)
+            try:
+                for c in chroms:
+                    pos = np.asarray(imp.positions(c))
+                    for a, b in imp.chunks(c):
+                        write_chunk(writers, c, a, b, pos[a:b])
+                        progress_bar.update(1)
+                written += [w.close() for w in writers.values()]
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                raise
+    return written
+
+
+BEDGRAPH_DESCRIPTIONS = {
+    "imputed": "cpgformer: observed calls kept, model P(methylated) where missing",
+    "denoised": "cpgformer: model P(methylated) for every CpG",
+    "observed": "observed methylated fraction mc/cov",
+}
+
+
 def write_bedgraphs(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> list[Path]:
     """Per-cell ``<cell>.<kind>.bedGraph.gz`` files in the directory ``out``."""
     kinds = list(dict.fromkeys(opts.kinds))
@@ -43,46 +87,29 @@ def write_bedgraphs(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> li
             "not stored; rerun cpgformer impute without it"
         )
     contig = chrom_names(chroms, opts.chrom_style)
-    out.mkdir(parents=True, exist_ok=True)
-    descriptions = {
-        "imputed": "cpgformer: observed calls kept, model P(methylated) where missing",
-        "denoised": "cpgformer: model P(methylated) for every CpG",
-        "observed": "observed methylated fraction mc/cov",
-    }
     names = {k: cell_file_names(imp.cells, f".{k}.bedGraph.gz") for k in kinds}
-    targets = [out / names[k][i] for i in range(imp.n_cells) for k in kinds]
-    check_files_in(out, [t.name for t in targets], overwrite=opts.overwrite)
-    remove_leftovers_in(out, [t.name for t in targets])
-    begin_files_in(out, "export", [t.name for t in targets])
-    written: list[Path] = []
-    n_chunks = sum(len(imp.chunks(c)) for c in chroms)
+    _start_files(out, [names[k][i] for i in range(imp.n_cells) for k in kinds], opts.overwrite)
+
+    def open_writers(group: range) -> dict[Any, Any]:
+        return {
+            (i, k): BedGraphWriter(
+                out / names[k][i],
+                f"{imp.cells[i]} {k}",
+                BEDGRAPH_DESCRIPTIONS[k],
+                percent=opts.percent,
+                interval=opts.interval,
+            )
+            for i in group
+            for k in kinds
+        }
+
+    def write_chunk(writers: dict, c: str, a: int, b: int, pos: np.ndarray) -> None:
+        values = _kind_values(imp, c, a, b, kinds)
+        for (i, k), w in writers.items():
+            w.write(contig[c], pos, values[k][:, i])
+
     groups = _groups(imp.n_cells, len(kinds), opts.max_open_files)
-    with bar(n_chunks * len(groups), desc="bedGraph", unit="chunk") as progress_bar:
-        for group in groups:
-            writers = {
-                (i, k): BedGraphWriter(
-                    out / names[k][i],
-                    f"{imp.cells[i]} {k}",
-                    descriptions[k],
-                    percent=opts.percent,
-                    interval=opts.interval,
-                )
-                for i in group
-                for k in kinds
-            }
-            try:
-                for c in chroms:
-                    pos = np.asarray(imp.positions(c))
-                    for a, b in imp.chunks(c):
-                        values = _kind_values(imp, c, a, b, kinds)
-                        for (i, k), w in writers.items():
-                            w.write(contig[c], pos[a:b], values[k][:, i])
-                        progress_bar.update(1)
-                written += [w.close() for w in writers.values()]
-            except BaseException:
-                for w in writers.values():
-                    w.abort()
-                raise
+    written = _write_per_cell(imp, chroms, groups, open_writers, write_chunk, "bedGraph")
     log.info("wrote %d bedGraph files to %s", len(written), out)
     return written
 
@@ -114,6 +141,40 @@ def allc_contexts(reference: Any, chrom: str, starts: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(letters).view("S3").ravel().astype("U3")
 
 
+def _allc_reference(imp: Any, opts: Any) -> tuple[Reference | None, str | None]:
+    """(reference, its path) for the context column; refuses without one unless allowed."""
+    fasta = opts.fasta or imp.fasta_path
+    if fasta:
+        return Reference(fasta), fasta
+    if not opts.allow_cgn:
+        raise UsageError(
+            f"{imp.path}: no reference FASTA for the ALLC context column (the store was prepared "
+            "without one); give --fasta GENOME.fa so contexts are real (CGA/CGC/CGG/CGT), or "
+            "--allow-cgn to write the placeholder CGN, which ALLCools' CG filter drops"
+        )
+    log.warning(
+        "no FASTA: every ALLC row gets the context CGN, which ALLCools' CG context filter "
+        "(CGA, CGC, CGG, CGT) drops; give --fasta for real contexts"
+    )
+    return None, None
+
+
+def _allc_counts(
+    imp: Any, c: str, a: int, b: int, scale: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mc, cov, flag) ``[sites, cells]``: observed reads (flag 1), else the imputed stand-in."""
+    p = imp.values(c, a, b)
+    mc, cov = imp.counts(c, a, b)
+    seen = cov > 0
+    if scale is None:
+        imc = (p >= 0.5).astype(np.int32)
+        icov = np.ones_like(imc)
+    else:
+        imc = np.rint(p * scale).astype(np.int32)
+        icov = np.full_like(imc, scale)
+    return np.where(seen, mc, imc), np.where(seen, cov, icov), seen.astype(np.int8)
+
+
 def write_allc(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> list[Path]:
     """Per-cell ``<cell>.allc.tsv.gz`` (BGZF) + ``.tbi`` in the directory ``out``.
 
@@ -130,67 +191,30 @@ def write_allc(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> list[Pa
             scale,
             scale,
         )
-    fasta = opts.fasta or imp.fasta_path
-    reference = None
-    if fasta:
-        reference = Reference(fasta)
-    elif not opts.allow_cgn:
-        raise UsageError(
-            f"{imp.path}: no reference FASTA for the ALLC context column (the store was prepared "
-            "without one); give --fasta GENOME.fa so contexts are real (CGA/CGC/CGG/CGT), or "
-            "--allow-cgn to write the placeholder CGN, which ALLCools' CG filter drops"
-        )
-    else:
-        log.warning(
-            "no FASTA: every ALLC row gets the context CGN, which ALLCools' CG context filter "
-            "(CGA, CGC, CGG, CGT) drops; give --fasta for real contexts"
-        )
+    reference, fasta = _allc_reference(imp, opts)
     contig = chrom_names(chroms, opts.chrom_style)
-    n_unknown = 0
-    out.mkdir(parents=True, exist_ok=True)
     names = cell_file_names(imp.cells, ".allc.tsv.gz")
-    check_files_in(out, names + [n + ".tbi" for n in names], overwrite=opts.overwrite)
-    remove_leftovers_in(out, names + [n + ".tbi" for n in names])
-    begin_files_in(out, "export", names + [n + ".tbi" for n in names])
-    files: list[Path] = []
-    n_chunks = sum(len(imp.chunks(c)) for c in chroms)
+    _start_files(out, names + [n + ".tbi" for n in names], opts.overwrite)
+    n_unknown = 0
+    known = sorted(ALLCOOLS_CG_CONTEXTS)
+
+    def write_chunk(writers: dict, c: str, a: int, b: int, pos: np.ndarray) -> None:
+        nonlocal n_unknown
+        ctx: np.ndarray | str = "CGN"
+        if reference is not None:
+            ctx = allc_contexts(reference, c, pos)
+            if 0 in writers:  # counted once, with the first group of cells
+                n_unknown += int((~np.isin(ctx, known)).sum())
+        mc, cov, flag = _allc_counts(imp, c, a, b, scale)
+        for i, w in writers.items():
+            w.write(contig[c], pos, ctx, mc[:, i], cov[:, i], flag[:, i])
+
     groups = _groups(imp.n_cells, 2, opts.max_open_files)
-    with bar(n_chunks * len(groups), desc="ALLC", unit="chunk") as progress_bar:
-        for group in groups:
-            writers = {i: AllcWriter(out / names[i]) for i in group}
-            try:
-                for c in chroms:
-                    pos = np.asarray(imp.positions(c))
-                    for a, b in imp.chunks(c):
-                        ctx: np.ndarray | str = "CGN"
-                        if reference is not None:
-                            ctx = allc_contexts(reference, c, pos[a:b])
-                            if group.start == 0:
-                                n_unknown += int(
-                                    (~np.isin(ctx, sorted(ALLCOOLS_CG_CONTEXTS))).sum()
-                                )
-                        p = imp.values(c, a, b)
-                        mc, cov = imp.counts(c, a, b)
-                        seen = cov > 0
-                        if scale is None:
-                            imc = (p >= 0.5).astype(np.int32)
-                            icov = np.ones_like(imc)
-                        else:
-                            imc = np.rint(p * scale).astype(np.int32)
-                            icov = np.full_like(imc, scale)
-                        mc_all = np.where(seen, mc, imc)
-                        cov_all = np.where(seen, cov, icov)
-                        flag = seen.astype(np.int8)
-                        for i, w in writers.items():
-                            w.write(
-                                contig[c], pos[a:b], ctx, mc_all[:, i], cov_all[:, i], flag[:, i]
-                            )
-                        progress_bar.update(1)
-                files += [w.close() for w in writers.values()]
-            except BaseException:
-                for w in writers.values():
-                    w.abort()
-                raise
+
+    def open_writers(group: range) -> dict[Any, Any]:
+        return {i: AllcWriter(out / names[i]) for i in group}
+
+    files = _write_per_cell(imp, chroms, groups, open_writers, write_chunk, "ALLC")
     if n_unknown:
         log.warning(
             "%d CpG(s) have a context other than CGA/CGC/CGG/CGT in %s (N or the contig end "
