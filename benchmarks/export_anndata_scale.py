@@ -77,8 +77,9 @@ from cpgformer.cli import main
 t0 = time.perf_counter()
 rc = main(["export", sys.argv[1], "-o", sys.argv[2], "--to", "h5ad"] + sys.argv[3:])
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"rc": rc, "export_s": dt, "peak_rss_mb": peak}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+cpu = ru.ru_utime + ru.ru_stime
+print(json.dumps({"rc": rc, "export_s": dt, "cpu_s": cpu, "peak_rss_mb": ru.ru_maxrss / 1024}))
 """
 
 

@@ -194,6 +194,35 @@ def test_auto_layout_is_chunked_above_the_size_limit(
         cpg_anndata.choose_layout("dense", 4, n_sites, False)
 
 
+def test_export_flags_come_from_the_options(hand_imputed) -> None:  # noqa: ANN001
+    """Every ExportOptions field is a flag; defaults are the dataclass's; one spelling each."""
+    import argparse
+    import dataclasses
+
+    from cpgformer.commands import export as export_command
+    from cpgformer.utils.options import flag_name, options_from_args
+
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    flags = {a for action in parser._actions for a in action.option_strings}
+    for f in dataclasses.fields(ExportOptions):
+        assert flag_name(f) in flags, f.name
+    assert "--force" not in flags and "--overwrite" in flags
+    base = ["imp", "-o", "out"]
+    assert options_from_args(ExportOptions, parser.parse_args(base)) == ExportOptions()
+    args = parser.parse_args(
+        [*base, "--no-uncertainty", "--kinds", "observed", "denoised", "--bin-size", "500",
+         "--layout", "chunked", "--chroms", "1", "2", "--overwrite"]
+    )  # fmt: skip
+    opts = options_from_args(ExportOptions, args)
+    assert opts == ExportOptions(
+        uncertainty=False, kinds=["observed", "denoised"], bin_size=500, layout="chunked",
+        chroms=["1", "2"], overwrite=True,
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--layout", "dense"])
+
+
 # ---------------------------------------------------------------------------------------------
 # bedGraph
 
