@@ -4,7 +4,7 @@ Generates ``--cells`` Bismark coverage files (``.cov.gz``, 6 columns) of ``--cal
 drawn from a shared pool of CpG sites spread over mouse-like contigs, into a scratch directory
 (deleted afterwards unless ``--keep``), then runs the ``cpgformer prepare`` command on them with
 ``--jobs`` and measures wall time and peak resident memory of the whole process tree (the command
-and its worker processes, summed, sampled every 0.2 s from ``/proc``). Usage::
+and its worker processes, summed, sampled every ``--sample-s`` seconds from ``/proc``). Usage::
 
     python benchmarks/prepare_many_files.py --cells 1000 --calls 1000 --jobs 2
     python benchmarks/prepare_many_files.py --cells 100000 --calls 1000 --jobs 2 --workdir DIR
@@ -123,7 +123,9 @@ def tree_memory(pid: int) -> tuple[int, int]:
     return total, pss
 
 
-def run_prepare(files: list[Path], out: Path, jobs: int, list_file: Path) -> dict:
+def run_prepare(
+    files: list[Path], out: Path, jobs: int, list_file: Path, sample_s: float = 0.5
+) -> dict:
     """Run the prepare command (inputs from a file list) and measure it."""
     list_file.write_text("".join(f"{p}\n" for p in files))
     cmd = [
@@ -137,7 +139,7 @@ def run_prepare(files: list[Path], out: Path, jobs: int, list_file: Path) -> dic
     while proc.poll() is None:
         rss, pss = tree_memory(proc.pid)
         peak, peak_pss = max(peak, rss), max(peak_pss, pss)
-        time.sleep(0.2)
+        time.sleep(sample_s)
     wall = time.perf_counter() - t0
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
@@ -159,6 +161,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="scratch directory (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files and the store")
+    ap.add_argument("--sample-s", type=float, default=0.5, help="memory sampling interval")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="prepare-many-", dir=args.workdir))
     try:
@@ -166,7 +169,7 @@ def main() -> None:
         t0 = time.perf_counter()
         files = write_cells(work / "cells", args.cells, args.calls, args.sites, args.seed)
         t_gen = time.perf_counter() - t0
-        result = run_prepare(files, work / "store", args.jobs, work / "inputs.txt")
+        result = run_prepare(files, work / "store", args.jobs, work / "inputs.txt", args.sample_s)
         result.update(
             cells=args.cells,
             calls_per_cell=args.calls,
