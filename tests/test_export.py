@@ -14,7 +14,14 @@ import torch
 
 from cpgformer.cli import main
 from cpgformer.errors import InputError, UsageError
-from cpgformer.export import ExportOptions, aggregate_regions, export
+from cpgformer.export import (
+    ExportOptions,
+    RegionSums,
+    aggregate_regions,
+    export,
+    match_regions,
+    write_chunked_h5ad,
+)
 from cpgformer.impute import ImputeOptions, Predictor, impute, open_imputed
 from cpgformer.io.store import ChromArrays, open_dataset, write_store
 from cpgformer.io.writers import cell_file_names, read_bed_regions
@@ -128,6 +135,93 @@ def test_h5ad_round_trips_positions_cells_and_layers(tmp_path: Path) -> None:
     assert meta["checkpoint_id"] == "smooth" and "0-based" in meta["coordinates"]
     with pytest.raises(UsageError, match="already exists"):
         export(imp, out, "h5ad")
+
+
+@pytest.mark.parametrize("dense_layers", [False, True])
+def test_chunked_h5ad_opens_backed_and_equals_the_memory_layout(
+    tmp_path: Path, dense_layers: bool
+) -> None:
+    store = random_store(tmp_path / "store", n_cells=5)
+    imp = impute(store, smooth_source(5), tmp_path / "imp", ImputeOptions(chunk_sites=32))
+    mem, chunked = tmp_path / "mem.h5ad", tmp_path / "chunked.h5ad"
+    export(imp, mem, "h5ad", ExportOptions(layout="memory"))
+    # stripes of 7 sites: stripes and store chunks (32 sites) never line up, chromosome ends inside
+    write_chunked_h5ad(imp, chunked, imp.chromosomes, dense_layers=dense_layers, stripe_sites=7)
+    a = ad.read_h5ad(mem)
+    b = ad.read_h5ad(chunked, backed="r")
+    assert b.isbacked and b.shape == a.shape
+    pd.testing.assert_frame_equal(b.obs, a.obs)
+    pd.testing.assert_frame_equal(b.var, a.var)
+    np.testing.assert_array_equal(b.X[:, :], a.X)
+    np.testing.assert_array_equal(b.X[1:3, 40:90], a.X[1:3, 40:90])  # a slice read from disk
+    for name in ("observed", "mc", "cov"):
+        assert b.layers[name].format == "csc"
+        np.testing.assert_array_equal(b.layers[name].toarray(), a.layers[name].toarray())
+        assert b.layers[name].dtype == a.layers[name].dtype
+    meaning = b.uns["cpgformer"]["layers"]
+    if dense_layers:
+        for name in ("imputed", "uncertainty"):
+            np.testing.assert_array_equal(b.layers[name], a.layers[name])
+    else:
+        assert set(b.layers.keys()) == {"observed", "mc", "cov"}
+        assert "not written" in meaning["imputed"]
+        # the documented way back to the imputed layer
+        obs = b.layers["observed"].toarray()
+        rebuilt = np.where(obs == 1, 1.0, np.where(obs == -1, 0.0, b.X[:, :]))
+        np.testing.assert_array_equal(rebuilt, a.layers["imputed"])
+    assert b.uns["cpgformer"]["layout"] == "chunked" and a.uns["cpgformer"]["layout"] == "memory"
+    b.file.close()
+
+
+def test_auto_layout_is_chunked_above_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cpgformer.export.cpg_anndata as cpg_anndata
+
+    store = random_store(tmp_path / "store")
+    imp = impute(store, smooth_source(4), tmp_path / "imp", ImputeOptions(chunk_sites=32))
+    n_sites = sum(imp.n_sites(c) for c in imp.chromosomes)
+    assert cpg_anndata.choose_layout("auto", 4, n_sites, False) == "memory"
+    monkeypatch.setattr(cpg_anndata, "IN_MEMORY_MAX_BYTES", 3 * 4 * n_sites * 4 - 1)
+    assert cpg_anndata.choose_layout("auto", 4, n_sites, False) == "chunked"
+    export(imp, tmp_path / "auto.h5ad", "h5ad")
+    b = ad.read_h5ad(tmp_path / "auto.h5ad", backed="r")
+    assert b.uns["cpgformer"]["layout"] == "chunked"
+    np.testing.assert_array_equal(
+        b.X[:, : imp.n_sites("1")], imp.values("1", 0, imp.n_sites("1")).T
+    )
+    b.file.close()
+    with pytest.raises(UsageError, match="--layout"):
+        cpg_anndata.choose_layout("dense", 4, n_sites, False)
+
+
+def test_export_flags_come_from_the_options(hand_imputed) -> None:  # noqa: ANN001
+    """Every ExportOptions field is a flag; defaults are the dataclass's; one spelling each."""
+    import argparse
+    import dataclasses
+
+    from cpgformer.commands import export as export_command
+    from cpgformer.utils.options import flag_name, options_from_args
+
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    flags = {a for action in parser._actions for a in action.option_strings}
+    for f in dataclasses.fields(ExportOptions):
+        assert flag_name(f) in flags, f.name
+    assert "--force" not in flags and "--overwrite" in flags
+    base = ["imp", "-o", "out"]
+    assert options_from_args(ExportOptions, parser.parse_args(base)) == ExportOptions()
+    args = parser.parse_args(
+        [*base, "--no-uncertainty", "--kinds", "observed", "denoised", "--bin-size", "500",
+         "--layout", "chunked", "--chroms", "1", "2", "--overwrite"]
+    )  # fmt: skip
+    opts = options_from_args(ExportOptions, args)
+    assert opts == ExportOptions(
+        uncertainty=False, kinds=["observed", "denoised"], bin_size=500, layout="chunked",
+        chroms=["1", "2"], overwrite=True,
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--layout", "dense"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +374,43 @@ def test_regions_match_brute_force(tmp_path: Path, values: str) -> None:
     np.testing.assert_allclose(a.layers["frac"], frac, equal_nan=True, rtol=1e-6)
     assert np.isnan(a.layers["frac"][:, -1]).all()  # cov 0 -> NaN, never 0
     assert list(a.var["chrom"].astype(str))[25] == "2"  # "chr2" matched to the store's "2"
+
+
+def test_region_sums_do_not_depend_on_blocks_or_their_order(tmp_path: Path) -> None:
+    """RegionSums fed odd-sized blocks in shuffled order = aggregate_regions over store chunks."""
+    store = random_store(tmp_path / "store", n_cells=3, seed=2)
+    imp = impute(store, smooth_source(3), tmp_path / "imp", ImputeOptions(chunk_sites=16))
+    bins = pd.DataFrame(
+        {"chrom": ["1", "1", "2", "1"], "start": [0, 500, 0, 300], "end": [700, 4000, 900, 600]}
+    )
+    bins["name"] = ["a", "b", "c", "overlaps a and b"]
+    ref = aggregate_regions(imp, bins, values="denoised")
+    table = match_regions(bins, imp.chromosomes)
+    sums = RegionSums(table, imp.n_cells, region_batch=2)
+    rng = np.random.default_rng(3)
+    blocks = []
+    for c in imp.chromosomes:
+        sums.set_positions(c, imp.positions(c))
+        cuts = np.unique(np.r_[0, rng.integers(1, imp.n_sites(c), 6), imp.n_sites(c)])
+        blocks += [(c, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    for k in rng.permutation(len(blocks)):
+        c, a, b = blocks[k]
+        indptr, cell, mc, cov, label = (np.asarray(x) for x in imp.csr(c))
+        lo, hi = indptr[a], indptr[b]
+        sums.add_values(c, a, b, imp.values(c, a, b))
+        sums.add_calls(
+            c, a, b, indptr[a : b + 1] - lo, cell[lo:hi], mc[lo:hi], cov[lo:hi], label[lo:hi]
+        )
+    layers = sums.layers()
+    for name in ("mc", "cov"):
+        np.testing.assert_array_equal(layers[name].toarray(), ref.layers[name].toarray())
+    for name in ("meth_sites", "total_sites"):
+        np.testing.assert_array_equal(layers[name], ref.layers[name])
+    for name in ("imp_mean", "imp_var", "frac"):
+        np.testing.assert_allclose(layers[name], ref.layers[name], atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(sums.n_cpg, ref.var["n_cpg"].to_numpy())
+    with pytest.raises(UsageError, match="set_positions"):
+        RegionSums(table, imp.n_cells).add_values("1", 0, 1, imp.values("1", 0, 1))
 
 
 def test_regions_export_from_bed_and_bins(hand_imputed, tmp_path: Path) -> None:  # noqa: ANN001

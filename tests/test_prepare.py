@@ -244,6 +244,29 @@ def test_matches_plain_reference_and_spilling_is_invisible(tmp_path) -> None:
     assert ds.manifest["n_calls"] == n
 
 
+def test_cli_inputs_from_list_and_flags_from_options(tmp_path) -> None:
+    """--inputs-from adds the listed files after the FILE arguments; flags made from
+    PrepareOptions reach the library (--spill-mb in MiB, --cell-names as a file of names)."""
+    rng = np.random.default_rng(7)
+    paths, _truth = _random_cov_files(tmp_path, rng)
+    listing = tmp_path / "files.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths[1:]) + "\n")
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"n{i}\n" for i in range(len(paths))))
+    args = ["-q", "prepare", str(paths[0]), "--inputs-from", str(listing), "-o"]
+    assert main([*args, str(tmp_path / "cli"), "--spill-mb", "1", "--cell-names", str(names)]) == 0
+    direct = prepare(
+        paths, tmp_path / "lib", PrepareOptions(cell_names=[f"n{i}" for i in range(len(paths))])
+    )
+    ds = open_dataset(tmp_path / "cli")
+    assert ds.fingerprint == direct["fingerprint"] and ds.cells[0] == "n0"
+    assert main(["-q", "prepare", "-o", str(tmp_path / "none")]) == 2  # no input at all
+    assert (
+        main(["-q", "prepare", str(paths[0]), "-o", str(tmp_path / "x"), "--input-format", "nope"])
+        == 2
+    )
+
+
 # ----------------------------------------------------------------------------- real data
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cpgformer.io.npz import export_npz
+
 NAME = "export-npz"
 HELP = "write a store as the original CpG Transformer X.npz/y.npz/pos.npz triple (+ cells.txt)"
 
@@ -35,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpgformer.io.npz import export_npz
-
     summary = export_npz(
         args.store,
         args.output,

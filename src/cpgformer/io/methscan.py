@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from cpgformer.errors import InputError
 
@@ -70,8 +71,6 @@ def matrix_files(directory: Path, only: list[Path] | None = None) -> list[Path]:
 
 def read_matrix(path: Path, n_cells: int) -> MethscanChrom:
     """One ``<chrom>.npz``: validated, as (0-based position, cell, methylated) triples."""
-    import scipy.sparse as sp
-
     try:
         matrix = sp.load_npz(path)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:

@@ -30,6 +30,7 @@ import numpy as np
 
 from cpgformer import codes
 from cpgformer.errors import InputError, UsageError
+from cpgformer.io.fasta import Reference
 from cpgformer.io.store import (
     ChromArrays,
     Dataset,
@@ -180,38 +181,27 @@ def _read_npy_shape(npz: Any, key: str) -> tuple[int, ...]:
     return _read_npy_header(npz, Path(npz.zip.filename or ""), key)[0]
 
 
-def import_npz(
-    directory: str | os.PathLike[str] | None,
-    output: str | os.PathLike[str],
-    *,
-    y_path: str | os.PathLike[str] | None = None,
-    pos_path: str | os.PathLike[str] | None = None,
-    x_path: str | os.PathLike[str] | None = None,
-    cell_names: Sequence[str] | None = None,
-    overwrite: bool = False,
-    extra_parameters: dict | None = None,
-) -> dict:
-    """Import a triple into a store at ``output``; return the store manifest.
-
-    ``directory`` holds ``y.npz``, ``pos.npz`` and optionally ``X.npz`` and ``cells.txt``;
-    explicit paths override. Cell names: ``cell_names``, else ``cells.txt`` beside ``y.npz``, else
-    ``cell_000``, ``cell_001``, ...
-    """
-    base = Path(directory) if directory is not None else None
+def _triple_paths(
+    base: Path | None,
+    y_path: str | os.PathLike[str] | None,
+    pos_path: str | os.PathLike[str] | None,
+    x_path: str | os.PathLike[str] | None,
+) -> tuple[Path, Path, Path | None]:
+    """(y, pos, X or None): explicit paths, else the files in ``base``."""
     ypath = Path(y_path) if y_path is not None else (base / "y.npz" if base else None)
     ppath = Path(pos_path) if pos_path is not None else (base / "pos.npz" if base else None)
     if ypath is None or ppath is None:
         raise UsageError("npz import needs a directory or both y.npz and pos.npz paths")
     if x_path is not None:
-        xpath: Path | None = Path(x_path)
-    elif base is not None and (base / "X.npz").is_file():
-        xpath = base / "X.npz"
-    else:
-        xpath = None
-    y_npz = _open_npz(ypath)
-    pos_npz = _open_npz(ppath)
-    x_npz = _open_npz(xpath) if xpath is not None else None
+        return ypath, ppath, Path(x_path)
+    if base is not None and (base / "X.npz").is_file():
+        return ypath, ppath, base / "X.npz"
+    return ypath, ppath, None
 
+
+def _check_keys(y_npz: Any, pos_npz: Any, x_npz: Any, paths: tuple) -> list[str]:
+    """The chromosomes (keys of y.npz), the same in pos.npz and present in X.npz."""
+    ypath, ppath, xpath = paths
     keys = list(y_npz.files)
     if not keys:
         raise InputError(ypath, None, "empty archive (no chromosomes)")
@@ -227,8 +217,13 @@ def import_npz(
         missing = [k for k in keys if k not in x_npz.files]
         if missing:
             raise InputError(xpath, None, f"genome has no contig for y.npz keys {missing[:5]}")
+    return keys
 
-    # pass 1 (headers only): cell count, dtypes, binary vs continuous over all chromosomes
+
+def _survey(
+    y_npz: Any, pos_npz: Any, keys: list[str], ypath: Path, ppath: Path
+) -> tuple[int, bool, str, dict[str, str]]:
+    """Headers only: (cells, continuous values?, y dtype, pos dtype per chromosome)."""
     n_cells = None
     kinds = set()
     y_dtypes = set()
@@ -251,54 +246,82 @@ def import_npz(
     assert n_cells is not None
     if len(kinds - {"i", "u"}) and len(kinds & {"i", "u"}):
         raise InputError(ypath, None, "mixes integer and float chromosomes; convert to one dtype")
-    continuous = "f" in kinds
     if len(y_dtypes) > 1:
         raise InputError(ypath, None, f"chromosomes have different dtypes {sorted(y_dtypes)}")
+    return n_cells, "f" in kinds, y_dtypes.pop(), pos_dtypes
 
+
+def _triple_chroms(
+    keys: list[str], npzs: tuple[Any, Any, Any], paths: tuple, continuous: bool
+) -> Iterator[ChromArrays]:
+    """Each chromosome of the triple as CSR arrays (checked against pos and the genome)."""
+    y_npz, pos_npz, x_npz = npzs
+    ypath, ppath, xpath = paths
+    for k in progress(keys, desc="import npz", unit="chrom"):
+        y = _get(y_npz, ypath, k)
+        _check_y(y, ypath, k)
+        pos = _get(pos_npz, ppath, k)
+        _check_pos(pos, y.shape[0], ppath, k)
+        if x_npz is not None:
+            _check_genome(_get(x_npz, xpath, k), pos, xpath, k)
+        observed = y != -1
+        rows, cols = np.nonzero(observed)
+        values = y[rows, cols]
+        indptr = np.zeros(y.shape[0] + 1, dtype=np.int64)
+        np.cumsum(observed.sum(axis=1), out=indptr[1:])
+        if continuous:
+            beta = values.astype(np.float32)
+            label = (beta >= 0.5).astype(np.int8)
+        else:
+            beta = None
+            label = values.astype(np.int8)
+        del y, observed
+        yield ChromArrays(
+            name=k,
+            positions=pos.astype(np.int64),
+            indptr=indptr,
+            cell=cols.astype(np.int32),
+            mc=label.astype(np.int32),
+            cov=np.ones(len(cols), dtype=np.int32),
+            label=label,
+            beta=beta,
+        )
+
+
+def import_npz(
+    directory: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str],
+    *,
+    y_path: str | os.PathLike[str] | None = None,
+    pos_path: str | os.PathLike[str] | None = None,
+    x_path: str | os.PathLike[str] | None = None,
+    cell_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    extra_parameters: dict | None = None,
+) -> dict:
+    """Import a triple into a store at ``output``; return the store manifest.
+
+    ``directory`` holds ``y.npz``, ``pos.npz`` and optionally ``X.npz`` and ``cells.txt``;
+    explicit paths override. Cell names: ``cell_names``, else ``cells.txt`` beside ``y.npz``, else
+    ``cell_000``, ``cell_001``, ...
+    """
+    base = Path(directory) if directory is not None else None
+    paths = _triple_paths(base, y_path, pos_path, x_path)
+    ypath, ppath, xpath = paths
+    npzs = (_open_npz(ypath), _open_npz(ppath), _open_npz(xpath) if xpath is not None else None)
+    keys = _check_keys(*npzs, paths)
+    n_cells, continuous, y_dtype, pos_dtypes = _survey(npzs[0], npzs[1], keys, ypath, ppath)
     if cell_names is None and (ypath.parent / "cells.txt").is_file():
         cell_names = read_names_file(ypath.parent / "cells.txt")
         log.info("cell names from %s", ypath.parent / "cells.txt")
     names = list(cell_names) if cell_names is not None else default_cell_names(n_cells)
     if len(names) != n_cells:
         raise UsageError(f"{len(names)} cell names given for {n_cells} cells in {ypath}")
-
-    def chroms() -> Iterator[ChromArrays]:
-        for k in progress(keys, desc="import npz", unit="chrom"):
-            y = _get(y_npz, ypath, k)
-            _check_y(y, ypath, k)
-            pos = _get(pos_npz, ppath, k)
-            _check_pos(pos, y.shape[0], ppath, k)
-            if x_npz is not None:
-                _check_genome(_get(x_npz, xpath, k), pos, xpath, k)
-            observed = y != -1
-            rows, cols = np.nonzero(observed)
-            values = y[rows, cols]
-            indptr = np.zeros(y.shape[0] + 1, dtype=np.int64)
-            np.cumsum(observed.sum(axis=1), out=indptr[1:])
-            if continuous:
-                beta = values.astype(np.float32)
-                label = (beta >= 0.5).astype(np.int8)
-            else:
-                beta = None
-                label = values.astype(np.int8)
-            del y, observed
-            yield ChromArrays(
-                name=k,
-                positions=pos.astype(np.int64),
-                indptr=indptr,
-                cell=cols.astype(np.int32),
-                mc=label.astype(np.int32),
-                cov=np.ones(len(cols), dtype=np.int32),
-                label=label,
-                beta=beta,
-            )
-
-    genome = _genome_identity(xpath, x_npz) if x_npz is not None else None
     extra = {
         "parameters": {"input_format": "npz", **(extra_parameters or {})},
         "inputs": [
             {"path": str(p.resolve()), "format": "npz", "role": role}
-            for p, role in ((ypath, "y"), (ppath, "pos"), (xpath, "X"))
+            for p, role in zip(paths, ("y", "pos", "X"))
             if p is not None
         ],
         "fasta": None,
@@ -309,13 +332,12 @@ def import_npz(
             else {"rule": "as given (binary input)"}
         ),
         "data_mode": "continuous" if continuous else "binary",
-        "genome_npz": genome,
+        "genome_npz": _genome_identity(xpath, npzs[2]) if npzs[2] is not None else None,
         # dtypes as imported, so that export reproduces the triple exactly
-        "npz": {"y_dtype": y_dtypes.pop(), "pos_dtype": pos_dtypes},
+        "npz": {"y_dtype": y_dtype, "pos_dtype": pos_dtypes},
     }
-    manifest = write_store(
-        output, chroms(), names, extra, overwrite=overwrite, inputs=[base, ypath, ppath, xpath]
-    )
+    chroms = _triple_chroms(keys, npzs, paths, continuous)
+    manifest = write_store(output, chroms, names, extra, overwrite=overwrite, inputs=[base, *paths])
     log.info(
         "imported %s: %d cells, %d chromosomes, %d calls (%s)",
         ypath.parent,
@@ -361,8 +383,6 @@ def _genome_source(
 
 
 def _fasta_contigs(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    from cpgformer.io.fasta import Reference
-
     with Reference(path) as ref:
         for name, length in ref.contigs.items():
             yield name, ref.fetch_codes(name, 0, length)

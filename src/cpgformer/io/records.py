@@ -1,4 +1,4 @@
-"""The record type every input reader yields: a chunk of calls from one file and one contig."""
+"""The records of reading call files: chunks of calls (one file, one contig) and the counters."""
 
 from __future__ import annotations
 
@@ -26,3 +26,25 @@ class CallChunk:
 
     def __len__(self) -> int:
         return int(self.pos.shape[0])
+
+
+@dataclass
+class ReadStats:
+    """Counters filled in while :func:`cpgformer.io.readers.read_calls` iterates (pass one in to
+    see them).
+
+    ``n_skipped_context``: rows dropped because their context does not start with ``CG`` (ALLC,
+    CpG report ``--CX``); ``n_skipped_zero``: CpG-report rows with mc + unmeth = 0;
+    ``counts_available`` is False for fraction-only formats (cov = 1 nominal, flag the cell).
+    """
+
+    format: str = ""
+    n_lines: int = 0
+    n_skipped_lines: int = 0
+    header: str | None = None
+    n_rows: int = 0
+    n_calls: int = 0
+    n_skipped_context: int = 0
+    n_skipped_zero: int = 0
+    counts_available: bool = True
+    contigs: dict[str, int] = field(default_factory=dict)
