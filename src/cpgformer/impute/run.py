@@ -127,10 +127,21 @@ def _impute(
     options: ImputeOptions | None = None,
     *,
     device: str | torch.device | None = None,
-) -> ImputedStore:
-    """:func:`impute` while holding the output's lock."""
+    ranks: Any = None,
+    regions: Any = None,
+) -> Any:
+    """:func:`impute` while holding the output's lock.
+
+    ``ranks`` (a :class:`cpgformer.impute.distributed.Ranks`): one of several processes sharing the
+    chunks; the main rank holds the lock, prepares the output and finishes it, the others wait for
+    it and return None. ``regions`` (a :class:`cpgformer.impute.regions.RegionOutput`): write
+    cells x regions sums instead of the per-CpG matrix.
+    """
     from cpgformer.io.store import Dataset, open_dataset
 
+    main = ranks is None or ranks.is_main
+    if not main:
+        ranks.wait_ready()  # the main rank checks everything first; a failure there ends us quietly
     opts = options or ImputeOptions()
     ds = store if isinstance(store, Dataset) else open_dataset(store)
     source = model if isinstance(model, ModelSource) else load_model_source(model, device)
@@ -193,13 +204,20 @@ def _impute(
             for k, s in enumerate(sources)
         ],
     }
+    if regions is not None:
+        regions.prepare(ds, sources, chroms, predictor.data_mode)
+        plan.update(regions.plan_entries())
 
     # ---- output directory: fresh, or resume an unfinished run with the same plan (one writer)
     inputs = [ds.path, model if not isinstance(model, ModelSource) else None, fasta]
-    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
+    kind = "imputed" if regions is None else "h5ad"
+    if main:
+        check_output(out, kind, overwrite=opts.overwrite, inputs=inputs)
     work = partial_dir(out)
     plan_path = work / "plan.json"
-    if work.exists():
+    if not main:
+        pass  # the main rank prepared the output directory
+    elif work.exists():
         try:
             with open(plan_path) as fh:
                 old = json.load(fh)
@@ -217,35 +235,38 @@ def _impute(
             shutil.rmtree(work)
         else:
             log.info("resuming the unfinished imputation in %s", work)
-    if not work.exists():
+    if main and not work.exists():
         work.mkdir(parents=True)
         _save_json(plan_path, plan)
-    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
-    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+    if main:
+        ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+        os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
 
     # ---- chunks
+    chunks = _ChunkWriter(
+        work, plan, sources, predictor, reference, cell_ids, temperature, opts, regions
+    )
+    if ranks is not None:  # every rank computes its share of the chunks not yet written
+        from cpgformer.impute.distributed import share_chunks
+
+        share_chunks(ranks, chunks)
+        if not main:
+            return None
     total = sum(c["n_chunks"] for c in plan["chromosomes"])
     done_before = 0
     with bar(total, desc="imputing", unit="chunk") as progress_bar:
-        for k, src in enumerate(sources):
-            cdir = work / "chroms" / str(k)
-            cdir.mkdir(parents=True, exist_ok=True)
-            _write_static(cdir, src)
-            windows_fn = None
-            if predictor.dna_window:
-                windows_fn = windows_fn_for(reference, src, predictor.dna_window)
+        for k in range(len(sources)):
+            chunks.static(k)
             for i in range(plan["chromosomes"][k]["n_chunks"]):
-                path = cdir / f"p-{i:06d}.npy"
-                if path.exists():
+                if chunks.done(k, i):
                     done_before += 1
-                    progress_bar.update(1)
-                    continue
-                a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
-                probs = _impute_chunk(predictor, src, a, b, cell_ids, windows_fn, temperature, opts)
-                _save_npy(path, quantize(probs, opts.dtype))
+                else:
+                    chunks.compute(k, i)
                 progress_bar.update(1)
-    if done_before:
+    if done_before and ranks is None:
         log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
+    if regions is not None:
+        return regions.finish(work, out, plan, ds, source.config)
 
     manifest = dict(plan)
     manifest.update(
@@ -274,6 +295,82 @@ def _impute(
         out,
     )
     return open_imputed(out)
+
+
+class _ChunkWriter:
+    """Computes and writes chunk ``i`` of chromosome ``k`` of a prepared output directory (the unit
+    of resuming and of sharing work between ranks): probabilities ``p-<i>.npy``, or with
+    ``regions`` that chunk's region sums."""
+
+    def __init__(
+        self,
+        work: Path,
+        plan: dict,
+        sources: list[ChromSource],
+        predictor: Predictor,
+        reference: Any,
+        cell_ids: np.ndarray,
+        temperature: float,
+        opts: ImputeOptions,
+        regions: Any = None,
+    ) -> None:
+        self.work, self.plan, self.sources, self.predictor = work, plan, sources, predictor
+        self.reference, self.cell_ids, self.temperature, self.opts = (
+            reference,
+            cell_ids,
+            temperature,
+            opts,
+        )
+        self.regions = regions
+        self.chunk_sites = int(plan["chunk_sites"])
+        self._windows: dict[int, Callable[[int, int], np.ndarray] | None] = {}
+
+    def items(self) -> list[tuple[int, int]]:
+        """Every (chromosome, chunk) in output order."""
+        return [
+            (k, i) for k, c in enumerate(self.plan["chromosomes"]) for i in range(c["n_chunks"])
+        ]
+
+    def path(self, k: int, i: int) -> Path:
+        cdir = self.work / "chroms" / str(k)
+        return cdir / (f"p-{i:06d}.npy" if self.regions is None else self.regions.chunk_name(i))
+
+    def done(self, k: int, i: int) -> bool:
+        return self.path(k, i).exists()
+
+    def static(self, k: int) -> None:
+        """Positions and observed calls of chromosome ``k`` (not needed for region sums)."""
+        cdir = self.work / "chroms" / str(k)
+        cdir.mkdir(parents=True, exist_ok=True)
+        if self.regions is None:
+            _write_static(cdir, self.sources[k])
+
+    def compute(self, k: int, i: int) -> None:
+        src = self.sources[k]
+        if k not in self._windows:
+            self._windows[k] = (
+                windows_fn_for(self.reference, src, self.predictor.dna_window)
+                if self.predictor.dna_window
+                else None
+            )
+        a, b = i * self.chunk_sites, min(src.n_sites, (i + 1) * self.chunk_sites)
+        probs = _impute_chunk(
+            self.predictor,
+            src,
+            a,
+            b,
+            self.cell_ids,
+            self._windows[k],
+            self.temperature,
+            self.opts,
+        )
+        stored = quantize(probs, self.opts.dtype)
+        path = self.path(k, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.regions is None:
+            _save_npy(path, stored)
+        else:
+            self.regions.write_chunk(path, k, src, a, b, stored)
 
 
 def _write_static(cdir: Path, src: ChromSource) -> None:
