@@ -162,14 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         from cpgformer.impute.regions import impute_regions
 
         out = impute_regions(
-            args.store,
-            args.checkpoint,
-            args.output,
-            options,
-            regions=args.regions,
-            bin_size=args.bin_size,
-            values=args.region_values,
-            device=args.device,
+            args.store, args.checkpoint, args.output, options, device=args.device, output=regions
         )
         sys.stdout.write(f"{out}\n")
         return 0

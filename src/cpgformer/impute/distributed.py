@@ -120,7 +120,7 @@ def share_chunks(ranks: Ranks, chunks: Any) -> None:
     assert ranks.pending is not None
     mine = ranks.share(ranks.pending)
     exit_after = _exit_hook(ranks.rank)
-    with bar(len(mine) if ranks.is_main else None, desc="imputing", unit="chunk") as progress:
+    with bar(len(mine), desc="imputing", unit="chunk") if ranks.is_main else _Quiet() as progress:
         for n, (k, i) in enumerate(mine, start=1):
             if not chunks.done(k, i):
                 chunks.compute(k, i)
@@ -128,6 +128,19 @@ def share_chunks(ranks: Ranks, chunks: Any) -> None:
             if exit_after is not None and n >= exit_after:
                 os._exit(3)  # a lost process (test hook)
     ranks.barrier()
+
+
+class _Quiet:
+    """No progress display (ranks other than the main one)."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
 
 
 def _exit_hook(rank: int) -> int | None:
@@ -195,7 +208,8 @@ def impute_distributed(
     kind = "imputed" if regions is None else "h5ad"
     try:
         inputs = [getattr(store, "path", store), model if isinstance(model, str | Path) else None]
-        check_output(out, kind, overwrite=opts.overwrite, inputs=[*inputs, opts.fasta])
+        inputs += [opts.fasta, getattr(regions, "source_path", None)]
+        check_output(out, kind, overwrite=opts.overwrite, inputs=inputs)
         with output_lock(out):  # the main rank owns the output; the others write chunks only
             return _impute(
                 store, model, out, opts, device=ranks.device, ranks=ranks, regions=regions

@@ -179,6 +179,7 @@ class RegionOutput:
         self._ranges: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._calls: tuple[int, Any] | None = None
         self.continuous = False
+        self.source_path: Path | None = None  # the BED file (an input: never overwritten)
 
     # ---- planning (every rank, same result)
     def prepare(
@@ -349,17 +350,21 @@ def impute_regions(
     bin_size: int | None = None,
     values: str = "imputed",
     device: Any = None,
+    output: RegionOutput | None = None,
 ) -> Path:
     """Impute ``store`` with ``model`` straight into a cells x regions AnnData ``out`` (.h5ad):
-    regions from a BED file or fixed bins of ``bin_size`` bp. Resumes an interrupted run."""
+    regions from a BED file or fixed bins of ``bin_size`` bp (or an ``output`` made by
+    :func:`region_output`). Resumes an interrupted run."""
     from cpgformer.impute.run import ImputeOptions, _impute
     from cpgformer.utils.locks import output_lock
     from cpgformer.utils.outputs import check_output
 
     opts = options or ImputeOptions()
-    output = region_output(regions, bin_size, values)
+    if output is None:
+        output = region_output(regions, bin_size, values)
     inputs = [getattr(store, "path", store), model if isinstance(model, str | Path) else None]
-    check_output(out, "h5ad", overwrite=opts.overwrite, inputs=[*inputs, opts.fasta, regions])
+    inputs += [opts.fasta, output.source_path]
+    check_output(out, "h5ad", overwrite=opts.overwrite, inputs=inputs)
     with output_lock(out):
         return _impute(store, model, Path(out), opts, device=device, regions=output)
 
@@ -373,4 +378,6 @@ def region_output(
     if (regions is None) == (bin_size is None):
         raise UsageError("give exactly one of --regions BED and --bin-size")
     table = read_bed_regions(regions) if regions is not None else None
-    return RegionOutput(table, bin_size, values)
+    output = RegionOutput(table, bin_size, values)
+    output.source_path = None if regions is None else Path(regions)
+    return output
