@@ -1,7 +1,8 @@
 """Imputation shared between ranks: same bytes as one process, resume after a lost rank, one lock.
 
 The in-process tests play every rank in turn (the other ranks run inside the main rank's barrier);
-the slow ones launch ``cpgformer impute --accelerator cpu --devices 2`` (two processes, gloo).
+the slow ones launch ``cpgformer impute --accelerator cpu --devices 2`` (two processes, gloo), by
+Lightning's launcher and by torchrun.
 """
 
 from __future__ import annotations
@@ -158,12 +159,18 @@ def test_other_ranks_stop_quietly_when_the_main_rank_fails(data: dict[str, Path]
 
 
 def cli(*args: str, cwd: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return cli_module("cpgformer.cli", *args, cwd=cwd, extra_env=extra_env)
+
+
+def cli_module(
+    module: str, *args: str, cwd: Path, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", CPGFORMER_NO_PROGRESS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     env.pop(EXIT_HOOK, None)
     env.update(extra_env or {})
     return subprocess.run(
-        [sys.executable, "-m", "cpgformer.cli", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -216,3 +223,22 @@ def test_a_locked_output_stops_every_rank_with_one_message(
     lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1 and "another cpgformer process is writing this output" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, lock released
+
+
+@pytest.mark.slow
+def test_torchrun_launch_writes_the_bytes_of_one(data: dict[str, Path], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    proc = cli_module(
+        "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--master-port",
+        str(port), "-m", "cpgformer.cli", "impute", str(data["store"]), str(data["ckpt"]),
+        "-o", str(out), "--chunk-sites", str(CHUNK), "--accelerator", "cpu", "--devices", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "7 chunk(s) to impute on 2 rank(s)" in proc.stderr
+    assert_same_bytes(out, data["ref"])
