@@ -185,6 +185,8 @@ def test_command_line_regions_and_bad_flags(data: dict[str, Path], tmp_path: Pat
     assert main([*args, "--bin-size", "2000"]) == 2  # exists: needs --overwrite
     assert main([*args, "--bin-size", "2000", "--regions", str(data["bed"])]) == 2
     assert main([*args, "--bin-size", "0", "--overwrite"]) == 2
+    assert main([*args, "--bin-size", "9", "--overwrite", "--keep-observed",
+                 "--region-values", "denoised"]) == 2  # fmt: skip
     bed = tmp_path / "own.bed"  # the BED file is an input: never the output, even with --overwrite
     bed.write_text(BED)
     common = ["-q", "impute", store, ckpt, "--overwrite", "--regions", str(bed)]

@@ -9,7 +9,9 @@ Modules:
 * :mod:`~cpgformer.impute.probabilities`: outputs to probabilities, quantisation;
 * :mod:`~cpgformer.impute.run`: options and the resumable chunk loop (:func:`impute`);
 * :mod:`~cpgformer.impute.imputed`: the imputed store format and its reader;
-* :mod:`~cpgformer.impute.calibration`: temperature scaling on seeded masked calls.
+* :mod:`~cpgformer.impute.calibration`: temperature scaling on seeded masked calls;
+* :mod:`~cpgformer.impute.distributed`: several processes sharing the chunks (Lightning Fabric);
+* :mod:`~cpgformer.impute.regions`: cells x regions sums instead of the per-CpG matrix.
 """
 
 from cpgformer.impute.calibration import (
@@ -22,6 +24,7 @@ from cpgformer.impute.calibration import (
     fit_temperature,
     masked_holdout,
 )
+from cpgformer.impute.distributed import impute_distributed
 from cpgformer.impute.dna import embed_sites, shared_dna_embedding
 from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed
 from cpgformer.impute.predictor import (
@@ -34,6 +37,7 @@ from cpgformer.impute.predictor import (
     resolve_device,
 )
 from cpgformer.impute.probabilities import DTYPES, dequantize, quantize, to_probabilities
+from cpgformer.impute.regions import impute_regions
 from cpgformer.impute.run import SITE_MODES, ImputeOptions, default_chunk_sites, impute
 from cpgformer.impute.sites import all_cpg_positions
 from cpgformer.impute.tiles import (
@@ -72,6 +76,8 @@ __all__ = [
     "file_digest",
     "fit_temperature",
     "impute",
+    "impute_distributed",
+    "impute_regions",
     "load_model_source",
     "masked_holdout",
     "open_imputed",

@@ -203,17 +203,32 @@ def impute_distributed(
     out = Path(out)
     fabric = make_fabric(accelerator, devices, num_nodes, strategy)
     ranks = Ranks(fabric)
-    if not ranks.is_main:
-        return _impute(store, model, out, opts, device=ranks.device, ranks=ranks, regions=regions)
-    kind = "imputed" if regions is None else "h5ad"
     try:
-        inputs = [getattr(store, "path", store), model if isinstance(model, str | Path) else None]
-        inputs += [opts.fasta, getattr(regions, "source_path", None)]
-        check_output(out, kind, overwrite=opts.overwrite, inputs=inputs)
-        with output_lock(out):  # the main rank owns the output; the others write chunks only
+        if not ranks.is_main:
             return _impute(
                 store, model, out, opts, device=ranks.device, ranks=ranks, regions=regions
             )
-    except BaseException:
-        ranks.fail()
-        raise
+        kind = "imputed" if regions is None else "h5ad"
+        try:
+            inputs = [
+                getattr(store, "path", store),
+                model if isinstance(model, str | Path) else None,
+            ]
+            inputs += [opts.fasta, getattr(regions, "source_path", None)]
+            check_output(out, kind, overwrite=opts.overwrite, inputs=inputs)
+            with output_lock(out):  # the main rank owns the output; the others write chunks only
+                return _impute(
+                    store, model, out, opts, device=ranks.device, ranks=ranks, regions=regions
+                )
+        except BaseException:
+            ranks.fail()
+            raise
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

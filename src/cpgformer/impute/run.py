@@ -205,6 +205,10 @@ def _impute(
         ],
     }
     if regions is not None:
+        if regions.values == "denoised" and opts.keep_observed:
+            raise UsageError(
+                "--region-values denoised uses the model everywhere: drop --keep-observed"
+            )
         regions.prepare(ds, sources, chroms, predictor.data_mode)
         plan.update(regions.plan_entries())
 
