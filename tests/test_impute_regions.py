@@ -197,3 +197,19 @@ def test_command_line_regions_and_bad_flags(data: dict[str, Path], tmp_path: Pat
     bad.write_text("1\tten\t20\n")
     assert main([*args, "--regions", str(bad), "--overwrite"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.bed", "e.h5ad", "r.h5ad"]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_region_table_of_one(data: dict[str, Path], tmp_path: Path) -> None:
+    from test_impute_distributed import cli
+
+    out = tmp_path / "r.h5ad"
+    proc = cli("impute", str(data["store"]), str(data["ckpt"]), "-o", str(out), "--chunk-sites",
+               str(CHUNK), "--regions", str(data["bed"]), "--accelerator", "cpu", "--devices", "2",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "7 chunk(s) to impute on 2 rank(s)" in proc.stderr
+    assert_same_table(
+        ad.read_h5ad(out), exported(data, tmp_path / "e.h5ad", regions=str(data["bed"]))
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5ad", "r.h5ad"]
