@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpgformer.impute import ImputeOptions, ModelSource, Predictor, impute, open_imputed
+from cpgformer.impute import ImputeOptions, Predictor, impute, open_imputed
 from cpgformer.io.store import ChromArrays, write_store
+from cpgformer.model import Model
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMS = ("1", "2", "3", "4")
@@ -59,7 +60,7 @@ def build_store(path: Path, n_cells: int, n_sites: int, density: float, seed: in
     write_store(path, chroms(), [f"cell{i:05d}" for i in range(n_cells)])
 
 
-def stand_in_model(n_cells: int) -> ModelSource:
+def stand_in_model(n_cells: int) -> Model:
     """Logits from the observed state, the position and the cell (no context): cheap,
     deterministic, varied enough that the values compress like real probabilities."""
 
@@ -68,7 +69,7 @@ def stand_in_model(n_cells: int) -> ModelSource:
         cell = torch.cos(cell_ids.double() * 1.3).float()[:, None, :]
         return (states.float() - 1.0) * 2.0 + site + cell * site
 
-    return ModelSource(Predictor(predict, 0, n_cells), checkpoint_id="stand-in")
+    return Model.from_predictor(Predictor(predict, 0, n_cells), "stand-in")
 
 
 CHILD = r"""

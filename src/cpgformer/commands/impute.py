@@ -65,6 +65,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)  # deprecated
     parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    regions = parser.add_argument_group(
+        "regions (write a cells x regions AnnData .h5ad instead of the per-CpG imputed store)"
+    )
+    regions.add_argument(
+        "--regions",
+        metavar="BED",
+        help="sum the imputation over these regions (BED; a CpG counts when its start lies in "
+        "[start, end)); -o is then the .h5ad file to write",
+    )
+    regions.add_argument(
+        "--bin-size", type=int, help="sum over fixed bins of this many bp (instead of --regions)"
+    )
+    regions.add_argument(
+        "--region-values",
+        choices=("imputed", "denoised"),
+        default="imputed",
+        help="imputed: observed calls kept in the region means (default); denoised: model "
+        "probabilities everywhere",
+    )
+    dist = parser.add_argument_group(
+        "several devices or nodes (Lightning's launch, as for train; torchrun and SLURM srun "
+        "work too): each process imputes its share of the chunks into the one output"
+    )
+    dist.add_argument(
+        "--accelerator",
+        help="cpu, gpu, mps or auto (with --devices/--num-nodes; replaces --device)",
+    )
+    dist.add_argument("--devices", help="processes per node: a count, a list like 0,1, or auto")
+    dist.add_argument("--num-nodes", type=int, help="nodes taking part (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +119,40 @@ def _run(args: argparse.Namespace) -> int:
         ignore_fingerprint=args.ignore_fingerprint,
         overwrite=args.overwrite,
     )
-    imp = impute(args.store, args.checkpoint, args.output, options, device=args.device)
+    regions = None
+    if args.regions is not None or args.bin_size is not None:
+        from cpgformer.impute.regions import region_output
+
+        regions = region_output(args.regions, args.bin_size, args.region_values)
+    if args.accelerator or args.devices or args.num_nodes:
+        from cpgformer.impute.distributed import impute_distributed
+
+        result = impute_distributed(
+            args.store,
+            args.checkpoint,
+            args.output,
+            options,
+            accelerator=args.accelerator or "auto",
+            devices=args.devices or "auto",
+            num_nodes=args.num_nodes or 1,
+            regions=regions,
+        )
+        if result is None:  # not the main rank: it reports
+            return 0
+        if regions is not None:
+            sys.stdout.write(f"{result}\n")
+            return 0
+        imp = result
+    elif regions is not None:
+        from cpgformer.impute.regions import impute_regions
+
+        out = impute_regions(
+            args.store, args.checkpoint, args.output, options, device=args.device, output=regions
+        )
+        sys.stdout.write(f"{out}\n")
+        return 0
+    else:
+        imp = impute(args.store, args.checkpoint, args.output, options, device=args.device)
     sys.stdout.write(
         f"{imp.path}\t{imp.manifest['n_sites']} sites x {imp.n_cells} cells\t"
         f"{len(imp.chromosomes)} chromosome(s)\n"

@@ -9,7 +9,9 @@ inference sees it through a :class:`cpgformer.model.Predictor`. Modules:
 * :mod:`~cpgformer.impute.probabilities`: outputs to probabilities, quantisation;
 * :mod:`~cpgformer.impute.run`: options and the resumable chunk loop (:func:`impute`);
 * :mod:`~cpgformer.impute.imputed`: the imputed store format and its reader;
-* :mod:`~cpgformer.impute.calibration`: temperature scaling on seeded masked calls.
+* :mod:`~cpgformer.impute.calibration`: temperature scaling on seeded masked calls;
+* :mod:`~cpgformer.impute.distributed`: several processes sharing the chunks (Lightning Fabric);
+* :mod:`~cpgformer.impute.regions`: cells x regions sums instead of the per-CpG matrix.
 """
 
 from cpgformer.impute.calibration import (
@@ -22,9 +24,11 @@ from cpgformer.impute.calibration import (
     fit_temperature,
     masked_holdout,
 )
+from cpgformer.impute.distributed import impute_distributed
 from cpgformer.impute.dna import embed_sites, shared_dna_embedding
 from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed
 from cpgformer.impute.probabilities import DTYPES, dequantize, quantize, to_probabilities
+from cpgformer.impute.regions import impute_regions
 from cpgformer.impute.run import SITE_MODES, ImputeOptions, default_chunk_sites, impute
 from cpgformer.impute.sites import all_cpg_positions
 from cpgformer.impute.tiles import (
@@ -62,6 +66,8 @@ __all__ = [
     "file_digest",
     "fit_temperature",
     "impute",
+    "impute_distributed",
+    "impute_regions",
     "masked_holdout",
     "open_imputed",
     "plan_tile_shape",

@@ -22,6 +22,7 @@ import torch
 
 from cpgformer import __version__
 from cpgformer.errors import UsageError
+from cpgformer.impute.distributed import share_chunks
 from cpgformer.impute.dna import chunk_embedding
 from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed, partial_dir
 from cpgformer.impute.probabilities import DTYPES, quantize, to_probabilities
@@ -122,8 +123,26 @@ def _model_path(model: Model | str | os.PathLike[str]) -> Any:
     return model.path if isinstance(model, Model) else model
 
 
-def _impute(store: Any, model: Model | str, out: Path, opts: ImputeOptions, device: Any) -> Any:
-    """:func:`impute` while holding the output's lock."""
+def _impute(
+    store: Any,
+    model: Model | str | os.PathLike[str],
+    out: Path,
+    opts: ImputeOptions,
+    device: Any,
+    *,
+    ranks: Any = None,
+    regions: Any = None,
+) -> Any:
+    """:func:`impute` while holding the output's lock.
+
+    ``ranks`` (a :class:`cpgformer.impute.distributed.Ranks`): one of several processes sharing the
+    chunks; the main rank holds the lock, prepares the output and finishes it, the others wait for
+    it and return None. ``regions`` (a :class:`cpgformer.impute.regions.RegionOutput`): write
+    cells x regions sums instead of the per-CpG matrix.
+    """
+    main = ranks is None or ranks.is_main
+    if not main:
+        ranks.wait_ready()  # the main rank checks everything first; a failure there ends us quietly
     ds = as_dataset(store)
     source = as_model(model)
     predictor = source.predictor(device)
@@ -147,12 +166,31 @@ def _impute(store: Any, model: Model | str, out: Path, opts: ImputeOptions, devi
         raise UsageError(f"chunk size must be >= 1 site, got {chunk_sites}")
     fasta = fasta_for(opts.fasta, ds)
     plan = _plan(ds, source, predictor, opts, temperature, fasta, chunk_sites, sources)
-    inputs = [ds.path, _model_path(model), fasta]
-    check_output(out, "imputed", overwrite=opts.overwrite, inputs=inputs)
-    work = _work_dir(out, plan, opts.overwrite)
-    ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
-    os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
-    _run_chunks(work, plan, sources, predictor, reference, cell_ids, temperature, opts)
+    if regions is not None:
+        if regions.values == "denoised" and opts.keep_observed:
+            raise UsageError(
+                "--region-values denoised uses the model everywhere: drop --keep-observed"
+            )
+        regions.prepare(ds, sources, chroms, predictor.data_mode)
+        plan.update(regions.plan_entries())
+    work = partial_dir(out)
+    if main:
+        inputs = [ds.path, _model_path(model), fasta]
+        kind = "imputed" if regions is None else "h5ad"
+        check_output(out, kind, overwrite=opts.overwrite, inputs=inputs)
+        work = _work_dir(out, plan, opts.overwrite)
+        ds.cell_table.to_csv(work / "cells.tsv.tmp", sep="\t", index=False, na_rep="NA")
+        os.replace(work / "cells.tsv.tmp", work / "cells.tsv")
+    chunks = _ChunkWriter(
+        work, plan, sources, predictor, reference, cell_ids, temperature, opts, regions
+    )
+    if ranks is not None:  # every rank computes its share of the chunks not yet written
+        share_chunks(ranks, chunks)
+        if not main:
+            return None
+    _run_chunks(chunks, log_skipped=ranks is None)
+    if regions is not None:
+        return regions.finish(work, out, plan, ds, source.config_dict)
     manifest = dict(plan)
     manifest.update(
         {
@@ -259,39 +297,96 @@ def _work_dir(out: Path, plan: dict, overwrite: bool) -> Path:
     return work
 
 
-def _run_chunks(
-    work: Path,
-    plan: dict,
-    sources: Sequence[ChromSource],
-    predictor: Predictor,
-    reference: Any,
-    cell_ids: np.ndarray,
-    temperature: float,
-    opts: ImputeOptions,
-) -> None:
+class _ChunkWriter:
+    """Computes and writes chunk ``i`` of chromosome ``k`` of a prepared output directory (the unit
+    of resuming and of sharing work between ranks): probabilities ``p-<i>.npy``, or with
+    ``regions`` that chunk's region sums."""
+
+    def __init__(
+        self,
+        work: Path,
+        plan: dict,
+        sources: list[ChromSource],
+        predictor: Predictor,
+        reference: Any,
+        cell_ids: np.ndarray,
+        temperature: float,
+        opts: ImputeOptions,
+        regions: Any = None,
+    ) -> None:
+        self.work, self.plan, self.sources, self.predictor = work, plan, sources, predictor
+        self.reference, self.cell_ids, self.temperature, self.opts = (
+            reference,
+            cell_ids,
+            temperature,
+            opts,
+        )
+        self.regions = regions
+        self.chunk_sites = int(plan["chunk_sites"])
+        self._windows: dict[int, Callable[[int, int], np.ndarray] | None] = {}
+
+    def items(self) -> list[tuple[int, int]]:
+        """Every (chromosome, chunk) in output order."""
+        return [
+            (k, i) for k, c in enumerate(self.plan["chromosomes"]) for i in range(c["n_chunks"])
+        ]
+
+    def path(self, k: int, i: int) -> Path:
+        cdir = self.work / "chroms" / str(k)
+        return cdir / (f"p-{i:06d}.npy" if self.regions is None else self.regions.chunk_name(i))
+
+    def done(self, k: int, i: int) -> bool:
+        return self.path(k, i).exists()
+
+    def static(self, k: int) -> None:
+        """Positions and observed calls of chromosome ``k`` (not needed for region sums)."""
+        cdir = self.work / "chroms" / str(k)
+        cdir.mkdir(parents=True, exist_ok=True)
+        if self.regions is None:
+            _write_static(cdir, self.sources[k])
+
+    def compute(self, k: int, i: int) -> None:
+        src = self.sources[k]
+        if k not in self._windows:
+            self._windows[k] = (
+                windows_fn_for(self.reference, src, self.predictor.dna_window)
+                if self.predictor.dna_window
+                else None
+            )
+        a, b = i * self.chunk_sites, min(src.n_sites, (i + 1) * self.chunk_sites)
+        probs = _impute_chunk(
+            self.predictor,
+            src,
+            a,
+            b,
+            self.cell_ids,
+            self._windows[k],
+            self.temperature,
+            self.opts,
+        )
+        stored = quantize(probs, self.opts.dtype)
+        path = self.path(k, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.regions is None:
+            _save_npy(path, stored)
+        else:
+            self.regions.write_chunk(path, k, src, a, b, stored)
+
+
+def _run_chunks(chunks: _ChunkWriter, log_skipped: bool = True) -> None:
     """Write every chunk not written yet (an earlier run's chunks are kept)."""
-    chunk_sites = plan["chunk_sites"]
-    total = sum(c["n_chunks"] for c in plan["chromosomes"])
+    total = len(chunks.items())
     done_before = 0
     with bar(total, desc="imputing", unit="chunk") as progress_bar:
-        for k, src in enumerate(sources):
-            cdir = work / "chroms" / str(k)
-            cdir.mkdir(parents=True, exist_ok=True)
-            _write_static(cdir, src)
-            windows_fn = None
-            if predictor.dna_window:
-                windows_fn = windows_fn_for(reference, src, predictor.dna_window)
-            for i in range(plan["chromosomes"][k]["n_chunks"]):
-                path = cdir / f"p-{i:06d}.npy"
-                if path.exists():
+        for k in range(len(chunks.sources)):
+            chunks.static(k)
+            for i in range(chunks.plan["chromosomes"][k]["n_chunks"]):
+                if chunks.done(k, i):
                     done_before += 1
-                    progress_bar.update(1)
-                    continue
-                a, b = i * chunk_sites, min(src.n_sites, (i + 1) * chunk_sites)
-                probs = _impute_chunk(predictor, src, a, b, cell_ids, windows_fn, temperature, opts)
-                _save_npy(path, quantize(probs, opts.dtype))
+                else:
+                    chunks.compute(k, i)
                 progress_bar.update(1)
-    if done_before:
+    if done_before and log_skipped:
         log.info("skipped %d of %d chunks finished by an earlier run", done_before, total)
 
 
