@@ -168,7 +168,14 @@ class CpGTask(pl.LightningModule):
 
     # ---- forward / loss -------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.model(batch.states, batch.positions, batch.cell_ids, dna=batch.dna)
+        return self.model(
+            batch.states,
+            batch.positions,
+            batch.cell_ids,
+            dna=batch.dna,
+            dna_sequence=batch.dna_sequence,
+            dna_starts=batch.dna_starts,
+        )
 
     def _loss(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-entry losses on perturbed entries [N], their logits [N])."""
