@@ -10,10 +10,10 @@ Two ways to run it, with the same arithmetic per site:
 
 * :meth:`DNAEncoder.forward` on ``[N, dna_window]`` windows, one CNN per window (the plain form);
 * :meth:`DNAEncoder.encode` on a sequence and the start of each site's window in it: where windows
-  overlap (dense CpGs) the convolutions are computed once per base of the covered sequence, one
-  feature map per window-start phase modulo the product of the poolings, and each window reads its
-  flattened features from the map of its phase; isolated windows run the plain form. Forward and
-  backward, any device.
+  overlap (dense CpGs) the convolutions are computed once per base of the covered sequence — each
+  conv and pooling at every base, dilated by the product of the poolings before it, which keeps
+  every pooling phase at once — and each window gathers its flattened features from that map;
+  isolated windows run the plain form. Forward and backward, any device.
 """
 
 from __future__ import annotations
@@ -87,30 +87,25 @@ class DNAEncoder(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # shared convolutions
 
-    def _phase_maps(self, codes: Tensor) -> Tensor:
-        """``[S]`` codes -> ``[stride, n, channels]``: row ``k`` of map ``p`` holds the last conv
-        block's output at the first position of a window starting at base ``p + stride * k``
-        (rows near the end of a map may be padding that no window inside the sequence reads)."""
+    def _base_map(self, codes: Tensor) -> Tensor:
+        """``[S]`` codes -> ``[n, channels]``: row ``t`` holds the last conv block's output at the
+        first position of the window starting at base ``t``; the window's ``j``-th position is row
+        ``t + stride * j``. Each conv and pooling runs at every base, dilated by the poolings before
+        it (so every pooling phase of the per-window computation is kept at once)."""
         h = self.nucleotide_embed(codes.long()).t().unsqueeze(0)  # [1, 4, S]
+        dilation = 1
         for conv, pool in zip(self.convs, self.pools):
-            g = torch.relu(conv(h))  # [P, ch, n]: P phases so far, batched
-            phases, channels = g.shape[:2]
-            g = F.max_pool1d(g, pool, stride=1)  # entry t = max over [t, t + pool)
-            m = g.shape[-1] // pool + 1
-            g = F.pad(g, (0, pool * m - g.shape[-1]))
-            # entry t of phase b -> phase b + phases * (t % pool), position t // pool
-            h = g.view(phases, channels, m, pool).permute(3, 0, 1, 2)
-            h = h.reshape(pool * phases, channels, m)
-        return h.transpose(1, 2)
+            h = torch.relu(F.conv1d(h, conv.weight, conv.bias, dilation=dilation))
+            h = F.max_pool1d(h, pool, stride=1, dilation=dilation)
+            dilation *= pool
+        return h[0].t()
 
     def _fc_shared(self, codes: Tensor, starts: Tensor) -> Tensor:
         """fc output (before ReLU) of the windows starting at ``starts`` in ``codes``."""
-        maps = self._phase_maps(codes)  # [stride, n, ch]
-        stride, n, channels = maps.shape
-        rows = maps.reshape(stride * n, channels)
-        first = (starts % stride) * n + starts // stride
+        rows = self._base_map(codes)  # [n, ch]
+        channels = rows.shape[1]
         hlen = self.feature_length
-        index = first[:, None] + torch.arange(hlen, device=starts.device)
+        index = starts[:, None] + self.stride * torch.arange(hlen, device=starts.device)
         feats = F.embedding(index, rows).reshape(len(starts), hlen * channels)  # position-major
         weight = (
             self.fc.weight.view(-1, channels, hlen).transpose(1, 2).reshape(-1, hlen * channels)
