@@ -195,3 +195,18 @@ def test_memory_of_long_inputs_is_bounded(monkeypatch):
     assert large[1] < 1.2 * small[1] + per_site * 768, peaks
     # without chunks the activations of all windows would be alive at once: far more
     assert large[1] < 512 * 2 * 128 * 91 * 4, peaks
+
+
+def test_bf16_close_to_fp32():
+    torch.manual_seed(0)
+    model = CpGTransformer(ModelConfig(n_cells=2, dna_window=201)).eval()
+    sequence = torch.randint(0, 4, (3000,))
+    starts = torch.arange(0, 2700, 13).unsqueeze(0)
+    full = model.embed_dna_sequence(sequence[None], starts)
+    model.set_dna_precision("bf16")
+    half = model.embed_dna_sequence(sequence[None], starts)
+    assert half.dtype == torch.float32
+    scale = full.abs().max()
+    assert 0 < (half - full).abs().max() < 0.05 * scale
+    with pytest.raises(ValueError, match="precision"):
+        model.set_dna_precision("fp16")

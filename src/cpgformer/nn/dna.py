@@ -60,6 +60,8 @@ class DNAEncoder(nn.Module):
         self.fc = nn.Linear(flat, DNA_HIDDEN)
         self.dropout = nn.Dropout(config.cnn_dropout)
         self.proj = nn.Linear(DNA_HIDDEN, config.dna_embed)
+        # opt-in: convolutions and Linear layers of encode() in bfloat16 (weights kept in fp32)
+        self.bf16 = False
 
     @property
     def stride(self) -> int:
@@ -168,7 +170,14 @@ class DNAEncoder(nn.Module):
         rounding). Overlapping windows share their convolutions (:meth:`plan`); at most
         ``max_bases`` bases are convolved at once, and with gradients each call's activations are
         recomputed in backward when there are several calls (bounded memory for long segments).
+        With ``bf16`` set, the convolutions and Linear layers run in bfloat16 (autocast).
         """
+        if self.bf16:
+            with torch.autocast(sequence.device.type, dtype=torch.bfloat16):
+                return self._encode(sequence, starts, max_bases).float()
+        return self._encode(sequence, starts, max_bases)
+
+    def _encode(self, sequence: Tensor, starts: Tensor, max_bases: int) -> Tensor:
         width = self.dna_window
         starts_np = starts.detach().cpu().numpy().astype(np.int64)
         if len(starts_np) and (starts_np.min() < 0 or starts_np.max() + width > len(sequence)):

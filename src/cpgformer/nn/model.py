@@ -90,6 +90,15 @@ class CpGTransformer(nn.Module):
             raise ValueError("this model has no DNA branch (dna_window = 0)")
         return self.dna_encoder.embed_chunked(windows, chunk_size)
 
+    def set_dna_precision(self, precision: str) -> None:
+        """``"bf16"``: the DNA CNN's convolutions and Linear layers in bfloat16 when fed sequences
+        (faster where the hardware computes bf16 natively, e.g. x86 CPUs with AVX512-BF16 or AMX;
+        slightly different numbers); ``"fp32"``: full precision (default)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"DNA precision must be fp32 or bf16, got {precision!r}")
+        if self.dna_encoder is not None:
+            self.dna_encoder.bf16 = precision == "bf16"
+
     def embed_dna_sequence(self, sequence: Tensor, starts: Tensor) -> Tensor:
         """DNA embeddings ``[B, L, dna_embed]`` from each segment's sequence ``[B, S]`` (nucleotide
         codes, any padding after the last window) and the start of each site's window in it
