@@ -10,6 +10,11 @@ first ``--sites`` CpGs of a real sequence (default: the shared human chr22 1-Mb 
   (``cpgformer.nn.original_port.port_forward``): the whole chromosome in memory, tiles of 1024 with
   stride 944, the DNA CNN rerun on every tile row (overlaps included), float64 output.
 
+With ``--scbs DIR`` the store holds the real calls of the scbs tutorial cells (Bismark coverage
+files in DIR) on one chromosome (``--chrom``), and the reference is a synthetic FASTA of that
+chromosome (random bases, C-G at the CpGs): real site spacing and observations, synthetic sequence.
+The two outputs are compared (maximum absolute difference of the probabilities).
+
 Each measurement runs in a fresh subprocess so its peak RSS (``VmHWM``) is its own. Example:
 
     .venv/bin/python benchmarks/impute_speed.py --cells 20 122 --sites 3000 --out impute-speed.md
@@ -71,6 +76,43 @@ def build_store(path: Path, fasta: str, n_sites: int, n_cells: int, seed: int = 
     return chrom
 
 
+def build_scbs_store(path: Path, folder: str, chrom: str) -> tuple[str, int]:
+    """Store of the scbs cells' calls on ``chrom`` and a synthetic FASTA for it (next to the store);
+    returns (FASTA path, number of cells)."""
+    import glob
+    import gzip
+
+    from cpgformer.io.store import ChromArrays, write_store
+
+    files = sorted(glob.glob(str(Path(folder) / "cell_*.cov.gz")))
+    calls = []
+    for k, name in enumerate(files):
+        with gzip.open(name, "rt") as handle:
+            rows = [line.split("\t") for line in handle if line.split("\t", 1)[0] == chrom]
+        pos = np.array([int(r[1]) - 1 for r in rows], dtype=np.int64)  # 1-based -> 0-based
+        mc = np.array([int(r[4]) for r in rows], dtype=np.int32)
+        cov = mc + np.array([int(r[5]) for r in rows], dtype=np.int32)
+        calls.append((pos, np.full(len(pos), k, dtype=np.int32), mc, cov))
+    pos, cell, mc, cov = (np.concatenate(parts) for parts in zip(*calls))
+    positions, site = np.unique(pos, return_inverse=True)
+    order = np.lexsort((cell, site))
+    site, cell, mc, cov = site[order], cell[order], mc[order], cov[order]
+    indptr = np.zeros(len(positions) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(site, minlength=len(positions)), out=indptr[1:])
+    label = (2 * mc >= cov).astype(np.int8)
+    ch = ChromArrays(chrom, positions, indptr, cell, mc, cov, label)
+    write_store(path, [ch], [Path(f).name.split(".")[0] for f in files])
+    rng = np.random.default_rng(0)
+    seq = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, int(positions[-1]) + 2000)]
+    seq[positions], seq[positions + 1] = ord("C"), ord("G")
+    fasta = path.parent / f"synthetic-{chrom}.fa"
+    with open(fasta, "wb") as handle:
+        handle.write(f">{chrom}\n".encode())
+        for i in range(0, len(seq), 60):
+            handle.write(seq[i : i + 60].tobytes() + b"\n")
+    return str(fasta), len(files)
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
@@ -83,10 +125,17 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     work = Path(args.work)
-    store = work / f"store-{args.cells}"
-    if not store.exists():
-        build_store(store, args.fasta, args.sites, args.cells)
+    if args.scbs:
+        store = work / "store-scbs"
+        if not store.exists():
+            build_scbs_store(store, args.scbs, args.chrom)
+        args.fasta = str(work / f"synthetic-{args.chrom}.fa")
+    else:
+        store = work / f"store-{args.cells}"
+        if not store.exists():
+            build_store(store, args.fasta, args.sites, args.cells)
     ds = open_dataset(store)
+    args.cells = ds.n_cells
     chrom = ds.chromosomes[0]
     dna_window = 1001 if args.dna else 0
     model = CpGTransformer(ModelConfig(n_cells=args.cells, dna_window=dna_window)).eval()
@@ -101,6 +150,10 @@ def run_one(args: argparse.Namespace) -> dict:
             out,
             ImputeOptions(fasta=args.fasta, batch_size=args.batch_size, tile_sites=1024),
         )
+        seconds = time.perf_counter() - t0
+        from cpgformer.impute import open_imputed
+
+        probs = np.asarray(open_imputed(out).values(chrom, 0, n), dtype=np.float64)
     else:
         from cpgformer.nn.original_port import port_forward
 
@@ -126,7 +179,9 @@ def run_one(args: argparse.Namespace) -> dict:
                 )[0]
                 keep = slice(t.keep_start - t.start, t.keep_stop - t.start)
                 output[t.keep_start : t.keep_stop] = torch.sigmoid(logits[keep]).double().numpy()
-    seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        probs = output
+    np.save(work / f"probs-{args.impl}-{args.cells}-{int(bool(args.dna))}.npy", probs)
     return {
         "impl": args.impl,
         "cells": args.cells,
@@ -153,6 +208,8 @@ def main() -> None:
     ap.add_argument("--impls", nargs="+", default=["cpgformer", "original"])
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--out", help="markdown file for the table (default: stdout only)")
+    ap.add_argument("--scbs", help="folder of the scbs cells' coverage files: real calls")
+    ap.add_argument("--chrom", default="19", help="chromosome of the --scbs calls")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="cpgformer", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -173,13 +230,20 @@ def main() -> None:
                     "--dna", str(dna), "--sites", str(args.sites), "--fasta", args.fasta,
                     "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                     "--work", str(work),
-                ]  # fmt: skip
+                ] + (["--scbs", args.scbs, "--chrom", args.chrom] if args.scbs else [])  # fmt: skip
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if res.returncode != 0:
                     sys.stderr.write(res.stderr)
                     raise SystemExit(f"benchmark run failed: {' '.join(cmd)}")
                 results.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 sys.stderr.write(json.dumps(results[-1]) + "\n")
+    diffs = {}
+    for cells in {r["cells"] for r in results}:
+        for dna in args.dna:
+            files = [work / f"probs-{impl}-{cells}-{int(bool(dna))}.npy" for impl in args.impls]
+            if len(files) == 2 and all(f.exists() for f in files):
+                a, b = (np.load(f) for f in files)
+                diffs[(cells, bool(dna))] = float(np.abs(a - b).max())
     lines = [
         "# Imputation speed (CPU)",
         "",
@@ -187,16 +251,22 @@ def main() -> None:
         f"{platform.machine()} {os.cpu_count()} logical CPUs, load average "
         f"{os.getloadavg()[0]:.1f} at the end; torch threads {args.threads}; fp32",
         f"- command: `.venv/bin/python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
-        f"- {args.sites} sites (CpGs of {Path(args.fasta).name}), 15 % observed, published "
-        "architecture (random weights), tiles of 1024 sites",
+        (
+            f"- sites and calls: the scbs cells on chromosome {args.chrom} (real), synthetic "
+            "reference sequence"
+            if args.scbs
+            else f"- {args.sites} sites (CpGs of {Path(args.fasta).name}), 15 % observed"
+        )
+        + "; published architecture (random weights), tiles of 1024 sites",
         "",
         "| C | DNA | cpgformer pred/s | original pred/s | speed-up | cpgformer peak RSS MiB | "
-        "original peak RSS MiB |",
-        "|---|---|---|---|---|---|---|",
+        "original peak RSS MiB | max abs. difference of probabilities |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["impl"], r["cells"], r["dna"]): r for r in results}
-    for cells in args.cells:
+    for cells in sorted({r["cells"] for r in results}):
         for dna in args.dna:
+            diff = diffs.get((cells, bool(dna)))
             ours = by.get(("cpgformer", cells, bool(dna)))
             orig = by.get(("original", cells, bool(dna)))
             speed = (
@@ -207,7 +277,8 @@ def main() -> None:
             lines.append(
                 f"| {cells} | {'yes' if dna else 'no'} | {_fmt(ours, 'predictions_per_s', ',.0f')} "
                 f"| {_fmt(orig, 'predictions_per_s', ',.0f')} | {speed} "
-                f"| {_fmt(ours, 'peak_rss_mib', '.0f')} | {_fmt(orig, 'peak_rss_mib', '.0f')} |"
+                f"| {_fmt(ours, 'peak_rss_mib', '.0f')} | {_fmt(orig, 'peak_rss_mib', '.0f')} "
+                f"| {'-' if diff is None else format(diff, '.1e')} |"
             )
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -1,17 +1,21 @@
 """The ``Batch`` handed to the model: named tensors, never positional tuples.
 
-Shapes: B segments, L sites, C cells, W DNA window.
+Shapes: B segments, L sites, C cells, W DNA window, S DNA sequence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 
-from cpgformer.codes import to_model_input
+from cpgformer.codes import CODE_N, to_model_input
+
+# runs of DNA windows closer than this are read from the reference in one piece
+_FETCH_GAP = 1 << 14
 
 
 @dataclass
@@ -28,7 +32,9 @@ class SegmentItem:
     chrom_id: int
     segment_id: int
     start: int
-    dna: np.ndarray | None = None  # [L, W] int8
+    dna: np.ndarray | None = None  # [L, W] int8 windows
+    dna_sequence: np.ndarray | None = None  # [S] int8 (see dna_sequence)
+    dna_starts: np.ndarray | None = None  # [L] int64 window starts in dna_sequence
 
 
 @dataclass
@@ -41,7 +47,11 @@ class Batch:
     * ``loss_mask`` [B, L, C] bool: perturbed entries, the only ones the loss sees.
     * ``positions`` [B, L] int64 bp relative to each segment's first site.
     * ``cell_ids`` [B, C] int64 indices into the cell table.
-    * ``dna`` [B, L, W] int8 nucleotide codes, or ``None`` when the model uses no DNA.
+    * ``dna`` [B, L, W] int8 nucleotide codes of each site's window, or ``None``;
+    * ``dna_sequence`` [B, S] int8 and ``dna_starts`` [B, L] int64: the same windows as the stretches
+      of sequence they cover (:func:`dna_sequence`, N-padded to the longest of the batch) and each
+      window's start in it; the model shares convolutions between overlapping windows. A batch
+      carries one of the two forms, or neither when the model uses no DNA.
     * ``chrom_ids``, ``segment_ids``, ``starts`` [B] int64: chromosome index in the store, segment
       index within the chromosome, first row.
     """
@@ -55,6 +65,8 @@ class Batch:
     segment_ids: torch.Tensor
     starts: torch.Tensor
     dna: torch.Tensor | None = None
+    dna_sequence: torch.Tensor | None = None
+    dna_starts: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -79,6 +91,8 @@ class Batch:
             segment_ids=self.segment_ids,
             starts=self.starts,
             dna=self.dna,
+            dna_sequence=self.dna_sequence,
+            dna_starts=self.dna_starts,
         )
 
 
@@ -94,9 +108,16 @@ def collate(items: Sequence[SegmentItem], data_mode: str = "binary") -> Batch:
     else:
         states = torch.from_numpy(model_input.astype(np.float32))
     positions = np.stack([it.positions - it.positions[0] for it in items]).astype(np.int64)
-    dna = None
+    dna = dna_seq = dna_starts = None
     if items[0].dna is not None:
         dna = torch.from_numpy(np.stack([it.dna for it in items]))
+    if items[0].dna_sequence is not None:
+        span = max(len(it.dna_sequence) for it in items)
+        seq = np.full((len(items), span), CODE_N, dtype=np.int8)
+        for row, it in zip(seq, items):
+            row[: len(it.dna_sequence)] = it.dna_sequence
+        dna_seq = torch.from_numpy(seq)
+        dna_starts = torch.from_numpy(np.stack([it.dna_starts for it in items]).astype(np.int64))
     return Batch(
         states=states,
         targets=torch.from_numpy(np.stack([it.targets for it in items]).astype(np.float32)),
@@ -107,4 +128,38 @@ def collate(items: Sequence[SegmentItem], data_mode: str = "binary") -> Batch:
         segment_ids=torch.tensor([it.segment_id for it in items], dtype=torch.int64),
         starts=torch.tensor([it.start for it in items], dtype=torch.int64),
         dna=dna,
+        dna_sequence=dna_seq,
+        dna_starts=dna_starts,
     )
+
+
+def dna_sequence(
+    reference: Any, chrom: str, positions: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The DNA windows of ``positions`` (``width`` bp, site at ``width // 2``, N beyond the contig
+    ends, as ``Reference.windows``) as one sequence: the stretches covered by runs of overlapping
+    windows, concatenated, int8 ``[S]``, and each window's start in it, int64 ``[L]``. ``S`` is at
+    most the span of the windows and at most ``L * width``."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int64)
+    order = np.argsort(positions, kind="stable")
+    starts = positions[order] - width // 2
+    new_run = np.ones(len(starts), dtype=bool)
+    new_run[1:] = np.diff(starts) >= width
+    firsts = np.flatnonzero(new_run)
+    lasts = np.append(firsts[1:], len(starts)) - 1
+    lo, hi = starts[firsts], starts[lasts] + width
+    offset = np.concatenate([[0], np.cumsum(hi - lo)[:-1]])
+    sequence = np.empty(int((hi - lo).sum()), dtype=np.int8)
+    # one read per cluster of runs closer than _FETCH_GAP
+    cut = np.flatnonzero(lo[1:] - hi[:-1] > _FETCH_GAP) + 1
+    for a, b in zip(np.append(0, cut), np.append(cut, len(lo))):
+        codes = reference.fetch_codes(chrom, int(lo[a]), int(hi[b - 1]))
+        for r in range(a, b):
+            piece = codes[lo[r] - lo[a] : hi[r] - lo[a]]
+            sequence[offset[r] : offset[r] + len(piece)] = piece
+    run = np.cumsum(new_run) - 1
+    result = np.empty(len(starts), dtype=np.int64)
+    result[order] = starts - lo[run] + offset[run]
+    return sequence, result

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from cpgformer.data.batch import Batch, SegmentItem, collate
+from cpgformer.data.batch import Batch, SegmentItem, collate, dna_sequence
 from cpgformer.data.config import DataConfig
 from cpgformer.data.masking import (
     EmpiricalSampler,
@@ -232,9 +232,11 @@ class SegmentDataset(TorchDataset):
         assert self.sampler is not None
         perturbed, loss_mask = perturb(values, self.masking, self.sampler, rng)
         positions = np.asarray(ds.positions(seg.chrom)[seg.start : seg.stop], dtype=np.int64)
-        dna = None
-        if self.dna_window:
-            dna = self.reference.windows(seg.chrom, positions, self.dna_window)
+        dna_seq = dna_starts = None
+        if self.dna_window:  # the covered sequence: the model shares convolutions between windows
+            dna_seq, dna_starts = dna_sequence(
+                self.reference, seg.chrom, positions, self.dna_window
+            )
         return SegmentItem(
             values=perturbed,
             targets=values.astype(np.float32),
@@ -244,7 +246,8 @@ class SegmentDataset(TorchDataset):
             chrom_id=seg.chrom_index,
             segment_id=seg.index,
             start=seg.start,
-            dna=dna,
+            dna_sequence=dna_seq,
+            dna_starts=dna_starts,
         )
 
 

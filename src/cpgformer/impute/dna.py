@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cpgformer.data.batch import dna_sequence
 from cpgformer.model import Predictor
 
 if TYPE_CHECKING:
@@ -147,14 +148,12 @@ def chunk_embedding(
         opts.shared_dna
         and encoder is not None
         and reference is not None
-        and _has_shared_path(encoder)
+        and hasattr(encoder, "encode")
     ):
+        positions = np.asarray(src.positions[lo:hi], dtype=np.int64)
+        seq, starts = dna_sequence(reference, src.chrom, positions, encoder.dna_window)
         with torch.inference_mode():
-            return shared_dna_embedding(
-                encoder,
-                lambda a, b: reference.fetch_codes(src.chrom, a, b),
-                np.asarray(src.positions[lo:hi], dtype=np.int64),
-            )
+            return encoder.encode(torch.from_numpy(seq), torch.from_numpy(starts)).float()
     return embed_sites(
         predictor, lambda x, y: windows_fn(lo + x, lo + y), hi - lo, opts.embed_chunk
     )

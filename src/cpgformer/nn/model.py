@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cpgformer.nn.config import ATTENTION_IMPLS, ModelConfig
-from cpgformer.nn.dna import DNAEncoder
+from cpgformer.nn.dna import WINDOW_CHUNK, DNAEncoder
 from cpgformer.nn.embeddings import BinaryStateEmbedding, ContinuousStateEmbedding
 from cpgformer.nn.layers import TransformerLayer
 from cpgformer.nn.posenc import RelativePositions
@@ -83,11 +83,32 @@ class CpGTransformer(nn.Module):
             raise ValueError("set the cells' profiles first (set_cell_profiles)")
         return self.cell_encoder(self.cell_profiles[cell_ids])
 
-    def embed_dna(self, windows: Tensor, chunk_size: int = 4096) -> Tensor:
+    def embed_dna(self, windows: Tensor, chunk_size: int = WINDOW_CHUNK) -> Tensor:
         """``[N, dna_window]`` nucleotide codes -> ``[N, dna_embed]`` (in chunks; cache per site)."""
         if self.dna_encoder is None:
             raise ValueError("this model has no DNA branch (dna_window = 0)")
         return self.dna_encoder.embed_chunked(windows, chunk_size)
+
+    def set_dna_precision(self, precision: str) -> None:
+        """``"bf16"``: the DNA CNN's convolutions and Linear layers in bfloat16 when fed sequences
+        (faster where the hardware computes bf16 natively, e.g. x86 CPUs with AVX512-BF16 or AMX;
+        slightly different numbers); ``"fp32"``: full precision (default)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"DNA precision must be fp32 or bf16, got {precision!r}")
+        if self.dna_encoder is not None:
+            self.dna_encoder.bf16 = precision == "bf16"
+
+    def embed_dna_sequence(self, sequence: Tensor, starts: Tensor) -> Tensor:
+        """DNA embeddings ``[B, L, dna_embed]`` from each segment's sequence ``[B, S]`` (nucleotide
+        codes, any padding after the last window) and the start of each site's window in it
+        ``[B, L]``: convolutions shared between overlapping windows (:meth:`DNAEncoder.encode`)."""
+        if self.dna_encoder is None:
+            raise ValueError("this model has no DNA branch (dna_window = 0)")
+        batch, length = starts.shape
+        span = sequence.shape[1]
+        offset = torch.arange(batch, device=starts.device).unsqueeze(1) * span
+        flat = self.dna_encoder.encode(sequence.reshape(-1), (starts + offset).reshape(-1))
+        return flat.view(batch, length, -1)
 
     def embed_tokens(
         self,
@@ -122,18 +143,33 @@ class CpGTransformer(nn.Module):
         dna: Tensor | None = None,
         dna_embedding: Tensor | None = None,
         attention_impl: str | None = None,
+        dna_sequence: Tensor | None = None,
+        dna_starts: Tensor | None = None,
     ) -> Tensor:
-        """See the class docstring; ``attention_impl`` overrides the config's "fast"/"reference"."""
+        """See the class docstring; ``attention_impl`` overrides the config's "fast"/"reference".
+
+        The DNA input is one of: ``dna`` ``[B, L, dna_window]`` windows; ``dna_sequence`` ``[B, S]``
+        with ``dna_starts`` ``[B, L]`` (each site's window start in its segment's sequence: the
+        convolutions of overlapping windows are shared, same result); or precomputed
+        ``dna_embedding`` ``[B, L, dna_embed]``. Either way the DNA CNN runs in bounded chunks.
+        """
         impl = attention_impl or self.attention_impl
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         batch, length, cells = states.shape
         if self.dna_encoder is not None:
             if dna_embedding is None:
-                if dna is None:
-                    raise ValueError("this model has a DNA branch: pass dna or dna_embedding")
-                dna_embedding = self.dna_encoder(dna.reshape(batch * length, -1))
-                dna_embedding = dna_embedding.view(batch, length, -1)
+                if dna_sequence is not None and dna_starts is not None:
+                    dna_embedding = self.embed_dna_sequence(dna_sequence, dna_starts)
+                elif dna is not None:
+                    windows = dna.reshape(batch * length, -1)
+                    dna_embedding = self.dna_encoder.embed_chunked(windows)
+                    dna_embedding = dna_embedding.view(batch, length, -1)
+                else:
+                    raise ValueError(
+                        "this model has a DNA branch: pass dna, dna_sequence with dna_starts, "
+                        "or dna_embedding"
+                    )
         else:
             dna_embedding = None  # a model without DNA branch ignores DNA inputs
         x = self.embed_tokens(states, cell_ids, dna_embedding, impl)

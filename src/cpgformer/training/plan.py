@@ -139,14 +139,16 @@ def estimate_step(
             states = states.float()
         positions = torch.arange(probe_sites, device=dev).unsqueeze(0) * 50
         cell_ids = torch.arange(cells, device=dev).unsqueeze(0)
-        dna = None
-        if probe_config.has_dna:
-            dna = torch.randint(0, 4, (1, probe_sites, probe_config.dna_window or 0), device=dev)
+        dna: dict = {}
+        if probe_config.has_dna:  # as training batches carry it: the covered sequence + starts
+            span = int(positions[0, -1]) + (probe_config.dna_window or 0)
+            dna["dna_sequence"] = torch.randint(0, 4, (1, span), device=dev)
+            dna["dna_starts"] = positions
 
         def step() -> float:
             start = time.perf_counter()
             model.zero_grad(set_to_none=True)
-            model(states, positions, cell_ids, dna=dna).float().square().mean().backward()
+            model(states, positions, cell_ids, **dna).float().square().mean().backward()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             return time.perf_counter() - start

@@ -172,7 +172,14 @@ class CpGTask(pl.LightningModule):
 
     # ---- forward / loss -------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.model(batch.states, batch.positions, batch.cell_ids, dna=batch.dna)
+        return self.model(
+            batch.states,
+            batch.positions,
+            batch.cell_ids,
+            dna=batch.dna,
+            dna_sequence=batch.dna_sequence,
+            dna_starts=batch.dna_starts,
+        )
 
     def _loss(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-entry losses on perturbed entries [N], their logits [N])."""
@@ -274,7 +281,10 @@ class CpGTask(pl.LightningModule):
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        params = list(self.model.parameters())
+        # one fused kernel for all parameters where available (same update, ~8x faster step)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=self.lr, fused=fused)
 
     def lr_at(self, step: int, epoch: int) -> float:
         """Learning rate for optimiser step ``step`` taken during epoch ``epoch``."""
