@@ -60,7 +60,8 @@ HELPS: dict[str, str] = {
     "summary_offset": "add the other cells' per-site mean to the output, so training starts from "
     "the per-site mean (default: on for new runs, off with --schedule published)",
     # data
-    "segment_length": "sites per segment (rows of one example)",
+    "segment_length": "sites per segment (rows of one example) (default: 256 for new runs, 1024 "
+    "with --schedule published)",
     "batch_size": "segments per batch",
     "val_chromosomes": "validation chromosomes (chr prefix optional)",
     "test_chromosomes": "test chromosomes, never trained on (chr prefix optional)",
