@@ -127,3 +127,31 @@ def test_model_output_of_a_masked_token_ignores_its_label() -> None:
         masked[0, 4, 2] = 0  # what the model is given
         outs.append(model(masked, positions, cell_ids)[0, 4, 2])
     assert outs[0].item() == outs[1].item()
+
+
+def _build(argv: list[str], n_cells: int):
+    import argparse
+
+    from cpgformer.commands import train as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    return cmd.build_configs(parser.parse_args(["S", "-o", "R", *argv]), n_cells, False)
+
+
+def test_new_run_defaults_and_the_published_path() -> None:
+    from cpgformer.data.config import DataConfig
+
+    model, data, _, given = _build([], 27)
+    assert model.input_summaries and model.summary_offset and model.mode == "axial"
+    assert data.segment_length == 256 and data.resample_cells is None and given == {}
+    model, data, _, _ = _build([], 740)
+    assert (model.mode, model.cell_encoder, data.resample_cells) == ("induced", "profile", 128)
+    # flags override; the published schedule keeps the published model and data defaults
+    model, data, _, _ = _build(
+        ["--no-summary-offset", "--mode", "axial", "--resample-cells", "9"], 740
+    )
+    assert model.input_summaries and not model.summary_offset
+    assert (model.mode, model.cell_encoder, data.resample_cells) == ("axial", "profile", 9)
+    model, data, _, _ = _build(["--schedule", "published"], 740)
+    assert model == ModelConfig(n_cells=740, dna_window=0) and data == DataConfig()
