@@ -155,3 +155,18 @@ def test_new_run_defaults_and_the_published_path() -> None:
     assert (model.mode, model.cell_encoder, data.resample_cells) == ("axial", "profile", 9)
     model, data, _, _ = _build(["--schedule", "published"], 740)
     assert model == ModelConfig(n_cells=740, dna_window=0) and data == DataConfig()
+
+
+def test_explain_target_logit_includes_the_offset() -> None:
+    from cpgformer.explain import _target_logit
+
+    torch.manual_seed(3)
+    model = CpGTransformer(_config(input_summaries=True, summary_offset=True)).eval()
+    torch.nn.init.normal_(model.head.weight)
+    states = _grid(8, shape=(1, 9, 5))
+    positions = torch.arange(9).unsqueeze(0) * 10
+    cell_ids = torch.arange(5).unsqueeze(0)
+    full = model(states, positions, cell_ids)
+    with torch.no_grad():
+        got = _target_logit(model, states, positions, cell_ids, None, 4, 2)
+    torch.testing.assert_close(got, full[:, 4, 2])
