@@ -43,7 +43,7 @@ HELPS: dict[str, str] = {
     "site_window": "sliding attention window in sites (odd)",
     "mode": "attention mode: axial, 2D, intracell, intercell, none (the published ones) or induced "
     "(attention across cells through learned summary tokens: cost per cell flat in the number of "
-    "cells)",
+    "cells) (default: axial; induced for new runs on 256 cells or more)",
     "data_mode": "binary (labels) or continuous (methylated fractions)",
     "layernorm": "layer normalisation after each sublayer",
     "activation": "feed-forward activation: relu or gelu",
@@ -52,10 +52,17 @@ HELPS: dict[str, str] = {
     "attention_impl": "attention implementation: fast (blocked) or reference (dense)",
     "n_inducing": "summary tokens per site of the induced mode",
     "cell_encoder": "table (one learned vector per training cell, the published model) or profile "
-    "(cells embedded from their own data: the model applies to new cells)",
+    "(cells embedded from their own data: the model applies to new cells) (default: table; "
+    "profile for new runs on 256 cells or more)",
     "profile_features": "cell profile features of the profile encoder (2 + principal components)",
+    "input_summaries": "give every token cheap summaries of the input: the other cells' mean at "
+    "its site, means over nearby sites, its cell's local and overall mean (its own entry left "
+    "out) (default: on for new runs, off with --schedule published)",
+    "summary_offset": "add the other cells' per-site mean to the output, so training starts from "
+    "the per-site mean (default: on for new runs, off with --schedule published)",
     # data
-    "segment_length": "sites per segment (rows of one example)",
+    "segment_length": "sites per segment (rows of one example) (default: 256 for new runs, 1024 "
+    "with --schedule published)",
     "batch_size": "segments per batch",
     "val_chromosomes": "validation chromosomes (chr prefix optional)",
     "test_chromosomes": "test chromosomes, never trained on (chr prefix optional)",
@@ -72,7 +79,8 @@ HELPS: dict[str, str] = {
     "mask_fraction": "fraction used by the mask rule",
     "random_fraction": "share of perturbed entries given a random label instead of unknown",
     "resample_cells": "train each batch on this many random cells (memory, time); validation "
-    "segments use a fixed random subset of the same size",
+    "segments use a fixed random subset of the same size (default: 128 for new runs on 256 cells "
+    "or more, else all cells)",
     "num_workers": "data loader worker processes",
     "label_sample_size": "observed labels sampled for the random-label distribution",
 }

@@ -119,7 +119,9 @@ def _target_logit(
         keep = (n_layers - index - 1) * half
         lo, hi = max(0, target - keep), min(x.shape[1], target + keep + 1)
         x, positions, target = x[:, lo:hi], positions[:, lo:hi], target - lo
-    return model.head(x[:, target, target_cell]).squeeze(-1)
+    out = model.head(x[:, target, target_cell]).squeeze(-1)
+    offset = model.output_offset(states)  # the per-site-mean offset of new-run models
+    return out if offset is None else out + offset[:, target_site, target_cell].to(out.dtype)
 
 
 def _cell_module(model: Any) -> Any:

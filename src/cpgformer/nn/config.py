@@ -48,6 +48,12 @@ def dna_flat_length(dna_window: int, n_conv_layers: int) -> int:
 class ModelConfig:
     """Architecture of a CpG Transformer (defaults = the published model).
 
+    ``input_summaries`` adds, to every token, cheap summaries of the input grid (per-site mean of the
+    other cells' inputs, windowed means, the cell's own local mean; see
+    :func:`cpgformer.nn.embeddings.input_summaries`); ``summary_offset`` adds the per-site mean (as a
+    logit, learned scale starting at 1) to the output and starts the head at zero, so an untrained
+    model predicts the per-site mean. Both are off in the published model.
+
     ``dna_window`` 0 or ``None`` disables the DNA branch (the model then needs no reference FASTA and
     its combine layer takes only the [state, cell] embeddings). ``attention_impl`` is a runtime choice
     ("fast" blocked attention or the dense "reference"), it does not change the weights.
@@ -76,6 +82,8 @@ class ModelConfig:
     profile_features: int = 18
     use_positions: bool = True
     cell_identity: bool = True
+    input_summaries: bool = False
+    summary_offset: bool = False
 
     def __post_init__(self) -> None:
         if self.dna_window is None:

@@ -8,7 +8,12 @@ from torch import Tensor, nn
 
 from cpgformer.nn.config import ATTENTION_IMPLS, ModelConfig
 from cpgformer.nn.dna import WINDOW_CHUNK, DNAEncoder
-from cpgformer.nn.embeddings import BinaryStateEmbedding, ContinuousStateEmbedding
+from cpgformer.nn.embeddings import (
+    SUMMARY_FEATURES,
+    BinaryStateEmbedding,
+    ContinuousStateEmbedding,
+    input_summaries,
+)
 from cpgformer.nn.layers import TransformerLayer
 from cpgformer.nn.posenc import RelativePositions
 
@@ -48,8 +53,15 @@ class CpGTransformer(nn.Module):
             config.state_embed + config.cell_embed + (config.dna_embed if config.has_dna else 0)
         )
         self.combine = nn.Linear(combined, config.hidden)
+        if config.input_summaries:
+            self.summary_embed = nn.Linear(SUMMARY_FEATURES, config.hidden, bias=False)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_layers))
         self.head = nn.Linear(config.hidden, 1)
+        if config.summary_offset:
+            # an untrained model predicts the per-site mean of the other cells' inputs
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.offset_scale = nn.Parameter(torch.ones(()))
         self._positional = any(k in ("sites", "sites_cells") for k in config.attention_kinds)
 
     @property
@@ -121,11 +133,15 @@ class CpGTransformer(nn.Module):
         batch, length, cells = states.shape
         state = self.state_embed(states)  # [B, L, C, Es]
         cell = self.cell_vectors(cell_ids)  # [B, C, Ec]
+        summary = None
+        if self.config.input_summaries:
+            summary = self.summary_embed(self.summaries(states).to(self.combine.weight.dtype))
         if impl == "reference":
             parts = [state, cell.unsqueeze(1).expand(batch, length, cells, cell.shape[-1])]
             if dna_embedding is not None:
                 parts.append(dna_embedding.unsqueeze(2).expand(batch, length, cells, -1))
-            return torch.relu(self.combine(torch.cat(parts, dim=-1)))
+            combined = self.combine(torch.cat(parts, dim=-1))
+            return torch.relu(combined if summary is None else combined + summary)
         # the combine Linear split by input block: per-cell and per-site terms computed once
         weight = self.combine.weight
         es, ec = self.config.state_embed, self.config.cell_embed
@@ -133,7 +149,25 @@ class CpGTransformer(nn.Module):
         hidden = hidden + F.linear(cell, weight[:, es : es + ec]).unsqueeze(1)
         if dna_embedding is not None:
             hidden = hidden + F.linear(dna_embedding, weight[:, es + ec :]).unsqueeze(2)
+        if summary is not None:
+            hidden = hidden + summary
         return torch.relu(hidden)
+
+    def summaries(self, states: Tensor) -> Tensor:
+        """Input summaries ``[B, L, C, 7]`` of each token (:func:`input_summaries`; its own input
+        left out), computed from the input grid alone."""
+        with torch.no_grad():
+            return input_summaries(states, self.config.half_window, self.config.data_mode)
+
+    def output_offset(self, states: Tensor) -> Tensor | None:
+        """What ``summary_offset`` adds to the head's output ``[B, L, C]`` (None when off): the
+        per-site mean of the other cells' inputs, as a logit for binary data."""
+        if not self.config.summary_offset:
+            return None
+        site = self.summaries(states)[..., 0]
+        if self.config.data_mode != "binary":
+            site = torch.sigmoid(site)
+        return self.offset_scale * site.to(self.offset_scale.dtype)
 
     def forward(
         self,
@@ -174,7 +208,9 @@ class CpGTransformer(nn.Module):
             dna_embedding = None  # a model without DNA branch ignores DNA inputs
         x = self.embed_tokens(states, cell_ids, dna_embedding, impl)
         x = self.transform(x, positions, impl)
-        return self.head(x).squeeze(-1)
+        out = self.head(x).squeeze(-1)
+        offset = self.output_offset(states)
+        return out if offset is None else out + offset.to(out.dtype)
 
     def transform(self, x: Tensor, positions: Tensor, attention_impl: str | None = None) -> Tensor:
         """The transformer stack alone: token embeddings ``[B, L, C, D]`` -> ``[B, L, C, D]``."""

@@ -13,6 +13,7 @@ from cpgformer.data.config import DataConfig
 from cpgformer.errors import InputError, UsageError
 from cpgformer.nn import ModelConfig
 from cpgformer.training.config import TrainConfig
+from cpgformer.training.schedule import new_run_defaults
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ def build_configs(
         values["model"]["dna_window"] = 1001 if has_fasta else 0
         if not has_fasta:
             log.info("the store has no FASTA: training without DNA (--dna-window 0)")
+    schedule = values["training"].get("schedule", "adaptive")
+    for section, defaults in new_run_defaults(n_cells, schedule).items():
+        for name, value in defaults.items():
+            values[section].setdefault(name, value)
     values["data"]["seed"] = values["training"].get("seed", 0)
     for name in ("val_chromosomes", "test_chromosomes"):
         if name in values["data"]:
