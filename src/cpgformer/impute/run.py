@@ -128,7 +128,7 @@ def _impute(
     model: Model | str | os.PathLike[str],
     out: Path,
     opts: ImputeOptions,
-    device: Any,
+    device: Any = None,
     *,
     ranks: Any = None,
     regions: Any = None,
