@@ -163,14 +163,18 @@ def bench(cells: int, sites: int, repeats: int, rounds: int) -> list[tuple[str, 
     rel = torch.randn(1, sites, 2 * half + 1, heads, dim, generator=g).requires_grad_(True)
     u, v = (torch.randn(heads, dim, generator=g).requires_grad_(True) for _ in range(2))
     weights = torch.randn(1, sites, cells, heads, dim, generator=g)
+
+    def plain(t: torch.Tensor, p: float) -> torch.Tensor:  # inference: inputs without gradients
+        return t if p else t.detach()
+
     calls = {
         "site": (
-            lambda p: kernels.site_attention(qkv, rel, u, v, p),
-            lambda p: CtypesSite.apply(qkv, rel, u, v, p),
+            lambda p: kernels.site_attention(*(plain(t, p) for t in (qkv, rel, u, v)), p),
+            lambda p: CtypesSite.apply(*(plain(t, p) for t in (qkv, rel, u, v)), p),
         ),
         "cell": (
-            lambda p: kernels.cell_attention(qkv, p),
-            lambda p: CtypesCell.apply(qkv, p),
+            lambda p: kernels.cell_attention(plain(qkv, p), p),
+            lambda p: CtypesCell.apply(plain(qkv, p), p),
         ),
     }
     rows = []

@@ -19,8 +19,8 @@ autograd, ``torch.compile`` and ``torch.library.opcheck`` like built-in operator
 They are compiled on first use by :func:`torch.utils.cpp_extension.load` (ninja, the system's C++
 compiler ``$CXX`` or ``c++``) into a cache directory (``$CPGFORMER_KERNELS_CACHE``, else
 ``$XDG_CACHE_HOME/cpgformer/kernels`` or ``~/.cache/cpgformer/kernels``), one folder per PyTorch
-version and CPU instruction set (the kernels are built with ``-march=native``); PyTorch rebuilds
-when the sources or flags change and otherwise loads the library. The kernels run on PyTorch's own
+version, CPU instruction set (the kernels are built with ``-march=native``) and version and place of
+the sources; a later process finds the library there and loads it. The kernels run on PyTorch's own
 OpenMP threads (the library links the ``libgomp`` PyTorch has loaded).
 
 :func:`available` says whether they loaded; where they cannot (no compiler, no ninja, a failed
@@ -77,10 +77,15 @@ def cache_dir() -> Path:
 
 
 def build_dir() -> Path:
+    """The build folder of these sources (their location and contents: installs of different
+    versions, or checkouts in other places, never rebuild each other's), this PyTorch and this CPU."""
     key = hashlib.sha256(
         (_cpu_flags() + platform.machine() + platform.system() + torch.__version__).encode()
-    ).hexdigest()[:12]
-    return cache_dir() / f"torch-{torch.__version__.split('+')[0]}-{key}"
+    )
+    key.update(str(CSRC).encode())
+    for source in (*SOURCES, CSRC / "kernels.h"):
+        key.update(source.read_bytes())
+    return cache_dir() / f"torch-{torch.__version__.split('+')[0]}-{key.hexdigest()[:16]}"
 
 
 def compiler() -> str | None:

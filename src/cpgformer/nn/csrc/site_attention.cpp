@@ -295,7 +295,7 @@ Shape make_shape(int64_t L, int64_t C, int64_t H, int64_t D, int64_t W) {
 }
 
 // Work item k of B x parts: batch entry k / parts, sites [s0, s1) of part k % parts (the split
-// of cpgformer.nn.cores._split: part * L / parts).
+// of cpgformer.nn.attention.cores._split: part * L / parts).
 struct Item {
   int64_t b, s0, s1;
 };
