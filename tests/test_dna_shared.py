@@ -210,3 +210,51 @@ def test_bf16_close_to_fp32():
     assert 0 < (half - full).abs().max() < 0.05 * scale
     with pytest.raises(ValueError, match="precision"):
         model.set_dna_precision("fp16")
+
+
+def test_training_batches_feed_the_model_as_windows_would(tmp_path):
+    """Data module -> batch (covered sequence + starts) -> training forward equals the model on the
+    reference's windows of the same sites."""
+    import sys
+    from pathlib import Path
+
+    from cpgformer.data.datamodule import DataConfig, SegmentDataModule
+    from cpgformer.training.task import CpGTask
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _training_helpers import make_store
+
+    rng = np.random.default_rng(0)
+    fasta = tmp_path / "ref.fa"
+    with open(fasta, "w") as handle:
+        for name in ("1", "5"):
+            seq = "".join(rng.choice(list("ACGT"), size=3000))
+            handle.write(
+                f">{name}\n" + "\n".join(seq[i : i + 60] for i in range(0, 3000, 60)) + "\n"
+            )
+    store = make_store(tmp_path / "s", {"1": 48, "5": 16}, 4, seed=3, fasta=str(fasta))
+    dm = SegmentDataModule(
+        store,
+        DataConfig(segment_length=16, batch_size=2, val_chromosomes=("5",), test_chromosomes=()),
+        dna_window=101,
+        rank=0,
+        world_size=1,
+    )
+    torch.manual_seed(0)
+    config = ModelConfig(n_cells=4, dna_window=101, n_layers=1)
+    task = CpGTask(config)
+    task.model.eval()
+    ref = Reference(fasta, cache=tmp_path / "cache")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.dna is None and batch.dna_sequence is not None
+    windows = []
+    for k in range(batch.batch_size):
+        start = int(batch.starts[k])
+        pos = dm.store.positions("1")[start : start + 16]
+        windows.append(ref.windows("1", np.asarray(pos), 101))
+    with torch.no_grad():
+        got = task(batch)
+        want = task.model(
+            batch.states, batch.positions, batch.cell_ids, dna=torch.from_numpy(np.stack(windows))
+        )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -120,7 +120,7 @@ class CpGTransformer(nn.Module):
         span = sequence.shape[1]
         offset = torch.arange(batch, device=starts.device).unsqueeze(1) * span
         flat = self.dna_encoder.encode(sequence.reshape(-1), (starts + offset).reshape(-1))
-        return flat.view(batch, length, -1)
+        return flat.view(batch, length, flat.shape[-1])
 
     def embed_tokens(
         self,
