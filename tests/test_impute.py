@@ -527,35 +527,6 @@ def test_calibrate_command_writes_temperature(tmp_path: Path) -> None:
     np.testing.assert_allclose(imp.values("2", 0, 50), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("n_conv_layers,window", [(2, 41), (3, 61)])
-def test_shared_dna_convolutions_equal_per_window_cnn(n_conv_layers: int, window: int) -> None:
-    from cpgformer.codes import encode_sequence
-    from cpgformer.impute import shared_dna_embedding
-
-    rng = np.random.default_rng(n_conv_layers)
-    genome = encode_sequence("".join(rng.choice(list("ACGTN"), size=2000)))
-
-    def fetch(a: int, b: int) -> np.ndarray:  # N outside the contig, as Reference.fetch_codes
-        out = np.full(b - a, 4, dtype=np.int8)
-        lo, hi = max(a, 0), min(b, len(genome))
-        out[lo - a : hi - a] = genome[lo:hi]
-        return out
-
-    # clustered sites (shared path, every phase), isolated ones, and sites at both contig ends
-    positions = np.unique(
-        np.concatenate([[0, 3, 700, 1400], rng.integers(100, 400, size=60), [1990, 1999]])
-    )
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_cells=2, dna_window=window, n_conv_layers=n_conv_layers, dna_embed=5)
-    encoder = CpGTransformer(cfg).eval().dna_encoder
-    half = window // 2
-    windows = np.stack([fetch(int(p) - half, int(p) - half + window) for p in positions])
-    with torch.inference_mode():
-        direct = encoder(torch.from_numpy(windows.astype(np.int64)))
-        shared = shared_dna_embedding(encoder, fetch, positions, block_bp=150, max_gap=50)
-    np.testing.assert_allclose(shared.numpy(), direct.numpy(), atol=1e-5)
-
-
 def test_imputed_store_reads_the_observed_calls_like_the_dataset(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", {"1": 120, "2": 50}, n_cells=3)
     ds = open_dataset(store)

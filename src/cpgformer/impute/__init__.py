@@ -25,7 +25,7 @@ from cpgformer.impute.calibration import (
     masked_holdout,
 )
 from cpgformer.impute.distributed import impute_distributed
-from cpgformer.impute.dna import embed_sites, shared_dna_embedding
+from cpgformer.impute.dna import embed_sites
 from cpgformer.impute.imputed import FORMAT, FORMAT_VERSION, ImputedStore, open_imputed
 from cpgformer.impute.probabilities import DTYPES, dequantize, quantize, to_probabilities
 from cpgformer.impute.regions import impute_regions
@@ -75,6 +75,5 @@ __all__ = [
     "predict_block",
     "quantize",
     "resolve_device",
-    "shared_dna_embedding",
     "to_probabilities",
 ]
