@@ -213,3 +213,19 @@ def test_two_processes_write_the_region_table_of_one(data: dict[str, Path], tmp_
         ad.read_h5ad(out), exported(data, tmp_path / "e.h5ad", regions=str(data["bed"]))
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5ad", "r.h5ad"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_regions_by_chunk_equals_a_plain_overlap_test(seed: int) -> None:
+    from cpgformer.impute.regions import regions_by_chunk
+
+    rng = np.random.default_rng(seed)
+    n_sites, chunk = int(rng.integers(1, 500)), int(rng.integers(1, 60))
+    i0 = rng.integers(0, n_sites + 1, size=200)
+    i1 = np.minimum(n_sites, i0 + rng.integers(0, 3, size=200) * rng.integers(0, 120, size=200))
+    order, starts = regions_by_chunk(i0, i1, chunk)
+    for c, a in enumerate(range(0, n_sites, chunk)):
+        b = min(n_sites, a + chunk)
+        want = np.flatnonzero((i0 < b) & (i1 > a) & (i1 > i0))  # sharing a row with [a, b)
+        got = order[starts[c] : starts[c + 1]] if c + 1 < len(starts) else order[:0]
+        assert got.tolist() == want.tolist()

@@ -75,18 +75,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "[start, end)); -o is then the .h5ad file to write",
     )
     regions.add_argument(
-        "--bin-size", type=int, help="sum over fixed bins of this many bp (instead of --regions)"
+        "--bin-size",
+        type=int,
+        metavar="N",
+        help="sum over fixed bins of N bp (instead of --regions)",
     )
     regions.add_argument(
         "--region-values",
         choices=("imputed", "denoised"),
         default="imputed",
-        help="imputed: observed calls kept in the region means (default); denoised: model "
-        "probabilities everywhere",
+        help="imputed: observed calls kept in the region means; denoised: model probabilities "
+        "everywhere",
     )
     dist = parser.add_argument_group(
-        "several devices or nodes (Lightning's launch, as for train; torchrun and SLURM srun "
-        "work too): each process imputes its share of the chunks into the one output"
+        "several processes, GPUs or nodes writing one output (as for train; torchrun and SLURM "
+        "srun too)"
     )
     dist.add_argument(
         "--accelerator",

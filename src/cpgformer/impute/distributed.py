@@ -195,7 +195,7 @@ def impute_distributed(
 ) -> Any:
     """:func:`cpgformer.impute.impute` (or, with ``regions``, region sums) on every rank of a
     Fabric launch. Returns the output on the main rank and None on the others."""
-    from cpgformer.impute.run import ImputeOptions, _impute
+    from cpgformer.impute.run import ImputeOptions, _impute, _model_path
     from cpgformer.utils.locks import output_lock
     from cpgformer.utils.outputs import check_output
 
@@ -210,11 +210,8 @@ def impute_distributed(
             )
         kind = "imputed" if regions is None else "h5ad"
         try:
-            inputs = [
-                getattr(store, "path", store),
-                model if isinstance(model, str | Path) else None,
-            ]
-            inputs += [opts.fasta, getattr(regions, "source_path", None)]
+            inputs = [getattr(store, "path", store), _model_path(model), opts.fasta]
+            inputs.append(getattr(regions, "source_path", None))
             check_output(out, kind, overwrite=opts.overwrite, inputs=inputs)
             with output_lock(out):  # the main rank owns the output; the others write chunks only
                 return _impute(

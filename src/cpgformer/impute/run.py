@@ -171,7 +171,7 @@ def _impute(
             raise UsageError(
                 "--region-values denoised uses the model everywhere: drop --keep-observed"
             )
-        regions.prepare(ds, sources, chroms, predictor.data_mode)
+        regions.prepare(ds, sources, chroms, predictor.data_mode, chunk_sites)
         plan.update(regions.plan_entries())
     work = partial_dir(out)
     if main:
