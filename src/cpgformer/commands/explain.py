@@ -20,7 +20,6 @@ from cpgformer.explain import (
     save_npz,
 )
 from cpgformer.io.store import open_dataset
-from cpgformer.io.store import reference as find_reference
 from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, resolve_device
 from cpgformer.utils.atomic import atomic_dir
 
@@ -130,13 +129,12 @@ def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     model = Model.load(args.checkpoint)
     device = resolve_device(args.device)
-    need = "the model uses DNA windows" if model.config.has_dna else None
-    if need is None and args.fasta:
+    if args.fasta and not model.config.has_dna:
         log.info("the model uses no DNA: --fasta ignored")
     results = model.explain(
         ds,
         queries,
-        reference=find_reference(args.fasta, ds, need) if need else None,
+        fasta=args.fasta,
         n_steps=args.n_steps,
         baseline=args.baseline,
         attention=not args.no_attention,
