@@ -14,6 +14,7 @@ clustering of raw vs imputed region-level methylation.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 
 from cpgformer.errors import UsageError
 from cpgformer.model import Model, as_model
+from cpgformer.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -336,3 +338,59 @@ def plot_comparison(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_cell_map(
+    out: str | Path,
+    adata: Any,
+    color: str,
+    *,
+    comparison: tuple[pd.DataFrame, dict[str, np.ndarray]] | None = None,
+    labels: Sequence[Any] | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[Any] = (),
+) -> dict:
+    """Write a cell map (:func:`cell_map`) into the directory ``out`` (atomic; ``inputs`` are never
+    overwritten): ``cells.tsv`` (obs, representations, UMAP), ``cells.h5ad``, ``map.png`` (and
+    ``map_tsne.png``), ``summary.json``, and with ``comparison`` (:func:`compare_clusterings`)
+    ``clustering.tsv`` and ``raw_vs_imputed.png``. Returns the summary."""
+    representations = np.asarray(adata.obsm[REPRESENTATION_KEY])
+    with atomic_dir(Path(out), overwrite, kind="cells", inputs=list(inputs)) as tmp:
+        table = adata.obs.copy()
+        for k in range(representations.shape[1]):
+            table[f"rep_{k}"] = representations[:, k]
+        umap = adata.obsm["X_umap"]
+        table["umap_1"], table["umap_2"] = umap[:, 0], umap[:, 1]
+        table.to_csv(tmp / "cells.tsv", sep="\t", index=False)
+        adata.write_h5ad(tmp / "cells.h5ad", compression="gzip")
+        plot_map(adata, color, tmp / "map.png")
+        if "X_tsne" in adata.obsm:
+            plot_map(adata, color, tmp / "map_tsne.png", basis="X_tsne")
+        summary = _summary(adata, color)
+        if comparison is not None:
+            result, coords = comparison
+            result.to_csv(tmp / "clustering.tsv", sep="\t", index=False)
+            plot_comparison(coords, labels, result, tmp / "raw_vs_imputed.png")
+            summary["raw_vs_imputed"] = result.to_dict(orient="records")
+        with open(tmp / "summary.json", "w") as fh:
+            json.dump(summary, fh, indent=1, default=str)
+            fh.write("\n")
+    return summary
+
+
+def _summary(adata: Any, color: str) -> dict:
+    obs = adata.obs
+    summary = {
+        "n_cells": int(adata.n_obs),
+        "clusters": obs["cluster"].value_counts().to_dict(),
+        "outliers": [str(n) for n in adata.obs_names[obs["outlier"].to_numpy(bool)]],
+        "qc_outliers": {
+            str(n): str(r)
+            for n, r, f in zip(adata.obs_names, obs["qc_reason"], obs["qc_outlier"])
+            if f
+        },
+    }
+    column = obs[color]
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        summary[f"spearman_{color}"] = axis_correlations(adata, color)
+    return summary

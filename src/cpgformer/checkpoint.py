@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cpgformer import legacy
-from cpgformer.errors import CheckpointError, UsageError, describe_os_error
-from cpgformer.nn import CpGTransformer, ModelConfig
-from cpgformer.nn.serialize import build_model, load_model, save_model
+from cpgformer.errors import CheckpointError, describe_os_error
+from cpgformer.nn import CpGTransformer
+from cpgformer.nn.serialize import build_model, load_model, save_model, versioned_config
 
 if TYPE_CHECKING:
     from cpgformer.model import Model
@@ -136,16 +136,7 @@ def read_checkpoint(
     meta = obj.get(LIGHTNING_KEY)
     if not isinstance(meta, Mapping) or "state_dict" not in obj:
         return _read_original(path, obj, hparams)
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > SUPPORTED_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format_version {version!r} is newer than this cpgformer "
-            f"supports ({SUPPORTED_VERSION})"
-        )
-    try:
-        config = ModelConfig.from_dict(dict(meta["config"]))
-    except (UsageError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: bad model config: {exc}") from exc
+    config = versioned_config(meta, SUPPORTED_VERSION, str(path))
     model = build_model(config, model_state_from_lightning(obj["state_dict"]), str(path))
     cells = meta.get("cells")
     if cells is not None and len(cells) != config.n_cells:

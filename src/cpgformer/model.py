@@ -38,6 +38,7 @@ from torch import Tensor
 from cpgformer.checkpoint import read_checkpoint, save_checkpoint
 from cpgformer.data.profiles import CellProfiler
 from cpgformer.errors import CheckpointError, UsageError
+from cpgformer.io.store import reference as find_reference
 from cpgformer.nn import CpGTransformer, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -312,11 +313,16 @@ class Model:
 
         return calibrate(store, self, out, **kw)
 
-    def explain(self, store: Any, sites: Sequence[Any], **kw: Any) -> list:
+    def explain(
+        self, store: Any, sites: Sequence[Any], fasta: str | None = None, **kw: Any
+    ) -> list:
         """Attributions and attention maps for chosen predictions
-        (:func:`cpgformer.explain.explain_sites`)."""
+        (:func:`cpgformer.explain.explain_sites`); a DNA model reads the reference ``fasta``, else
+        the one the store records (:func:`cpgformer.io.store.reference`)."""
         from cpgformer.explain import explain_sites
 
+        if kw.get("reference") is None and self.config is not None and self.config.has_dna:
+            kw["reference"] = find_reference(fasta, store, "the model uses DNA windows")
         return explain_sites(self, store, sites, **kw)
 
     def cell_vectors(self, store: Any, ignore_fingerprint: bool = False) -> np.ndarray:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 
+from cpgformer import cells as lib
 from cpgformer.errors import InputError, UsageError
+from cpgformer.impute import open_imputed
+from cpgformer.io.store import open_dataset
 from cpgformer.model import IGNORE_FINGERPRINT_HELP
-from cpgformer.utils.atomic import atomic_dir
 
 NAME = "cells"
 HELP = "cell representations of a trained model: table, .h5ad, 2-D map, clusters, outliers"
@@ -70,9 +70,6 @@ def read_metadata(path: str, cells: list[str]) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpgformer import cells as lib
-    from cpgformer.io.store import open_dataset
-
     ds = open_dataset(args.store)
     obs = ds.cell_table.copy()
     if "n_obs" in obs:
@@ -101,50 +98,23 @@ def run(args: argparse.Namespace) -> int:
         tsne=args.tsne,
         seed=args.seed,
     )
-    comparison = None
+    comparison = labels = None
     if args.imputed:
-        from cpgformer.impute import open_imputed
-
         imputed = open_imputed(args.imputed)
         if list(imputed.cell_table["name"].astype(str)) != [str(c) for c in obs["name"]]:
             raise UsageError(f"{args.imputed}: its cells are not the store's cells")
         bins = lib.bin_matrices(ds, imputed, args.bin_size)
         labels = obs[args.labels].tolist() if args.labels else None
         comparison = lib.compare_clusterings(bins, labels, args.n_clusters, args.seed)
-    inputs = [args.checkpoint, args.store, args.cell_metadata, args.imputed]
-    with atomic_dir(Path(args.output), args.overwrite, kind="cells", inputs=inputs) as out:
-        table = adata.obs.copy()
-        for k in range(representations.shape[1]):
-            table[f"rep_{k}"] = representations[:, k]
-        umap = adata.obsm["X_umap"]
-        table["umap_1"], table["umap_2"] = umap[:, 0], umap[:, 1]
-        table.to_csv(out / "cells.tsv", sep="\t", index=False)
-        adata.write_h5ad(out / "cells.h5ad", compression="gzip")
-        lib.plot_map(adata, args.color, out / "map.png")
-        if args.tsne:
-            lib.plot_map(adata, args.color, out / "map_tsne.png", basis="X_tsne")
-        summary = {
-            "n_cells": int(adata.n_obs),
-            "clusters": adata.obs["cluster"].value_counts().to_dict(),
-            "outliers": [str(n) for n in adata.obs_names[adata.obs["outlier"].to_numpy(bool)]],
-            "qc_outliers": {
-                str(n): str(r)
-                for n, r, f in zip(adata.obs_names, adata.obs["qc_reason"], adata.obs["qc_outlier"])
-                if f
-            },
-        }
-        if pd.api.types.is_numeric_dtype(adata.obs[args.color]) and not pd.api.types.is_bool_dtype(
-            adata.obs[args.color]
-        ):
-            summary[f"spearman_{args.color}"] = lib.axis_correlations(adata, args.color)
-        if comparison is not None:
-            result, coords = comparison
-            result.to_csv(out / "clustering.tsv", sep="\t", index=False)
-            lib.plot_comparison(coords, labels, result, out / "raw_vs_imputed.png")
-            summary["raw_vs_imputed"] = result.to_dict(orient="records")
-        with open(out / "summary.json", "w") as fh:
-            json.dump(summary, fh, indent=1, default=str)
-            fh.write("\n")
+    summary = lib.write_cell_map(
+        args.output,
+        adata,
+        args.color,
+        comparison=comparison,
+        labels=labels,
+        overwrite=args.overwrite,
+        inputs=[args.checkpoint, args.store, args.cell_metadata, args.imputed],
+    )
     sys.stdout.write(
         f"{args.output}\t{adata.n_obs} cells\t{len(summary['clusters'])} clusters\t"
         f"{len(summary['outliers'])} outlier(s)\n"

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import sys
-from pathlib import Path
-
-import numpy as np
 
 from cpgformer.errors import UsageError
-from cpgformer.explain import (
-    plot_attention,
-    plot_attributions,
-    plot_dna_track,
-    read_sites,
-    save_npz,
-)
+from cpgformer.explain import read_sites, write_explanations
 from cpgformer.io.store import open_dataset
-from cpgformer.io.store import reference as find_reference
 from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, resolve_device
-from cpgformer.utils.atomic import atomic_dir
 
 NAME = "explain"
 HELP = (
@@ -31,24 +18,6 @@ HELP = (
 )
 
 log = logging.getLogger(__name__)
-
-SUMMARY_COLUMNS = [
-    "index",
-    "chrom",
-    "position",
-    "cell",
-    "label_change",
-    "observed",
-    "probability",
-    "logit",
-    "baseline_logit",
-    "attribution_sum",
-    "convergence_delta",
-    "top_cell",
-    "top_cell_total",
-    "n_sites",
-    "npz",
-]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,29 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _summary_row(k: int, expl, npz_name: str) -> dict:  # noqa: ANN001 - SiteExplanation
-    target = expl.states[expl.target_index, expl.target_cell]
-    others = np.abs(expl.cell_totals).copy()
-    top = int(np.argmax(others))
-    return {
-        "index": k,
-        "chrom": expl.chrom,
-        "position": expl.query.position,
-        "cell": expl.cells[expl.target_cell],
-        "label_change": expl.query.label_change_text,
-        "observed": "NA" if target < 0 else f"{target:g}",
-        "probability": f"{expl.probability:.6f}",
-        "logit": f"{expl.logit:.6f}",
-        "baseline_logit": f"{expl.baseline_logit:.6f}",
-        "attribution_sum": f"{expl.attribution_sum:.6f}",
-        "convergence_delta": f"{expl.convergence_delta:.3e}",
-        "top_cell": expl.cells[top],
-        "top_cell_total": f"{expl.cell_totals[top]:.6f}",
-        "n_sites": len(expl.positions),
-        "npz": npz_name,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     if args.n_steps < 1:
         raise UsageError(f"--n-steps must be >= 1, got {args.n_steps}")
@@ -130,39 +76,25 @@ def run(args: argparse.Namespace) -> int:
     ds = open_dataset(args.store)
     model = Model.load(args.checkpoint)
     device = resolve_device(args.device)
-    need = "the model uses DNA windows" if model.config.has_dna else None
-    if need is None and args.fasta:
+    if args.fasta and not model.config.has_dna:
         log.info("the model uses no DNA: --fasta ignored")
     results = model.explain(
         ds,
         queries,
-        reference=find_reference(args.fasta, ds, need) if need else None,
+        fasta=args.fasta,
         n_steps=args.n_steps,
         baseline=args.baseline,
         attention=not args.no_attention,
         device=device,
         ignore_fingerprint=args.ignore_fingerprint,
     )
-    rows = []
-    inputs = [args.store, args.checkpoint, args.sites, args.fasta]
-    with atomic_dir(args.output, args.overwrite, kind="explain", inputs=inputs) as tmp:
-        for k, expl in enumerate(results):
-            stem = f"{k:03d}_{expl.name}"
-            save_npz(expl, tmp / f"{stem}.npz")
-            if not args.no_figures:
-                plot_attributions(expl, tmp / f"{stem}.attributions.{args.format}")
-                if expl.dna_attribution is not None:
-                    plot_dna_track(expl, tmp / f"{stem}.dna.{args.format}")
-                if expl.site_attention is not None or expl.cell_attention is not None:
-                    plot_attention(expl, tmp / f"{stem}.attention.{args.format}")
-            rows.append(_summary_row(k, expl, f"{stem}.npz"))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, fieldnames=SUMMARY_COLUMNS, delimiter="\t", lineterminator="\n"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-        (tmp / "summary.tsv").write_text(buffer.getvalue())
-    out = Path(args.output)
-    sys.stdout.write(f"explained {len(results)} prediction(s): {out / 'summary.tsv'}\n")
+    summary = write_explanations(
+        results,
+        args.output,
+        figures=not args.no_figures,
+        fmt=args.format,
+        overwrite=args.overwrite,
+        inputs=[args.store, args.checkpoint, args.sites, args.fasta],
+    )
+    sys.stdout.write(f"explained {len(results)} prediction(s): {summary}\n")
     return 0

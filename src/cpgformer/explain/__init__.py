@@ -28,11 +28,13 @@ Coordinates: a site is (chrom, 0-based position of the + strand C), like the sto
 Modules: :mod:`~cpgformer.explain.queries` (the sites file), :mod:`~cpgformer.explain.attribution`
 (integrated gradients), :mod:`~cpgformer.explain.attention` (attention maps),
 :mod:`~cpgformer.explain.sites` (:func:`explain_sites`), :mod:`~cpgformer.explain.results`
-(:class:`SiteExplanation`, npz) and :mod:`~cpgformer.explain.plotting` (figures).
+(:class:`SiteExplanation`, npz), :mod:`~cpgformer.explain.plotting` (figures) and
+:mod:`~cpgformer.explain.output` (an output directory with ``summary.tsv``).
 """
 
 from cpgformer.explain.attention import AttentionMaps, attention_maps, attention_probabilities
 from cpgformer.explain.attribution import BASELINES, Attributions, integrated_gradients
+from cpgformer.explain.output import SUMMARY_COLUMNS, write_explanations
 from cpgformer.explain.plotting import plot_attention, plot_attributions, plot_dna_track
 from cpgformer.explain.queries import LABEL_KEEP, SiteQuery, dna_windows, read_sites, site_window
 from cpgformer.explain.results import SiteExplanation, load_npz, save_npz
@@ -40,6 +42,7 @@ from cpgformer.explain.sites import explain_sites
 
 __all__ = [
     "BASELINES",
+    "SUMMARY_COLUMNS",
     "LABEL_KEEP",
     "AttentionMaps",
     "Attributions",
@@ -57,4 +60,5 @@ __all__ = [
     "read_sites",
     "save_npz",
     "site_window",
+    "write_explanations",
 ]

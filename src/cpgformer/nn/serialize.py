@@ -81,6 +81,21 @@ def build_model(
     return model
 
 
+def versioned_config(entries: Mapping[str, Any], supported: int, where: str) -> ModelConfig:
+    """The model config of a checkpoint's entries, after checking that this cpgformer reads its
+    ``format_version`` (``CheckpointError`` starting with ``where`` otherwise)."""
+    version = entries.get("format_version")
+    if not isinstance(version, int) or version > supported:
+        raise CheckpointError(
+            f"{where}: checkpoint format_version {version!r} is newer than this cpgformer "
+            f"supports ({supported})"
+        )
+    try:
+        return ModelConfig.from_dict(dict(entries["config"]))
+    except (UsageError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where}: bad model config: {exc}") from exc
+
+
 def load_model(path: str | PathLike[str]) -> tuple[CpGTransformer, dict[str, Any]]:
     """Read a file written by :func:`save_model` -> (model in eval mode, metadata dict).
 
@@ -97,16 +112,7 @@ def load_model(path: str | PathLike[str]) -> tuple[CpGTransformer, dict[str, Any
             f"{path}: not a {FORMAT} file (original CpG Transformer checkpoints: use "
             "`cpgformer convert-checkpoint`)"
         )
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {version!r} is newer than this cpgformer supports "
-            f"({FORMAT_VERSION})"
-        )
-    try:
-        config = ModelConfig.from_dict(payload["config"])
-    except UsageError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    config = versioned_config(payload, FORMAT_VERSION, str(path))
     model = build_model(config, payload["state_dict"], str(path))
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "config")}
     meta["config"] = config
