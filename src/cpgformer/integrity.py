@@ -209,18 +209,27 @@ def _read_manifest(root: Path) -> dict:
     return data
 
 
+def _open_checked(root: Path, opener: Any, problems: list[str]) -> tuple[Any, Any]:
+    """(checksums, opened store or None): the manifest's file digests checked, then ``opener``;
+    what fails is appended to ``problems``."""
+    manifest = _read_manifest(root)
+    checksums = _check_digests(root, manifest, problems)
+    try:
+        return checksums, opener(root)
+    except InputError as exc:
+        problems[:] = _merge(problems, exc)
+        return checksums, None
+
+
 def check_store(path: str | os.PathLike[str]) -> tuple[dict, list[str]]:
     """Full check of a dataset store -> (summary, problems)."""
     from cpgformer.io.store import ChromArrays, open_dataset
 
     root = Path(path)
-    manifest = _read_manifest(root)
     problems: list[str] = []
-    checksums = _check_digests(root, manifest, problems)
-    try:
-        ds = open_dataset(root)
-    except InputError as exc:
-        return {"kind": "store"}, _merge(problems, exc)
+    checksums, ds = _open_checked(root, open_dataset, problems)
+    if ds is None:
+        return {"kind": "store"}, problems
     n_cells = ds.n_cells
     h = hashlib.sha256()
     from cpgformer.io.store import FORMAT, FORMAT_VERSION, _hash_chrom
@@ -269,13 +278,11 @@ def check_imputed(path: str | os.PathLike[str]) -> tuple[dict, list[str]]:
     from cpgformer.impute import open_imputed
 
     root = Path(path)
-    manifest = _read_manifest(root)
     problems: list[str] = []
-    checksums = _check_digests(root, manifest, problems)
-    try:
-        imp = open_imputed(root)
-    except InputError as exc:
-        return {"kind": "imputed"}, _merge(problems, exc)
+    checksums, imp = _open_checked(root, open_imputed, problems)
+    if imp is None:
+        return {"kind": "imputed"}, problems
+    manifest = imp.manifest
     for rel, shape, dtype in _imputed_entries(manifest):
         try:
             _check_npy(root / rel, shape, dtype, None)

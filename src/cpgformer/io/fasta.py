@@ -31,6 +31,7 @@ import pyfaidx
 
 from cpgformer.codes import CODE_A, CODE_C, CODE_G, CODE_N, CODE_T, encode_sequence
 from cpgformer.errors import InputError, UsageError
+from cpgformer.integrity import sha256_file
 from cpgformer.utils.atomic import atomic_file
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,6 @@ def cache_dir() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "cpgformer"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _writable(folder: Path) -> bool:
@@ -200,7 +193,7 @@ class Reference:
         with open(self.path, "rb") as handle:
             magic = handle.read(2)
         if magic == b"\x1f\x8b":
-            digest = _sha256_file(self.path)
+            digest = sha256_file(self.path)
             folder = self._cache / "fasta" / digest[:24]
             name = self.path.name[:-3] if self.path.name.endswith(".gz") else self.path.name
             plain = folder / (name or "reference.fa")
@@ -232,7 +225,7 @@ class Reference:
         return {
             "path": str(self.path),
             "contigs": [{"name": n, "length": int(length)} for n, length in self._contigs.items()],
-            "fai_sha256": _sha256_file(self.index_path),
+            "fai_sha256": sha256_file(self.index_path),
         }
 
     def close(self) -> None:

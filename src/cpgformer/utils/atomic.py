@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -26,6 +27,14 @@ _WRITE_ERRNOS = {
     errno.EPERM,
     errno.EIO,
 }
+
+
+def _raise_for(exc: BaseException, target: Path) -> NoReturn:
+    """Re-raise ``exc``, as an environment problem naming ``target`` where it is one."""
+    problem = _as_environment_problem(exc, target)
+    if problem is not None:
+        raise problem from exc
+    raise exc
 
 
 def _as_environment_problem(exc: BaseException, target: Path) -> BaseException | None:
@@ -102,10 +111,7 @@ def atomic_dir(
             replace_dir(tmp, target)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            problem = _as_environment_problem(exc, target)
-            if problem is not None:
-                raise problem from exc
-            raise
+            _raise_for(exc, target)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -136,10 +142,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     try:
         tmp_name = _mkstemp(target, PARTIAL_PREFIX + target.name + "-")
     except OSError as exc:
-        problem = _as_environment_problem(exc, target)
-        if problem is not None:
-            raise problem from exc
-        raise
+        _raise_for(exc, target)
     try:
         with open(tmp_name, mode) as handle:
             yield handle
@@ -147,10 +150,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        problem = _as_environment_problem(exc, target)
-        if problem is not None:
-            raise problem from exc
-        raise
+        _raise_for(exc, target)
 
 
 def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
@@ -168,20 +168,14 @@ def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManag
             os.close(fd)
             os.unlink(tmp_name)
         except OSError as exc:
-            problem = _as_environment_problem(exc, target)
-            if problem is not None:
-                raise problem from exc
-            raise
+            _raise_for(exc, target)
         try:
             yield Path(tmp_name)
             os.replace(tmp_name, target)
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
-            problem = _as_environment_problem(exc, target)
-            if problem is not None:
-                raise problem from exc
-            raise
+            _raise_for(exc, target)
 
     return _cm()
 
