@@ -126,6 +126,10 @@ class RegionSums:
         hit = (i0 < b) & (i1 > a)
         return idx[hit], np.clip(i0[hit], a, b), np.clip(i1[hit], a, b)
 
+    def overlaps(self, chrom: str, a: int, b: int) -> bool:
+        """Whether any region holds a site of rows ``[a, b)`` (blocks without one can be skipped)."""
+        return bool(self._hits(chrom, a, b)[0].size)
+
     def add_values(self, chrom: str, a: int, b: int, values: np.ndarray) -> None:
         """Probabilities ``values[b - a, n_cells]`` of rows ``[a, b)`` of ``chrom``."""
         target, lo, hi = self._hits(chrom, a, b)
@@ -234,9 +238,8 @@ def _feed_store(sums: RegionSums, imp: Any, chrom: str, values: str) -> None:
     """Every chunk of one chromosome of an imputed store into ``sums``."""
     sums.set_positions(chrom, imp.positions(chrom))
     indptr, cell, mc, cov, label = imp.csr(chrom)
-    idx, i0, i1 = sums._ranges[chrom]
     for a, b in imp.chunks(chrom):
-        if not ((i0 < b) & (i1 > a)).any():
+        if not sums.overlaps(chrom, a, b):
             continue
         p = imp.values(chrom, a, b)
         if values == "imputed":
