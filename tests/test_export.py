@@ -173,6 +173,20 @@ def test_chunked_h5ad_opens_backed_and_equals_the_memory_layout(
     b.file.close()
 
 
+def test_chunk_groups_cover_every_chunk_with_fresh_store_objects(
+    hand_imputed, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    import cpgformer.export.naming as naming
+
+    imp = hand_imputed  # chunk_sites 2: chromosome "1" has chunks [0, 2), [2, 3)
+    monkeypatch.setattr(naming, "MAPPED_BYTES", 1)  # one chunk per group
+    groups = list(naming.chunk_groups(imp, "1"))
+    assert [chunks for _part, chunks in groups] == [[(0, 2)], [(2, 3)]]
+    assert all(part is not imp for part, _ in groups) and groups[0][0] is not groups[1][0]
+    monkeypatch.setattr(naming, "MAPPED_BYTES", 1 << 30)
+    assert [chunks for _part, chunks in naming.chunk_groups(imp, "1")] == [imp.chunks("1")]
+
+
 def test_auto_layout_is_chunked_above_the_size_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,8 @@ import scipy.sparse as sp
 
 from cpgformer import __version__
 from cpgformer.errors import UsageError
-from cpgformer.export.naming import chrom_names, store_chroms
+from cpgformer.export.naming import chrom_names, chunk_groups, store_chroms
+from cpgformer.impute import open_imputed
 from cpgformer.utils.atomic import atomic_path, ensure_free_space
 from cpgformer.utils.progress import bar
 
@@ -101,10 +102,12 @@ def site_var(imp: Any, chroms: Sequence[str], chrom_style: str = "as-is") -> pd.
     written = chrom_names(chroms, chrom_style)
     names, starts, n_obs = [], [], []
     for c in chroms:
-        pos = np.asarray(imp.positions(c), dtype=np.int64)
-        indptr, _, _, _, label = imp.csr(c)
+        fresh = open_imputed(imp.path)  # its memory maps go with it (see chunk_groups)
+        pos = np.array(fresh.positions(c), dtype=np.int64)
+        indptr, _, _, _, label = fresh.csr(c)
         observed = np.concatenate([[0], np.cumsum(np.asarray(label) >= 0, dtype=np.int64)])
-        ip = np.asarray(indptr)
+        ip = np.array(indptr)
+        del fresh, indptr, label
         names.append(np.full(len(pos), written[c], dtype=object))
         starts.append(pos)
         n_obs.append((observed[ip[1:]] - observed[ip[:-1]]).astype(np.int64))
@@ -381,16 +384,18 @@ def _fill_chunked(
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     with bar(n_chunks, desc="h5ad", unit="chunk") as progress_bar:
         for c in chroms:
-            csr = imp.csr(c)
-            for a, b in imp.chunks(c):
-                blocks = dense_block(imp, c, a, b, names)
-                stripes.add({"X": blocks.pop("X")})
-                if extra is not None:
-                    extra.add(blocks)
-                del blocks
-                for name in SPARSE_LAYERS:
-                    sparse.add(name, sparse_block(csr, imp.n_cells, a, b, name))
-                progress_bar.update(1)
+            for part, chunks in chunk_groups(imp, c):
+                csr = part.csr(c)
+                for a, b in chunks:
+                    blocks = dense_block(part, c, a, b, names)
+                    stripes.add({"X": blocks.pop("X")})
+                    if extra is not None:
+                        extra.add(blocks)
+                    del blocks
+                    for name in SPARSE_LAYERS:
+                        sparse.add(name, sparse_block(csr, imp.n_cells, a, b, name))
+                    progress_bar.update(1)
+                del part, csr
     stripes.flush()
     if extra is not None:
         extra.flush()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cpgformer.errors import UsageError
+from cpgformer.impute import open_imputed
 
 CHROM_STYLES = ("as-is", "ucsc", "ensembl")
 
@@ -66,3 +67,24 @@ def store_chroms(imp: Any, chroms: Sequence[str] | None) -> list[str]:
             )
     chosen = set(chroms)
     return [c for c in imp.chromosomes if c in chosen]
+
+
+MAPPED_BYTES = 256 << 20
+"""Bytes of imputed-store chunks read through one set of memory maps before they are dropped."""
+
+
+def chunk_groups(imp: Any, chrom: str) -> Iterator[tuple[Any, list[tuple[int, int]]]]:
+    """The chunks of ``chrom`` in groups, each with a freshly opened copy of the imputed store.
+
+    An imputed store keeps the memory maps of every array it has read, and the pages read through
+    them stay in the process's resident memory while the maps live; reading a big store through one
+    object would make resident memory grow with the store. Each group gets its own store object
+    (dropped before the next one opens), so at most about :data:`MAPPED_BYTES` of chunks plus the
+    touched part of the observed calls are mapped at once.
+    """
+    chunks = imp.chunks(chrom)
+    per = max(1, MAPPED_BYTES // max(1, 2 * imp.chunk_sites * imp.n_cells))
+    for g in range(0, len(chunks), per):
+        fresh = open_imputed(imp.path)
+        yield fresh, chunks[g : g + per]
+        del fresh

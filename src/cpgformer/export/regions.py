@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from cpgformer.errors import UsageError
 from cpgformer.export.cpg_anndata import obs_table, uns_info
-from cpgformer.export.naming import chrom_names, region_names, store_chroms
+from cpgformer.export.naming import chrom_names, chunk_groups, region_names, store_chroms
 
 log = logging.getLogger("cpgformer.export")  # one name for all of export's messages
 
@@ -125,6 +125,10 @@ class RegionSums:
             raise UsageError(f"set_positions({chrom!r}, ...) must come before its blocks") from None
         hit = (i0 < b) & (i1 > a)
         return idx[hit], np.clip(i0[hit], a, b), np.clip(i1[hit], a, b)
+
+    def overlaps(self, chrom: str, a: int, b: int) -> bool:
+        """Whether any region holds a site of rows ``[a, b)`` (blocks without one can be skipped)."""
+        return bool(self._hits(chrom, a, b)[0].size)
 
     def add_values(self, chrom: str, a: int, b: int, values: np.ndarray) -> None:
         """Probabilities ``values[b - a, n_cells]`` of rows ``[a, b)`` of ``chrom``."""
@@ -232,21 +236,22 @@ class RegionSums:
 
 def _feed_store(sums: RegionSums, imp: Any, chrom: str, values: str) -> None:
     """Every chunk of one chromosome of an imputed store into ``sums``."""
-    sums.set_positions(chrom, imp.positions(chrom))
-    indptr, cell, mc, cov, label = imp.csr(chrom)
-    idx, i0, i1 = sums._ranges[chrom]
-    for a, b in imp.chunks(chrom):
-        if not ((i0 < b) & (i1 > a)).any():
-            continue
-        p = imp.values(chrom, a, b)
-        if values == "imputed":
-            obs = imp.observed_values(chrom, a, b)
-            seen = ~np.isnan(obs)
-            p[seen] = obs[seen]
-        sums.add_values(chrom, a, b, p)
-        ip = np.asarray(indptr[a : b + 1], dtype=np.int64)
-        lo, hi = int(ip[0]), int(ip[-1])
-        sums.add_calls(chrom, a, b, ip - lo, cell[lo:hi], mc[lo:hi], cov[lo:hi], label[lo:hi])
+    sums.set_positions(chrom, np.array(imp.positions(chrom)))
+    for part, chunks in chunk_groups(imp, chrom):
+        indptr, cell, mc, cov, label = part.csr(chrom)
+        for a, b in chunks:
+            if not sums.overlaps(chrom, a, b):
+                continue
+            p = part.values(chrom, a, b)
+            if values == "imputed":
+                obs = part.observed_values(chrom, a, b)
+                seen = ~np.isnan(obs)
+                p[seen] = obs[seen]
+            sums.add_values(chrom, a, b, p)
+            ip = np.asarray(indptr[a : b + 1], dtype=np.int64)
+            lo, hi = int(ip[0]), int(ip[-1])
+            sums.add_calls(chrom, a, b, ip - lo, cell[lo:hi], mc[lo:hi], cov[lo:hi], label[lo:hi])
+        del part, indptr, cell, mc, cov, label
 
 
 def aggregate_regions(

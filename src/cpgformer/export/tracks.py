@@ -11,7 +11,7 @@ import numpy as np
 
 from cpgformer.codes import NUCLEOTIDE_LETTERS
 from cpgformer.errors import UsageError
-from cpgformer.export.naming import chrom_names
+from cpgformer.export.naming import chrom_names, chunk_groups
 from cpgformer.io.fasta import Reference
 from cpgformer.io.writers import AllcWriter, BedGraphWriter, cell_file_names
 from cpgformer.utils.outputs import begin_files_in, check_files_in, remove_leftovers_in
@@ -42,11 +42,12 @@ def _write_per_cell(
     chroms: Sequence[str],
     groups: list[range],
     open_writers: Callable[[range], dict[Any, Any]],
-    write_chunk: Callable[[dict[Any, Any], str, int, int, np.ndarray], None],
+    write_chunk: Callable[[dict[Any, Any], Any, str, int, int, np.ndarray], None],
     desc: str,
 ) -> list[Path]:
-    """Per group of cells: open their writers, stream every chunk into them, close (or abort all
-    of the group's files on any error)."""
+    """Per group of cells: open their writers, stream every chunk into them (``write_chunk``
+    gets the writers, the store object to read from, chromosome, rows and positions), close (or
+    abort all of the group's files on any error)."""
     written: list[Path] = []
     n_chunks = sum(len(imp.chunks(c)) for c in chroms)
     with bar(n_chunks * len(groups), desc=desc, unit="chunk") as progress_bar:
@@ -54,10 +55,12 @@ def _write_per_cell(
             writers = open_writers(group)
             try:
                 for c in chroms:
-                    pos = np.asarray(imp.positions(c))
-                    for a, b in imp.chunks(c):
-                        write_chunk(writers, c, a, b, pos[a:b])
-                        progress_bar.update(1)
+                    pos = np.array(imp.positions(c))
+                    for part, chunks in chunk_groups(imp, c):
+                        for a, b in chunks:
+                            write_chunk(writers, part, c, a, b, pos[a:b])
+                            progress_bar.update(1)
+                        del part
                 written += [w.close() for w in writers.values()]
             except BaseException:
                 for w in writers.values():
@@ -103,8 +106,8 @@ def write_bedgraphs(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> li
             for k in kinds
         }
 
-    def write_chunk(writers: dict, c: str, a: int, b: int, pos: np.ndarray) -> None:
-        values = _kind_values(imp, c, a, b, kinds)
+    def write_chunk(writers: dict, part: Any, c: str, a: int, b: int, pos: np.ndarray) -> None:
+        values = _kind_values(part, c, a, b, kinds)
         for (i, k), w in writers.items():
             w.write(contig[c], pos, values[k][:, i])
 
@@ -198,14 +201,14 @@ def write_allc(imp: Any, out: Path, chroms: Sequence[str], opts: Any) -> list[Pa
     n_unknown = 0
     known = sorted(ALLCOOLS_CG_CONTEXTS)
 
-    def write_chunk(writers: dict, c: str, a: int, b: int, pos: np.ndarray) -> None:
+    def write_chunk(writers: dict, part: Any, c: str, a: int, b: int, pos: np.ndarray) -> None:
         nonlocal n_unknown
         ctx: np.ndarray | str = "CGN"
         if reference is not None:
             ctx = allc_contexts(reference, c, pos)
             if 0 in writers:  # counted once, with the first group of cells
                 n_unknown += int((~np.isin(ctx, known)).sum())
-        mc, cov, flag = _allc_counts(imp, c, a, b, scale)
+        mc, cov, flag = _allc_counts(part, c, a, b, scale)
         for i, w in writers.items():
             w.write(contig[c], pos, ctx, mc[:, i], cov[:, i], flag[:, i])
 
