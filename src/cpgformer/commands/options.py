@@ -231,7 +231,8 @@ def add_options(
         parser.add_argument(
             *names,
             dest=dest,
-            default=argparse.SUPPRESS if suppress_defaults else default,
+            # (an empty list is left out of the namespace: the field's own default applies)
+            default=argparse.SUPPRESS if suppress_defaults or default in ((), []) else default,
             required=required,
             help=text,
             **kwargs,
