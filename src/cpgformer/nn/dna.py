@@ -30,9 +30,9 @@ from cpgformer.codes import N_NUCLEOTIDE_CODES
 from cpgformer.nn.config import DNA_CONV_CHANNELS, DNA_HIDDEN, ModelConfig, dna_flat_length
 
 NUCLEOTIDE_EMBED = 4
-# Cost of the plain CNN on one window, in bases of shared convolutions (measured on a 2-core x86
-# CPU: ~4 ms per window vs ~13 us per base): a run of windows is shared when its covered sequence
-# is shorter than this many bases per window.
+# Cost of the plain CNN on one window, in bases of shared convolutions (the measured break-even,
+# docs/benchmarks.md#whole-model-speed): a run of windows is shared when its covered sequence is
+# shorter than this many bases per window.
 SHARED_BASES_PER_WINDOW = 300
 # Bases of sequence (shared) or windows (plain) encoded at once: bounds the memory of one call.
 MAX_SHARED_BASES = 1 << 16

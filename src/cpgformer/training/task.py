@@ -282,7 +282,7 @@ class CpGTask(pl.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.model.parameters())
-        # one fused kernel for all parameters where available (same update, ~8x faster step)
+        # one fused kernel for all parameters where available (same update, a faster step)
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.Adam(params, lr=self.lr, fused=fused)
 

@@ -41,8 +41,7 @@ BACKENDS = ("kernels", "sdpa", "tensor")
 ENV = "CPGFORMER_ATTENTION"
 SDPA_MIN_CELLS = 160
 """Inference across cells without the kernels uses SDPA from this many cells, the chunked
-:class:`~cpgformer.nn.attention.cores.CellCore` below (faster there on this project's 2-core CPU:
-22 vs 32 ms at 20 cells x 1024 sites, 140 vs 167 ms at 122 x 512; equal at 160)."""
+:class:`~cpgformer.nn.attention.cores.CellCore` below (the faster of the two on either side of this count: docs/benchmarks.md#model-speed)."""
 
 _forced: list[str] = []
 
