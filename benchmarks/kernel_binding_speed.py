@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from cpgformer.nn.attention import kernels
-from cpgformer.nn.attention.cores import dropout_threshold, random_draws
+from cpgformer.nn.attention.dropout import dropout_threshold, random_draws
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 

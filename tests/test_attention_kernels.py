@@ -17,7 +17,7 @@ from test_cores import _grads, _site_plain
 
 from cpgformer.nn import attention
 from cpgformer.nn.attention import kernels
-from cpgformer.nn.attention.cores import dropout_threshold, keep_from_draws
+from cpgformer.nn.attention.dropout import dropout_threshold, keep_from_draws
 from cpgformer.nn.attention.kernels import cell_attention, site_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")

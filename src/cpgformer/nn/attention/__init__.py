@@ -10,7 +10,7 @@
 
 from cpgformer.nn.attention.backends import SDPA_MIN_CELLS, choose, use
 from cpgformer.nn.attention.blocked import BLOCK, OnBand
-from cpgformer.nn.attention.cores import fast_dropout
+from cpgformer.nn.attention.dropout import fast_dropout
 from cpgformer.nn.attention.module import KINDS, Attention
 from cpgformer.nn.attention.reference import (
     cell_attention_reference,

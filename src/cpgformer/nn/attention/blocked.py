@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpgformer.nn.attention.cores import fast_dropout
+from cpgformer.nn.attention.dropout import fast_dropout
 
 BLOCK = 16
 """Query sites per block of the 2D attention (CPU-sized: the scores of a block stay in cache)."""

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpgformer.nn.attention.cores import dropout_threshold, random_draws
+from cpgformer.nn.attention.dropout import dropout_threshold, random_draws
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = tuple(CSRC / name for name in ("ops.cpp", "site_attention.cpp", "cell_attention.cpp"))
@@ -235,7 +235,7 @@ def site_attention(qkv: Tensor, rel: Tensor, u: Tensor, v: Tensor, dropout: floa
     """Window attention along sites: ``qkv [B, L, C, 3, H, d]`` (q pre-scaled), ``rel [B, L, W, H,
     d]`` (projected window encodings), content and position biases ``u``, ``v [H, d]`` -> ``z [B,
     L, C, H, d]``; the function of :class:`~cpgformer.nn.attention.cores.SiteBandCore` (dropout
-    decisions from :func:`~cpgformer.nn.attention.cores.random_draws`, one byte per window slot).
+    decisions from :func:`~cpgformer.nn.attention.dropout.random_draws`, one byte per window slot).
     Keeps the probabilities and draws for backward (5 bytes per window slot, independent of C)."""
     batch, length, cells, _, heads, _ = qkv.shape
     width = rel.shape[2]
