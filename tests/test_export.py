@@ -215,21 +215,21 @@ def test_export_flags_come_from_the_options(hand_imputed) -> None:  # noqa: ANN0
     import dataclasses
 
     from cpgformer.commands import export as export_command
-    from cpgformer.utils.options import flag_name, options_from_args
+    from cpgformer.commands.options import FLAG, flag_name, from_args
 
     parser = argparse.ArgumentParser()
     export_command.add_arguments(parser)
     flags = {a for action in parser._actions for a in action.option_strings}
     for f in dataclasses.fields(ExportOptions):
-        assert flag_name(f) in flags, f.name
+        assert f.metadata.get(FLAG, flag_name(f.name)) in flags, f.name
     assert "--force" not in flags and "--overwrite" in flags
     base = ["imp", "-o", "out"]
-    assert options_from_args(ExportOptions, parser.parse_args(base)) == ExportOptions()
+    assert from_args(ExportOptions, parser.parse_args(base)) == ExportOptions()
     args = parser.parse_args(
         [*base, "--no-uncertainty", "--kinds", "observed", "denoised", "--bin-size", "500",
          "--layout", "chunked", "--chroms", "1", "2", "--overwrite"]
     )  # fmt: skip
-    opts = options_from_args(ExportOptions, args)
+    opts = from_args(ExportOptions, args)
     assert opts == ExportOptions(
         uncertainty=False, kinds=["observed", "denoised"], bin_size=500, layout="chunked",
         chroms=["1", "2"], overwrite=True,

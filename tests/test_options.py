@@ -89,3 +89,58 @@ def test_prefix_suppressed_defaults_and_shared_spellings() -> None:
     args = parser.parse_args(["--max-steps", "5"])
     assert vars(args) == {"a__max_steps": 5}  # unset flags absent; spellings added once
     assert options.values(args, Example, prefix="a__") == {"max_steps": 5}
+
+
+def test_group_parse_and_shown() -> None:
+    """A field's group titles its section of --help, ``parse`` turns the one value given into the
+    field's value, and ``shown`` states the default instead of the raw value."""
+
+    @dataclass
+    class Grouped:
+        spill_bytes: int = option(
+            1 << 20, "buffer, MiB", flag="--spill-mb", parse=lambda t: int(t) << 20, shown="1"
+        )
+        keep: tuple[str, ...] = option((), "classes", parse=str, group="contigs")
+
+    parser = argparse.ArgumentParser()
+    options.add_options(parser, Grouped)
+    assert options.from_args(Grouped, parser.parse_args([])) == Grouped()
+    got = options.from_args(Grouped, parser.parse_args(["--spill-mb", "3", "--keep", "a,b"]))
+    assert got == Grouped(spill_bytes=3 << 20, keep="a,b")  # type: ignore[arg-type]
+    text = parser.format_help()
+    assert "buffer, MiB (default: 1)" in text and str(1 << 20) not in text
+    titles = [g.title for g in parser._action_groups if g._group_actions]
+    assert "contigs" in titles
+    contigs = next(g for g in parser._action_groups if g.title == "contigs")
+    assert [a.dest for a in contigs._group_actions] == ["keep"]
+
+
+def test_prepare_and_export_flags_reach_their_options(tmp_path) -> None:  # noqa: ANN001
+    """prepare's and export's flags are made from PrepareOptions / ExportOptions by this module."""
+    from cpgformer.commands import export as export_command
+    from cpgformer.commands import prepare as prepare_command
+    from cpgformer.export import ExportOptions
+    from cpgformer.prepare import PrepareOptions
+
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    parser = argparse.ArgumentParser()
+    prepare_command.add_arguments(parser)
+    args = parser.parse_args(
+        ["f1", "f2", "-o", "out", "--spill-mb", "2", "--cell-names", str(names),
+         "--keep-contigs", "spike-in", "--pair-adjacent", "--binarize", "majority"]
+    )  # fmt: skip
+    got = options.from_args(PrepareOptions, args)
+    assert got == PrepareOptions(
+        spill_bytes=2 << 20, cell_names=["a", "b"], keep_contigs="spike-in",  # type: ignore[arg-type]
+        pair_adjacent=True, binarize="majority",
+    )  # fmt: skip
+    assert options.from_args(PrepareOptions, parser.parse_args(["-o", "x"])) == PrepareOptions()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["-o", "x", "--binarize", "nope"])
+    parser = argparse.ArgumentParser()
+    export_command.add_arguments(parser)
+    args = parser.parse_args(["imp", "-o", "o", "--no-uncertainty", "--kinds", "observed"])
+    assert options.from_args(ExportOptions, args) == ExportOptions(
+        uncertainty=False, kinds=["observed"]
+    )

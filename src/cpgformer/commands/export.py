@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cpgformer.export import TARGETS, ExportOptions, export
-from cpgformer.utils.options import add_option_flags, options_from_args
+from cpgformer.commands.options import add_options, from_args
 
 NAME = "export"
 HELP = "write an imputed store as AnnData (.h5ad), per-cell bedGraph or ALLC files, or regions"
@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", required=True, help="file (h5ad, regions) or directory (bedgraph, allc)"
     )
     parser.add_argument("--to", choices=TARGETS, default="h5ad", help="output kind (h5ad)")
-    add_option_flags(parser, ExportOptions)
+    add_options(parser, ExportOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    files = export(args.imputed, args.output, args.to, options_from_args(ExportOptions, args))
+    files = export(args.imputed, args.output, args.to, from_args(ExportOptions, args))
     sys.stdout.write(f"wrote {len(files)} file(s) to {args.output}\n")
     return 0

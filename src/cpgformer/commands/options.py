@@ -16,7 +16,10 @@ commas), ``X | None`` -> ``X`` (``none`` for None), ``Literal[...]`` -> choices.
 is accepted, hidden from ``--help`` and warns that it will go away, naming the flag to use.
 
 Fields a dataclass holds for the library but not as flags are skipped with ``skip=``; help text for
-dataclasses declared elsewhere (without metadata) can be given with ``helps=``.
+dataclasses declared elsewhere (without metadata) can be given with ``helps=``. A field may also name
+an argument ``group`` (a titled section of ``--help``), a ``parse`` function turning the text given
+into the field's value (one value, e.g. MiB -> bytes), and ``shown``, the default as ``--help``
+states it when the value itself would not read well.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import logging
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +49,12 @@ POSITIONAL = "positional"
 """... a positional argument instead of a flag."""
 REQUIRED = "required"
 NARGS = "nargs"
+GROUP = "group"
+"""... the titled section of ``--help`` the flag is listed in ..."""
+PARSE = "parse"
+"""... a function from the text given to the value (one value per flag) ..."""
+SHOWN = "shown"
+"""... and the default as ``--help`` states it."""
 
 
 def option(
@@ -59,6 +69,9 @@ def option(
     positional: bool = False,
     required: bool = False,
     nargs: str | None = None,
+    group: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    shown: str | None = None,
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A dataclass field carrying its command-line help (and spelling) in its metadata."""
@@ -69,6 +82,9 @@ def option(
         (CHOICES, tuple(choices) if choices is not None else None),
         (METAVAR, metavar),
         (NARGS, nargs),
+        (GROUP, group),
+        (PARSE, parse),
+        (SHOWN, shown),
     ):
         if value is not None:
             meta[key] = value
@@ -80,6 +96,8 @@ def option(
         meta[REQUIRED] = True
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
+    if isinstance(default, (list, dict, set)):  # (a fresh copy per instance)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -150,7 +168,7 @@ def flag_kwargs(hint: Any, meta: Mapping[str, Any] | None = None) -> dict[str, A
         return out
     if hint is bool:
         out = {"action": argparse.BooleanOptionalAction}
-    elif origin in (tuple, list) or hint in (tuple, list):
+    elif origin in (tuple, list, abc.Sequence) or hint in (tuple, list):
         out = {"nargs": meta.get(NARGS, "*"), "type": str, "action": _ListAction}
     elif origin is typing.Literal:
         out = {"type": type(args[0]), "choices": args}
@@ -162,6 +180,9 @@ def flag_kwargs(hint: Any, meta: Mapping[str, Any] | None = None) -> dict[str, A
         out["choices"] = meta[CHOICES]
     if NARGS in meta and "nargs" not in out:
         out["nargs"] = meta[NARGS]
+    if meta.get(PARSE) is not None:  # one value, turned into the field's value by ``parse``
+        out = {k: v for k, v in out.items() if k not in ("nargs", "action")}
+        out["type"] = meta[PARSE]
     return out
 
 
@@ -214,8 +235,9 @@ def add_options(
         kwargs = flag_kwargs(hints[f.name], meta)
         text = helps.get(f.name) or meta.get(HELP) or f.name.replace("_", " ")
         dest = prefix + f.name
+        target = _group(parser, meta[GROUP]) if GROUP in meta else parser
         if meta.get(POSITIONAL):
-            parser.add_argument(
+            target.add_argument(
                 dest, help=text, metavar=meta.get(METAVAR, f.name.upper()), **kwargs
             )
             added.append(f.name)
@@ -224,15 +246,21 @@ def add_options(
             METAVAR in meta or "choices" not in kwargs  # (argparse shows the choices otherwise)
         ):
             kwargs.setdefault("metavar", meta.get(METAVAR, f.name.upper()))
-        if default not in (None, False) and "(default" not in text and "%(default)" not in text:
-            text = f"{text} (default: {_default_text(default).replace('%', '%%')})"
+        shown = meta.get(SHOWN)
+        if shown is None and default not in (None, False):
+            shown = _default_text(default)
+        if shown is not None and "(default" not in text and "%(default)" not in text:
+            text = f"{text} (default: {str(shown).replace('%', '%%')})"
         required = bool(meta.get(REQUIRED))
         names = [meta[SHORT], flag] if SHORT in meta else [flag]
-        parser.add_argument(
+        target.add_argument(
             *names,
             dest=dest,
-            # (an empty list is left out of the namespace: the field's own default applies)
-            default=argparse.SUPPRESS if suppress_defaults or default in ((), []) else default,
+            # (an empty list, or a default stated by ``shown``, is left out of the namespace: the
+            # field's own default applies, and the help formatter does not state the raw value)
+            default=argparse.SUPPRESS
+            if suppress_defaults or SHOWN in meta or default in ((), [])
+            else default,
             required=required,
             help=text,
             **kwargs,
@@ -244,11 +272,19 @@ def add_options(
             if alias_kwargs["action"] == "store_true":
                 alias_kwargs.pop("metavar", None)
             alias_kwargs["action"] = _warn_deprecated(_action_class(alias_kwargs), flag)
-            parser.add_argument(
+            target.add_argument(
                 old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **alias_kwargs
             )
         added.append(f.name)
     return added
+
+
+def _group(parser: argparse.ArgumentParser | Any, title: str) -> Any:
+    """The argument group of ``parser`` titled ``title`` (made on first use)."""
+    for group in getattr(parser, "_action_groups", ()):
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
 
 
 def add_alias(

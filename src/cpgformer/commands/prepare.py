@@ -8,7 +8,7 @@ import sys
 
 from cpgformer.io.npz import read_names_file
 from cpgformer.prepare import PrepareOptions, prepare
-from cpgformer.utils.options import add_option_flags, options_from_args
+from cpgformer.commands.options import add_options, from_args
 
 NAME = "prepare"
 HELP = "build a dataset store from per-cell methylation call files (one file = one cell)"
@@ -34,14 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print a JSON summary of the new store on stdout"
     )
-    add_option_flags(parser, PrepareOptions)
+    add_options(parser, PrepareOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     inputs = list(args.inputs)
     if args.inputs_from:
         inputs += read_names_file(args.inputs_from)
-    opts = options_from_args(PrepareOptions, args)
+    opts = from_args(PrepareOptions, args)
     manifest = prepare(inputs, args.output, opts, overwrite=args.overwrite)
     summary = {
         "store": args.output,

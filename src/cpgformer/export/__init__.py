@@ -57,7 +57,7 @@ from cpgformer.export.tracks import (
 from cpgformer.impute import ImputedStore, open_imputed
 from cpgformer.io.writers import read_bed_regions
 from cpgformer.utils.locks import output_lock
-from cpgformer.utils.options import option
+from cpgformer.commands.options import option
 from cpgformer.utils.outputs import check_output, record_files_in, remove_leftovers
 
 TARGETS = ("h5ad", "bedgraph", "allc", "regions")
@@ -94,7 +94,7 @@ class ExportOptions:
     """All parameters of :func:`export` (the ``export`` command's flags are made from these)."""
 
     chroms: Sequence[str] | None = option(
-        None, "export only these chromosomes", shown="all imputed", metavar="CHROM"
+        None, "export only these chromosomes", shown="all imputed", metavar="CHROM", nargs="+"
     )
     chrom_style: str = option(
         "as-is",
@@ -108,6 +108,7 @@ class ExportOptions:
         "imputed: observed calls kept, model where missing; denoised: model everywhere; "
         "observed: mc/cov of observed entries only",
         choices=BEDGRAPH_KINDS,
+        nargs="+",
         group="bedgraph",
     )
     percent: bool = option(False, "values 0-100 instead of 0-1", group="bedgraph")
@@ -165,7 +166,9 @@ class ExportOptions:
         group="h5ad",
     )
     float16: bool = option(False, "dense matrices as float16", group="h5ad")
-    uncertainty: bool = option(True, "omit the uncertainty layer", group="h5ad")
+    uncertainty: bool = option(
+        True, "write the uncertainty layer (--no-uncertainty: omit it)", group="h5ad"
+    )
     compression: str = option(
         "gzip", "HDF5 compression of the .h5ad (h5ad and regions)", choices=COMPRESSIONS,
         group="h5ad",
