@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
+from cpgformer.commands.options import add_options, from_args
 from cpgformer.io.npz import read_names_file
 from cpgformer.prepare import PrepareOptions, prepare
-from cpgformer.commands.options import add_options, from_args
 
 NAME = "prepare"
 HELP = "build a dataset store from per-cell methylation call files (one file = one cell)"

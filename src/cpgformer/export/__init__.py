@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.export.cpg_anndata import (
     COMPRESSIONS,
@@ -57,7 +58,6 @@ from cpgformer.export.tracks import (
 from cpgformer.impute import ImputedStore, open_imputed
 from cpgformer.io.writers import read_bed_regions
 from cpgformer.utils.locks import output_lock
-from cpgformer.commands.options import option
 from cpgformer.utils.outputs import check_output, record_files_in, remove_leftovers
 
 TARGETS = ("h5ad", "bedgraph", "allc", "regions")
