@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -144,3 +145,50 @@ def test_prepare_and_export_flags_reach_their_options(tmp_path) -> None:  # noqa
     assert options.from_args(ExportOptions, args) == ExportOptions(
         uncertainty=False, kinds=["observed"]
     )
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from cpgformer.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("name", sorted(_subparsers()))
+def test_one_spelling_per_concept(name: str) -> None:
+    """Per subcommand: one visible flag per destination (old spellings only as hidden, deprecated
+    aliases), and none of the retired spellings in --help."""
+    parser = _subparsers()[name]
+    visible: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        # (a --x/--no-x pair is one flag; -o/--output one flag with a short form)
+        visible.setdefault(action.dest, []).append(longs[0] if longs else action.option_strings[0])
+    doubled = {dest: flags for dest, flags in visible.items() if len(flags) > 1}
+    assert not doubled, f"{name}: several visible flags set the same value: {doubled}"
+    text = parser.format_help()
+    for retired in (r"--force\b", r"--no-plots\b", r"--test-chroms\b"):
+        assert not re.search(retired, text), f"{name} --help shows {retired}"
+    for action in parser._actions:  # hidden spellings warn (they are deprecated aliases)
+        if action.option_strings and action.help == argparse.SUPPRESS and action.dest in visible:
+            assert type(action).__name__.startswith("Deprecated"), (name, action.option_strings)
+
+
+def test_convert_checkpoint_hparams_keep_commas_and_force_is_deprecated(caplog) -> None:  # noqa: ANN001
+    """--hparams values are JSON or key=value pairs: kept whole (a JSON object holds commas);
+    --force still works, with a warning naming --overwrite."""
+    from cpgformer.commands import convert_checkpoint
+    from cpgformer.legacy import ConvertOptions
+
+    parser = argparse.ArgumentParser()
+    convert_checkpoint.add_arguments(parser)
+    spec = '{"n_cells": 20, "RF": 1001}'
+    with caplog.at_level(logging.WARNING):
+        args = parser.parse_args(["orig.pt", "-o", "m", "--hparams", spec, "mode=axial", "--force"])
+    got = options.from_args(ConvertOptions, args)
+    assert got == ConvertOptions(hparams=[spec, "mode=axial"], overwrite=True)
+    assert "--force is deprecated" in caplog.text and "--overwrite" in caplog.text
+    assert options.from_args(ConvertOptions, parser.parse_args(["o.pt", "-o", "m"])).hparams == []

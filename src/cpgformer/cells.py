@@ -25,13 +25,48 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
-from cpgformer.model import Model, as_model
+from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, as_model
 from cpgformer.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
 REPRESENTATION_KEY = "X_cpgformer"
+
+
+@dataclass
+class CellsOptions:
+    """Parameters of ``cpgformer cells`` (its flags are made from these)."""
+
+    cell_metadata: str | None = option(
+        None,
+        "TSV with a first column of cell names (as in the store) and any other columns",
+        metavar="TSV",
+    )
+    color: str = option(
+        "global_meth_frac",
+        "obs column that colours the map (the default is from the store's QC table)",
+    )
+    clusters: str = option(
+        "kmeans",
+        "clustering of the representations (leiden needs leidenalg)",
+        choices=("kmeans", "leiden"),
+    )
+    n_clusters: int = option(3, "k-means clusters")
+    tsne: bool = option(False, "also compute a t-SNE map")
+    imputed: str | None = option(
+        None,
+        "imputed store of the same cells: also cluster raw vs imputed bins (see --bin-size)",
+        metavar="IMPUTED",
+    )
+    bin_size: int = option(100_000, "bp per bin for --imputed")
+    labels: str | None = option(
+        None, "metadata column of known groups: ARI/NMI of the raw and imputed clusterings"
+    )
+    seed: int = option(0, "seed of UMAP and k-means")
+    ignore_fingerprint: bool = option(False, IGNORE_FINGERPRINT_HELP)
+    overwrite: bool = option(False, "replace an existing output")
 
 
 def cell_representations(

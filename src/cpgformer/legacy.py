@@ -8,19 +8,25 @@ shape mismatch is reported by name. The pre-2021-11-24 key ``CpG_embed.weight`` 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from cpgformer.commands.options import option
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn.config import ModelConfig
 from cpgformer.nn.model import CpGTransformer
-from cpgformer.nn.serialize import build_model
+from cpgformer.nn.serialize import build_model, save_model
+from cpgformer.utils.locks import output_lock
+from cpgformer.utils.outputs import check_output, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +259,96 @@ def load_original(
             raise CheckpointError(f"{path}: entry {key!r} is not a tensor")
         state_dict[str(key)] = value
     return state_dict, hparams
+
+
+# --------------------------------------------------------------------------------------------------
+# cpgformer convert-checkpoint
+
+
+@dataclass
+class ConvertOptions:
+    """Parameters of :func:`convert_original` (the ``convert-checkpoint`` command's flags)."""
+
+    hparams: list[str] = option(
+        [],
+        "original constructor arguments: a JSON object, a JSON file, or key=value pairs (e.g. "
+        "n_cells=20 RF=1001 mode=axial); the shipped .pt files carry none, so give at least what "
+        "their keys cannot tell (window, act; mode for 2D vs intracell)",
+        metavar="SPEC",
+        nargs="*",
+        parse=str,
+        shown="none",
+    )
+    cell_names: str | None = option(
+        None,
+        "text file with one cell name per line, in the order of the checkpoint's cell table "
+        "(default: no names recorded; impute then takes the store's cells in their order)",
+        metavar="CELL_NAMES",
+    )
+    trust_pickle: bool = option(
+        False,
+        "allow full unpickling (needed for some Lightning .ckpt files; only for trusted files)",
+    )
+    overwrite: bool = option(False, "replace the output if it exists", deprecated=("--force",))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def parse_hparams(specs: Sequence[str]) -> dict[str, Any]:
+    """Merge JSON objects, JSON files and ``key=value`` pairs (later ones win)."""
+    merged: dict[str, Any] = {}
+    for spec in specs:
+        stripped = spec.strip()
+        if stripped.startswith("{"):
+            try:
+                merged.update(json.loads(stripped))
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--hparams: invalid JSON object: {exc}") from exc
+        elif "=" in spec and not Path(spec).is_file():
+            key, value = spec.split("=", 1)
+            merged[key.strip()] = _parse_value(value.strip())
+        elif Path(spec).is_file():
+            try:
+                content = json.loads(Path(spec).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{spec}: not a JSON file of hyperparameters: {exc}") from exc
+            if not isinstance(content, dict):
+                raise UsageError(f"{spec}: expected a JSON object of hyperparameters")
+            merged.update(content)
+        else:
+            raise UsageError(f"--hparams: {spec!r} is neither JSON, an existing file nor key=value")
+    return merged
+
+
+def convert_original(
+    original: str | PathLike[str],
+    output: str | PathLike[str],
+    options: ConvertOptions | None = None,
+) -> CpGTransformer:
+    """Convert an original CpG Transformer checkpoint into a cpgformer model file ``output``;
+    return the model written."""
+    opts = options or ConvertOptions()
+    output = Path(output)
+    inputs = [original, opts.cell_names]
+    check_output(output, "model", overwrite=opts.overwrite, inputs=inputs)
+    with output_lock(output):
+        check_output(output, "model", overwrite=opts.overwrite, inputs=inputs)
+        remove_leftovers(output)
+        state_dict, file_hparams = load_original(original, trust_pickle=opts.trust_pickle)
+        model = from_original(state_dict, {**file_hparams, **parse_hparams(opts.hparams)})
+        cells = None
+        if opts.cell_names:
+            lines = Path(opts.cell_names).read_text().splitlines()
+            cells = [line.strip() for line in lines if line.strip()]
+            if len(set(cells)) != len(cells):
+                raise UsageError(f"{opts.cell_names}: duplicate cell names")
+        save_model(output, model, cells=cells, extra={"source": {"original": str(original)}})
+    return model

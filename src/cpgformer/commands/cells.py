@@ -8,10 +8,11 @@ import sys
 import pandas as pd
 
 from cpgformer import cells as lib
+from cpgformer.cells import CellsOptions
+from cpgformer.commands.options import add_options, from_args
 from cpgformer.errors import InputError, UsageError
 from cpgformer.impute import open_imputed
 from cpgformer.io.store import open_dataset
-from cpgformer.model import IGNORE_FINGERPRINT_HELP
 
 NAME = "cells"
 HELP = "cell representations of a trained model: table, .h5ad, 2-D map, clusters, outliers"
@@ -21,37 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint written by cpgformer train")
     parser.add_argument("store", help="dataset store whose cells to place (from cpgformer prepare)")
     parser.add_argument("-o", "--output", required=True, help="output directory (created)")
-    parser.add_argument(
-        "--cell-metadata",
-        help="TSV with a first column of cell names (as in the store) and any other columns",
-    )
-    parser.add_argument(
-        "--color",
-        default="global_meth_frac",
-        help="obs column that colours the map (default: %(default)s, from the store's QC table)",
-    )
-    parser.add_argument(
-        "--clusters",
-        choices=("kmeans", "leiden"),
-        default="kmeans",
-        help="clustering of the representations (default: %(default)s; leiden needs leidenalg)",
-    )
-    parser.add_argument("--n-clusters", type=int, default=3, help="k-means clusters (default: 3)")
-    parser.add_argument("--tsne", action="store_true", help="also compute a t-SNE map")
-    parser.add_argument(
-        "--imputed",
-        help="imputed store of the same cells: also cluster raw vs imputed bins (see --bin-size)",
-    )
-    parser.add_argument(
-        "--bin-size", type=int, default=100_000, help="bp per bin for --imputed (default: 100000)"
-    )
-    parser.add_argument(
-        "--labels",
-        help="metadata column of known groups: ARI/NMI of the raw and imputed clusterings",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of UMAP and k-means (default: 0)")
-    parser.add_argument("--ignore-fingerprint", action="store_true", help=IGNORE_FINGERPRINT_HELP)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_options(parser, CellsOptions)
 
 
 def read_metadata(path: str, cells: list[str]) -> pd.DataFrame:
@@ -70,50 +41,51 @@ def read_metadata(path: str, cells: list[str]) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
+    opts = from_args(CellsOptions, args)
     ds = open_dataset(args.store)
     obs = ds.cell_table.copy()
     if "n_obs" in obs:
         obs = obs.rename(columns={"n_obs": "n_calls_obs"})
     metadata = None
-    if args.cell_metadata:
-        metadata = read_metadata(args.cell_metadata, list(ds.cells))
+    if opts.cell_metadata:
+        metadata = read_metadata(opts.cell_metadata, list(ds.cells))
         extra = metadata.reindex([str(c) for c in obs["name"]])
         for column in extra.columns:
             if column not in obs:
                 obs[column] = extra[column].to_numpy()
-    for column in (args.color, args.labels):
+    for column in (opts.color, opts.labels):
         if column and column not in obs:
             raise UsageError(
                 f"no column {column!r} in the store's cell table or --cell-metadata "
                 f"(has {', '.join(map(str, obs.columns))})"
             )
     representations = lib.cell_representations(
-        args.checkpoint, ds, ignore_fingerprint=args.ignore_fingerprint
+        args.checkpoint, ds, ignore_fingerprint=opts.ignore_fingerprint
     )
     adata = lib.cell_map(
         representations,
         obs,
-        clusters=args.clusters,
-        n_clusters=args.n_clusters,
-        tsne=args.tsne,
-        seed=args.seed,
+        clusters=opts.clusters,
+        n_clusters=opts.n_clusters,
+        tsne=opts.tsne,
+        seed=opts.seed,
     )
     comparison = labels = None
-    if args.imputed:
-        imputed = open_imputed(args.imputed)
+    if opts.imputed:
+        imputed = open_imputed(opts.imputed)
         if list(imputed.cell_table["name"].astype(str)) != [str(c) for c in obs["name"]]:
-            raise UsageError(f"{args.imputed}: its cells are not the store's cells")
-        bins = lib.bin_matrices(ds, imputed, args.bin_size)
-        labels = obs[args.labels].tolist() if args.labels else None
-        comparison = lib.compare_clusterings(bins, labels, args.n_clusters, args.seed)
+            raise UsageError(f"{opts.imputed}: its cells are not the store's cells")
+        bins = lib.bin_matrices(ds, imputed, opts.bin_size)
+        labels = obs[opts.labels].tolist() if opts.labels else None
+        comparison = lib.compare_clusterings(bins, labels, opts.n_clusters, opts.seed)
     summary = lib.write_cell_map(
         args.output,
         adata,
-        args.color,
+        opts.color,
         comparison=comparison,
         labels=labels,
-        overwrite=args.overwrite,
-        inputs=[args.checkpoint, args.store, args.cell_metadata, args.imputed],
+        overwrite=opts.overwrite,
+        inputs=[args.checkpoint, args.store, opts.cell_metadata, opts.imputed],
     )
     sys.stdout.write(
         f"{args.output}\t{adata.n_obs} cells\t{len(summary['clusters'])} clusters\t"

@@ -180,9 +180,11 @@ def flag_kwargs(hint: Any, meta: Mapping[str, Any] | None = None) -> dict[str, A
         out["choices"] = meta[CHOICES]
     if NARGS in meta and "nargs" not in out:
         out["nargs"] = meta[NARGS]
-    if meta.get(PARSE) is not None:  # one value, turned into the field's value by ``parse``
+    if meta.get(PARSE) is not None:  # each value given turned into the field's by ``parse``:
         out = {k: v for k, v in out.items() if k not in ("nargs", "action")}
         out["type"] = meta[PARSE]
+        if NARGS in meta:  # several values kept as given (no splitting at commas)
+            out["nargs"] = meta[NARGS]
     return out
 
 

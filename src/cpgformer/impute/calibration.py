@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cpgformer.codes import MISSING
+from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.impute.dna import chunk_embedding
 from cpgformer.impute.probabilities import to_probabilities
@@ -22,7 +23,7 @@ from cpgformer.impute.sites import ChromSource, observed_to_model_input
 from cpgformer.impute.tiles import predict_block
 from cpgformer.io.store import as_dataset
 from cpgformer.io.store import reference as find_reference
-from cpgformer.model import Model, Predictor, as_model
+from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, Predictor, as_model
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output, remove_leftovers
 
@@ -220,6 +221,24 @@ class _Block:
             out[prefix + "l"].append(raw[r[sel], c[sel]])
             out[prefix + "y"].append(lab[sel])
             out[prefix + "c"].append(c[sel])
+
+
+@dataclass
+class CalibrateOptions:
+    """The keyword parameters of :func:`calibrate` (the ``calibrate`` command's flags)."""
+
+    chroms: Sequence[str] | None = option(
+        None, "chromosomes to mask", metavar="CHROMS", nargs="+", shown="the run's validation ones"
+    )
+    fraction: float = option(0.1, "share of observed calls hidden", flag="--mask-fraction")
+    seed: int = option(0, "seed of the masked calls")
+    tile_sites: int = option(1024, "sites per tile")
+    batch_size: int = option(8, "tiles per forward pass")
+    fasta: str | None = option(
+        None, "reference FASTA", shown="the one the store records", metavar="FASTA"
+    )
+    ignore_fingerprint: bool = option(False, IGNORE_FINGERPRINT_HELP)
+    overwrite: bool = option(False, "replace an existing output")
 
 
 def calibrate(

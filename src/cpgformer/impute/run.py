@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cpgformer import __version__
+from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.impute.distributed import share_chunks
 from cpgformer.impute.dna import chunk_embedding
@@ -31,7 +32,7 @@ from cpgformer.impute.tiles import MAX_TILE_TOKENS, predict_block
 from cpgformer.integrity import file_digests
 from cpgformer.io.store import as_dataset, fasta_for
 from cpgformer.io.store import reference as find_reference
-from cpgformer.model import Model, Predictor, as_model
+from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, Predictor, as_model
 from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output
@@ -44,22 +45,96 @@ SITE_MODES = ("store", "all")
 
 @dataclass
 class ImputeOptions:
-    """Everything that determines an imputation's output (batch size and threads do not)."""
+    """Everything that determines an imputation's output (batch size and threads do not); the
+    ``impute`` command's flags are made from these."""
 
-    chroms: Sequence[str] | None = None
-    keep_observed: bool = False
-    dtype: str = "float16"
-    sites: str = "store"
-    tile_sites: int = 1024
-    max_tile_tokens: int = MAX_TILE_TOKENS  # bounds memory: tiles shrink, then cells are grouped
-    chunk_sites: int | None = None  # default: about 4 M entries per chunk
-    batch_size: int = 8
+    chroms: Sequence[str] | None = option(
+        None, "impute only these chromosomes", metavar="CHROMS", nargs="+", shown="all"
+    )
+    keep_observed: bool = option(
+        False,
+        "copy observed calls into the output (default: model predictions for every entry, i.e. "
+        "observed entries are denoised)",
+    )
+    dtype: str = option("float16", "stored probabilities", choices=DTYPES)
+    sites: str = option(
+        "store",
+        "store: the store's sites; all: every CpG of the FASTA (sites no cell observed become "
+        "all-missing rows of the site window)",
+        choices=SITE_MODES,
+    )
+    tile_sites: int = option(1024, "sites per tile (> 2 x receptive field)")
+    max_tile_tokens: int = option(
+        MAX_TILE_TOKENS,
+        "most (site, cell) entries per forward pass (memory bound, ~1.2 KB each): tiles shrink, "
+        "then cells are imputed in groups",
+    )
+    chunk_sites: int | None = option(
+        None, "sites per stored chunk (unit of resuming)", shown="~4 M entries per chunk"
+    )
+    batch_size: int = option(8, "tiles per forward pass")
     embed_chunk: int = 1024
     shared_dna: bool = True  # share DNA convolutions between overlapping windows
-    fasta: str | None = None
-    temperature: float | None = None  # None: the checkpoint's
-    ignore_fingerprint: bool = False
-    overwrite: bool = False
+    fasta: str | None = option(
+        None, "reference FASTA", shown="the one the store records", metavar="FASTA"
+    )
+    temperature: float | None = option(
+        None,
+        "calibration temperature (see cpgformer calibrate)",
+        shown="the checkpoint's",
+        metavar="TEMPERATURE",
+    )
+    ignore_fingerprint: bool = option(False, IGNORE_FINGERPRINT_HELP)
+    overwrite: bool = option(False, "replace an existing output")
+
+
+IMPUTE_ONLY_OPTIONS = ("embed_chunk", "shared_dna")
+"""Fields of :class:`ImputeOptions` for Python callers, not flags."""
+
+REGIONS_GROUP = (
+    "regions (write a cells x regions AnnData .h5ad instead of the per-CpG imputed store)"
+)
+LAUNCH_GROUP = "several processes, GPUs or nodes writing one output (as for train; torchrun and SLURM srun too)"
+
+
+@dataclass
+class ImputeLaunch:
+    """Where and how an imputation runs, and whether it sums over regions (the ``impute``
+    command's remaining flags): none of it changes a per-CpG output."""
+
+    device: str = option("cpu", "where the model runs: cpu, cuda, cuda:1, mps")
+    threads: int | None = option(None, "torch CPU threads", shown="torch's choice")
+    regions: str | None = option(
+        None,
+        "sum the imputation over these regions (BED; a CpG counts when its start lies in "
+        "[start, end)); -o is then the .h5ad file to write",
+        metavar="BED",
+        group=REGIONS_GROUP,
+    )
+    bin_size: int | None = option(
+        None, "sum over fixed bins of N bp (instead of --regions)", metavar="N", group=REGIONS_GROUP
+    )
+    region_values: str = option(
+        "imputed",
+        "imputed: observed calls kept in the region means; denoised: model probabilities "
+        "everywhere",
+        choices=("imputed", "denoised"),
+        group=REGIONS_GROUP,
+    )
+    accelerator: str | None = option(
+        None,
+        "cpu, gpu, mps or auto (with --devices/--num-nodes; replaces --device)",
+        group=LAUNCH_GROUP,
+    )
+    devices: str | None = option(
+        None, "processes per node: a count, a list like 0,1, or auto", group=LAUNCH_GROUP
+    )
+    num_nodes: int | None = option(None, "nodes taking part", shown="1", group=LAUNCH_GROUP)
+
+    @property
+    def distributed(self) -> bool:
+        """Launched over several processes (any of --accelerator/--devices/--num-nodes given)."""
+        return bool(self.accelerator or self.devices or self.num_nodes)
 
 
 def default_chunk_sites(n_cells: int) -> int:
