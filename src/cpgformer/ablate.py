@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cpgformer.benchmark.metrics import paired_bootstrap
+from cpgformer.commands.options import option
 from cpgformer.data.config import DataConfig
 from cpgformer.errors import UsageError
 from cpgformer.nn import ModelConfig
@@ -43,6 +45,21 @@ VARIANTS = (
     "no-positions",
     "no-cell-identity",
 )
+
+
+@dataclass
+class AblateOptions:
+    """What :func:`ablate` trains and hides, besides the configs (the ``ablate`` command's flags)."""
+
+    variants: tuple[str, ...] = option(
+        VARIANTS,
+        f"variants to train: {', '.join(VARIANTS)} ('full' is always trained)",
+        choices=VARIANTS,
+        nargs="+",
+        metavar="VARIANT",
+        shown="all that apply",
+    )
+    hide_fraction: float = option(0.2, "fraction of the test chromosomes' observed calls hidden")
 
 
 def variant_config(base: ModelConfig, name: str) -> ModelConfig | None:

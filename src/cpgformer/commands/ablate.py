@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cpgformer.ablate import AblateOptions, ablate
+from cpgformer.commands.options import add_options, from_args
 from cpgformer.commands.train import add_config_arguments, build_configs
+from cpgformer.io.store import open_dataset
 
 NAME = "ablate"
 HELP = "train variants without one input each (attention kinds, DNA, positions, cell identity) "
@@ -13,31 +16,15 @@ HELP += "and compare their AUROC with the full model on the same hidden calls"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cpgformer.ablate import VARIANTS
-
     parser.add_argument("store", help="dataset store written by `cpgformer prepare`")
     parser.add_argument("-o", "--output", required=True, help="ablation directory (created)")
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(VARIANTS),
-        choices=VARIANTS,
-        help="variants to train (default: all that apply; 'full' is always trained)",
-    )
-    parser.add_argument(
-        "--hide-fraction",
-        type=float,
-        default=0.2,
-        help="fraction of the test chromosomes' observed calls hidden (default: 0.2)",
-    )
+    add_options(parser, AblateOptions)
     parser.add_argument("--config", help="JSON file with model/data/training parameters")
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpgformer.ablate import ablate
-    from cpgformer.io.store import open_dataset
-
+    opts = from_args(AblateOptions, args)
     ds = open_dataset(args.store)
     model, data, training, _ = build_configs(args, ds.n_cells, bool(ds.fasta_path))
     table = ablate(
@@ -46,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
         model,
         data,
         training,
-        args.variants,
-        hide_fraction=args.hide_fraction,
+        opts.variants,
+        hide_fraction=opts.hide_fraction,
         seed=training.seed,
     )
     sys.stdout.write(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cpgformer.io.npz import export_npz
+from cpgformer.commands.options import add_options, from_args
+from cpgformer.io.npz import ExportNpzOptions, export_npz
 
 NAME = "export-npz"
 HELP = "write a store as the original CpG Transformer X.npz/y.npz/pos.npz triple (+ cells.txt)"
@@ -14,38 +15,13 @@ HELP = "write a store as the original CpG Transformer X.npz/y.npz/pos.npz triple
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="dataset store (from cpgformer prepare)")
     parser.add_argument("-o", "--output", required=True, help="directory to create")
-    parser.add_argument(
-        "--values",
-        choices=("binary", "continuous"),
-        default=None,
-        help="y.npz as int8 -1/0/1 labels or float32 methylated fractions "
-        "(default: as imported, else binary)",
-    )
-    genome = parser.add_mutually_exclusive_group()
-    genome.add_argument(
-        "--fasta",
-        default=None,
-        help="reference FASTA to encode X.npz from (default: the store's, if any)",
-    )
-    genome.add_argument(
-        "--genome-npz", default=None, help="an X.npz to copy the genome from (default: none)"
-    )
-    genome.add_argument(
-        "--no-genome", action="store_true", help="write y.npz and pos.npz only (no X.npz)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    add_options(parser, ExportNpzOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = export_npz(
-        args.store,
-        args.output,
-        values=args.values,
-        genome_npz=args.genome_npz,
-        fasta=args.fasta,
-        with_genome=not args.no_genome,
-        overwrite=args.overwrite,
-    )
+    options = from_args(ExportNpzOptions, args)
+    options.check()
+    summary = export_npz(args.store, args.output, **vars(options))
     files = "X.npz, y.npz, pos.npz" if summary["X"] else "y.npz, pos.npz (no genome)"
     sys.stdout.write(
         f"{args.output}: {files}, cells.txt; {summary['chromosomes']} chromosomes, "

@@ -23,12 +23,14 @@ import logging
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cpgformer import codes
+from cpgformer.commands.options import option
 from cpgformer.errors import InputError, UsageError
 from cpgformer.io.fasta import Reference
 from cpgformer.io.store import (
@@ -386,6 +388,40 @@ def _fasta_contigs(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     with Reference(path) as ref:
         for name, length in ref.contigs.items():
             yield name, ref.fetch_codes(name, 0, length)
+
+
+@dataclass
+class ExportNpzOptions:
+    """The keyword parameters of :func:`export_npz` (the ``export-npz`` command's flags)."""
+
+    values: str | None = option(
+        None,
+        "y.npz as int8 -1/0/1 labels or float32 methylated fractions",
+        choices=("binary", "continuous"),
+        shown="as imported, else binary",
+    )
+    fasta: str | None = option(
+        None, "reference FASTA to encode X.npz from", shown="the store's, if any", metavar="FASTA"
+    )
+    genome_npz: str | None = option(None, "an X.npz to copy the genome from", metavar="GENOME_NPZ")
+    with_genome: bool = option(
+        True, "write X.npz (--no-genome: y.npz and pos.npz only)", flag="--genome"
+    )
+    overwrite: bool = option(False, "replace an existing directory")
+
+    def check(self) -> None:
+        """:class:`UsageError` when more than one genome source is chosen."""
+        chosen = [
+            flag
+            for flag, given in (
+                ("--fasta", self.fasta is not None),
+                ("--genome-npz", self.genome_npz is not None),
+                ("--no-genome", not self.with_genome),
+            )
+            if given
+        ]
+        if len(chosen) > 1:
+            raise UsageError(f"{' and '.join(chosen)} exclude each other: give one")
 
 
 def export_npz(
