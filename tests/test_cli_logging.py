@@ -253,7 +253,10 @@ def test_every_option_shows_its_default_in_help() -> None:
             default = action.default
             if not action.option_strings or default in (None, False, argparse.SUPPRESS):
                 continue
-            shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+            if isinstance(default, (list, tuple)):
+                shown = " ".join(map(str, default)) or "none"
+            else:
+                shown = str(default)
             if "".join(shown.split()) not in text:
                 missing.append(f"{name} {action.option_strings[0]} ({shown})")
             if action.help is None:
