@@ -12,6 +12,7 @@ import pytest
 
 from cpgformer.commands import options
 from cpgformer.commands.options import option
+from cpgformer.errors import UsageError
 
 
 @dataclass
@@ -192,3 +193,44 @@ def test_convert_checkpoint_hparams_keep_commas_and_force_is_deprecated(caplog) 
     assert got == ConvertOptions(hparams=[spec, "mode=axial"], overwrite=True)
     assert "--force is deprecated" in caplog.text and "--overwrite" in caplog.text
     assert options.from_args(ConvertOptions, parser.parse_args(["o.pt", "-o", "m"])).hparams == []
+
+
+def test_impute_flags_fill_options_and_launch() -> None:
+    """impute's flags land in ImputeOptions (what decides the output) and ImputeLaunch (where it
+    runs, regions); fields for Python callers only are no flags."""
+    from cpgformer.commands import impute as impute_command
+    from cpgformer.impute import ImputeOptions
+    from cpgformer.impute.run import ImputeLaunch
+
+    parser = argparse.ArgumentParser()
+    impute_command.add_arguments(parser)
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert "--embed-chunk" not in flags and "--shared-dna" not in flags
+    args = parser.parse_args(
+        ["s", "c", "-o", "o", "--chroms", "1", "2", "--keep-observed", "--dtype", "uint8",
+         "--temperature", "1.5", "--chunk-sites", "2048", "--bin-size", "1000", "--devices", "2",
+         "--device", "cuda:1", "--overwrite"]
+    )  # fmt: skip
+    assert options.from_args(ImputeOptions, args) == ImputeOptions(
+        chroms=["1", "2"], keep_observed=True, dtype="uint8", temperature=1.5, chunk_sites=2048,
+        overwrite=True,
+    )  # fmt: skip
+    launch = options.from_args(ImputeLaunch, args)
+    assert launch == ImputeLaunch(bin_size=1000, devices="2", device="cuda:1")
+    assert launch.distributed
+    plain = parser.parse_args(["s", "c", "-o", "o"])
+    assert options.from_args(ImputeOptions, plain) == ImputeOptions()
+    assert not options.from_args(ImputeLaunch, plain).distributed
+
+
+def test_export_npz_genome_sources_exclude_each_other(tmp_path, capfd) -> None:  # noqa: ANN001
+    from cpgformer.cli import main
+    from cpgformer.io.npz import ExportNpzOptions
+
+    out = str(tmp_path / "npz")
+    assert main(["export-npz", str(tmp_path), "-o", out, "--fasta", "g.fa", "--no-genome"]) == 2
+    assert "--fasta and --no-genome exclude each other" in capfd.readouterr().err
+    assert not (tmp_path / "npz").exists()
+    ExportNpzOptions(fasta="g.fa").check()
+    with pytest.raises(UsageError, match="--genome-npz"):
+        ExportNpzOptions(fasta="g.fa", genome_npz="X.npz").check()
