@@ -234,3 +234,28 @@ def test_export_npz_genome_sources_exclude_each_other(tmp_path, capfd) -> None: 
     ExportNpzOptions(fasta="g.fa").check()
     with pytest.raises(UsageError, match="--genome-npz"):
         ExportNpzOptions(fasta="g.fa", genome_npz="X.npz").check()
+
+
+def test_ablate_and_calibrate_flags_fill_their_options() -> None:
+    from cpgformer.ablate import VARIANTS, AblateOptions
+    from cpgformer.commands import ablate as ablate_command
+    from cpgformer.commands import calibrate as calibrate_command
+    from cpgformer.impute.calibration import CalibrateOptions
+
+    parser = argparse.ArgumentParser()
+    ablate_command.add_arguments(parser)
+    args = parser.parse_args(
+        ["s", "-o", "o", "--variants", "full", "no-dna", "--hide-fraction", "0.3"]
+    )
+    assert options.from_args(AblateOptions, args) == AblateOptions(("full", "no-dna"), 0.3)
+    assert (
+        options.from_args(AblateOptions, parser.parse_args(["s", "-o", "o"])).variants == VARIANTS
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["s", "-o", "o", "--variants", "no-such-variant"])
+    parser = argparse.ArgumentParser()
+    calibrate_command.add_arguments(parser)
+    args = parser.parse_args(["s", "c", "-o", "o", "--mask-fraction", "0.25", "--chroms", "3"])
+    assert options.from_args(CalibrateOptions, args) == CalibrateOptions(
+        chroms=["3"], fraction=0.25
+    )
