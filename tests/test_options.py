@@ -259,3 +259,18 @@ def test_ablate_and_calibrate_flags_fill_their_options() -> None:
     assert options.from_args(CalibrateOptions, args) == CalibrateOptions(
         chroms=["3"], fraction=0.25
     )
+
+
+def test_deprecated_alias_of_a_plain_and_a_parsed_value(caplog) -> None:  # noqa: ANN001
+    @dataclass
+    class Old:
+        jobs: int = option(1, "workers", deprecated=("--threads",))
+        spill: int = option(1 << 20, "MiB", parse=lambda t: int(t) << 20, deprecated=("--mb",))
+
+    parser = argparse.ArgumentParser()
+    options.add_options(parser, Old)
+    with caplog.at_level(logging.WARNING):
+        got = options.from_args(Old, parser.parse_args(["--threads", "3", "--mb", "2"]))
+    assert got == Old(jobs=3, spill=2 << 20)
+    assert "--threads is deprecated" in caplog.text and "use --jobs" in caplog.text
+    assert "--mb" not in parser.format_help()

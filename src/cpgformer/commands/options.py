@@ -271,7 +271,7 @@ def add_options(
             alias_kwargs = dict(kwargs)
             if alias_kwargs.get("action") is argparse.BooleanOptionalAction:
                 alias_kwargs["action"] = "store_true"
-            if alias_kwargs["action"] == "store_true":
+            if alias_kwargs.get("action") == "store_true":
                 alias_kwargs.pop("metavar", None)
             alias_kwargs["action"] = _warn_deprecated(_action_class(alias_kwargs), flag)
             target.add_argument(
