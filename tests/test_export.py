@@ -215,7 +215,7 @@ def test_export_flags_come_from_the_options(hand_imputed) -> None:  # noqa: ANN0
     import dataclasses
 
     from cpgformer.commands import export as export_command
-    from cpgformer.commands.options import FLAG, flag_name, from_args
+    from cpgformer.options import FLAG, flag_name, from_args
 
     parser = argparse.ArgumentParser()
     export_command.add_arguments(parser)

@@ -158,7 +158,7 @@ def test_new_run_defaults_and_the_published_path() -> None:
 
 
 def test_explain_target_logit_includes_the_offset() -> None:
-    from cpgformer.explain import _target_logit
+    from cpgformer.explain.attribution import _target_logit
 
     torch.manual_seed(3)
     model = CpGTransformer(_config(input_summaries=True, summary_offset=True)).eval()

@@ -1,4 +1,4 @@
-"""Flags generated from option dataclasses (``cpgformer.commands.options``)."""
+"""Flags generated from option dataclasses (``cpgformer.options``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Literal
 
 import pytest
 
-from cpgformer.commands import options
-from cpgformer.commands.options import option
+from cpgformer import options
 from cpgformer.errors import UsageError
+from cpgformer.options import option
 
 
 @dataclass

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from cpgformer.benchmark.metrics import paired_bootstrap
-from cpgformer.commands.options import option
 from cpgformer.data.config import DataConfig
 from cpgformer.errors import UsageError
 from cpgformer.nn import ModelConfig
+from cpgformer.options import option
 from cpgformer.training.config import TrainConfig
 
 log = logging.getLogger(__name__)

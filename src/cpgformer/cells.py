@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, as_model
+from cpgformer.options import option
 from cpgformer.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)

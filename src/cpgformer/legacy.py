@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cpgformer.commands.options import option
 from cpgformer.errors import CheckpointError, UsageError
 from cpgformer.nn.config import ModelConfig
 from cpgformer.nn.model import CpGTransformer
 from cpgformer.nn.serialize import build_model, save_model
+from cpgformer.options import option
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output, remove_leftovers
 

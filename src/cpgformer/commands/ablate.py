@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from cpgformer.ablate import AblateOptions, ablate
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.commands.train import add_config_arguments, build_configs
 from cpgformer.io.store import open_dataset
+from cpgformer.options import add_options, from_args
 
 NAME = "ablate"
 HELP = "train variants without one input each (attention kinds, DNA, positions, cell identity) "

@@ -6,11 +6,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from cpgformer import options
 from cpgformer.benchmark.baselines import CaMeliaConfig, DeepCpGConfig
 from cpgformer.benchmark.report import markdown_table
 from cpgformer.benchmark.run import BenchmarkOptions, run_benchmark
-from cpgformer.commands import options
-from cpgformer.commands.options import option
+from cpgformer.options import option
 
 NAME = "benchmark"
 HELP = "score cpgformer and baselines on hidden calls of test chromosomes (tables, report, plots)"

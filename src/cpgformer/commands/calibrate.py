@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.impute.calibration import CalibrateOptions, calibrate
+from cpgformer.options import add_options, from_args
 
 NAME = "calibrate"
 HELP = "fit a calibration temperature on masked validation calls; write a calibrated checkpoint"

@@ -9,10 +9,10 @@ import pandas as pd
 
 from cpgformer import cells as lib
 from cpgformer.cells import CellsOptions
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.errors import InputError, UsageError
 from cpgformer.impute import open_imputed
 from cpgformer.io.store import open_dataset
+from cpgformer.options import add_options, from_args
 
 NAME = "cells"
 HELP = "cell representations of a trained model: table, .h5ad, 2-D map, clusters, outliers"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.legacy import ConvertOptions, convert_original
+from cpgformer.options import add_options, from_args
 
 NAME = "convert-checkpoint"
 HELP = "convert a checkpoint of the original CpG Transformer (.pt or .ckpt) into a cpgformer model file"

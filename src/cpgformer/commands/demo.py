@@ -6,10 +6,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from cpgformer import options
 from cpgformer.benchmark.report import markdown_table
-from cpgformer.commands import options
-from cpgformer.commands.options import option
 from cpgformer.demo import run_demo
+from cpgformer.options import option
 
 NAME = "demo"
 HELP = (

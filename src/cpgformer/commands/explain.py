@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.explain import read_sites, write_explanations
 from cpgformer.explain.options import ExplainOptions
 from cpgformer.io.store import open_dataset
 from cpgformer.model import Model, resolve_device
+from cpgformer.options import add_options, from_args
 
 NAME = "explain"
 HELP = (

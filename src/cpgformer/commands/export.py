@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.export import TARGETS, ExportOptions, export
+from cpgformer.options import add_options, from_args
 
 NAME = "export"
 HELP = "write an imputed store as AnnData (.h5ad), per-cell bedGraph or ALLC files, or regions"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.io.npz import ExportNpzOptions, export_npz
+from cpgformer.options import add_options, from_args
 
 NAME = "export-npz"
 HELP = "write a store as the original CpG Transformer X.npz/y.npz/pos.npz triple (+ cells.txt)"

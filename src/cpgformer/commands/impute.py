@@ -8,11 +8,11 @@ import sys
 
 import torch
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.impute import ImputeOptions, impute
 from cpgformer.impute.distributed import impute_distributed
 from cpgformer.impute.regions import impute_regions, region_output
 from cpgformer.impute.run import IMPUTE_ONLY_OPTIONS, ImputeLaunch
+from cpgformer.options import add_options, from_args
 
 log = logging.getLogger(__name__)
 

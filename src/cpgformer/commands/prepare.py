@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from cpgformer.commands.options import add_options, from_args
 from cpgformer.io.npz import read_names_file
+from cpgformer.options import add_options, from_args
 from cpgformer.prepare import PrepareOptions, prepare
 
 NAME = "prepare"

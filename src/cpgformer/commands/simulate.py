@@ -6,10 +6,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from cpgformer.commands import options
-from cpgformer.commands.options import option
+from cpgformer import options
 from cpgformer.data.simulate import PROTOCOL_NAMES, SimulationConfig, simulate_to_directory
 from cpgformer.errors import UsageError
+from cpgformer.options import option
 
 NAME = "simulate"
 HELP = "simulate single-cell methylomes with known truth (Bismark .cov.gz per cell + truth.npz)"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cpgformer.commands import options
+from cpgformer import options
 from cpgformer.data.config import DataConfig
 from cpgformer.io.store import open_dataset
 from cpgformer.nn import ModelConfig

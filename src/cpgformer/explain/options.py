@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.model import IGNORE_FINGERPRINT_HELP
+from cpgformer.options import option
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
 

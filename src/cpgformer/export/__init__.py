@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.export.cpg_anndata import (
     COMPRESSIONS,
@@ -57,6 +56,7 @@ from cpgformer.export.tracks import (
 )
 from cpgformer.impute import ImputedStore, open_imputed
 from cpgformer.io.writers import read_bed_regions
+from cpgformer.options import option
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output, record_files_in, remove_leftovers
 

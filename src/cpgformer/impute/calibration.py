@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from cpgformer.codes import MISSING
-from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.impute.dna import chunk_embedding
 from cpgformer.impute.probabilities import to_probabilities
@@ -24,6 +23,7 @@ from cpgformer.impute.tiles import predict_block
 from cpgformer.io.store import as_dataset
 from cpgformer.io.store import reference as find_reference
 from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, Predictor, as_model
+from cpgformer.options import option
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output, remove_leftovers
 

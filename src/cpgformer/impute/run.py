@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from cpgformer import __version__
-from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.impute.distributed import share_chunks
 from cpgformer.impute.dna import chunk_embedding
@@ -33,6 +32,7 @@ from cpgformer.integrity import file_digests
 from cpgformer.io.store import as_dataset, fasta_for
 from cpgformer.io.store import reference as find_reference
 from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, Predictor, as_model
+from cpgformer.options import option
 from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
 from cpgformer.utils.locks import output_lock
 from cpgformer.utils.outputs import check_output

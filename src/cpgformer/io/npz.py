@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from cpgformer import codes
-from cpgformer.commands.options import option
 from cpgformer.errors import InputError, UsageError
 from cpgformer.io.fasta import Reference
 from cpgformer.io.store import (
@@ -40,6 +39,7 @@ from cpgformer.io.store import (
     set_default_dir_mode,
     write_store,
 )
+from cpgformer.options import option
 from cpgformer.utils.atomic import atomic_dir
 from cpgformer.utils.progress import progress
 

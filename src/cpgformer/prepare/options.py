@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cpgformer.commands.options import option
 from cpgformer.errors import UsageError
 from cpgformer.io.contigs import ALIAS_POLICIES, parse_keep
 from cpgformer.io.npz import read_names_file
 from cpgformer.io.readers import FORMATS
+from cpgformer.options import option
 
 BINARIZE_RULES = ("threshold", "drop-mixed", "majority")
 CHROM_NAME_MODES = ("keep", "add-chr", "strip-chr")
