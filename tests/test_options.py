@@ -15,6 +15,12 @@ from cpgformer.errors import UsageError
 from cpgformer.options import option
 
 
+@pytest.fixture(autouse=True)
+def _package_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier CLI run in the same process stops the package logger from propagating."""
+    monkeypatch.setattr(logging.getLogger("cpgformer"), "propagate", True)
+
+
 @dataclass
 class Example:
     store: str = option(help="a store", positional=True)

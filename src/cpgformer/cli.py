@@ -157,8 +157,9 @@ def _log_warning(
     file: object = None,
     line: str | None = None,
 ) -> None:
-    """``warnings.showwarning`` replacement: one log record on ``py.warnings``."""
-    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    """``warnings.showwarning`` replacement: one log record on ``py.warnings``, one line (the
+    warning's source line, which ``formatwarning`` would add, is left out)."""
+    text = warnings.formatwarning(message, category, filename, lineno, "").rstrip()
     logging.getLogger("py.warnings").warning("%s", text)
 
 
