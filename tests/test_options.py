@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,9 +17,15 @@ from cpgformer.options import option
 
 
 @pytest.fixture(autouse=True)
-def _package_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An earlier CLI run in the same process stops the package logger from propagating."""
-    monkeypatch.setattr(logging.getLogger("cpgformer"), "propagate", True)
+def _package_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An earlier CLI run in the same process (``-q`` among them) sets the package logger's level and
+    stops it from propagating: undone here so that caplog sees the warnings."""
+    logger = logging.getLogger("cpgformer")
+    monkeypatch.setattr(logger, "propagate", True)
+    level = logger.level
+    logger.setLevel(logging.NOTSET)
+    yield
+    logger.setLevel(level)
 
 
 @dataclass
