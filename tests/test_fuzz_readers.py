@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from cpgformer.errors import InputError, UsageError
+from cpgformer.io.formats import _SPEC_KEYS
 from cpgformer.io.readers import FORMATS, ReadStats, detect_format, parse_column_spec, read_calls
 
 # Hypothesis caches data (constants of the code under test) as soon as tests are collected: in a
@@ -191,26 +192,8 @@ _SPEC_PART = st.one_of(
     st.sampled_from(["5c", "5u", "3C", "x", "", "-", "\\t", "tab", ",", ";", "0", "1", "yes"]),
     st.tuples(
         st.sampled_from(
-            [
-                "chrom",
-                "pos",
-                "meth",
-                "unmeth",
-                "cov",
-                "frac",
-                "percent",
-                "state",
-                "strand",
-                "context",
-                "base",
-                "sep",
-                "header",
-                "pooled",
-                "bogus",
-                "POS",
-                " pos",
-            ]
-        ),  # fmt: skip
+            [*sorted(_SPEC_KEYS), "bogus", "POS", " pos"]
+        ),  # the keys and a few wrong ones
         st.one_of(st.integers(-1, 9).map(str), st.sampled_from(["", "a", "\\t", "1", "0", "2"])),
     ).map(lambda kv: f"{kv[0]}={kv[1]}"),
     _TEXT,
