@@ -314,6 +314,30 @@ def test_profiles_from_dense_calls_equal_profiles_from_the_store(tmp_path: Path)
     assert np.allclose(dense, profiler.transform(ds))
 
 
+def test_profiles_from_row_blocks_find_their_chromosome(tmp_path: Path) -> None:
+    """A region hold-out hands the benchmark row blocks named ``chrom:start-stop``: their calls
+    are joined into their chromosome, so cells get their own profiles (not the average one)."""
+    from cpgformer.benchmark.holdout import ChromData
+    from cpgformer.benchmark.run import block_of
+    from cpgformer.data.profiles import DenseCalls
+    from cpgformer.data.segments import Region
+
+    positions, labels, _ = _group_labels(300, 10, seed=5)
+    ds = open_dataset(
+        _store(tmp_path / "s", positions, labels, list(range(10)), list("abcdefghij"))
+    )
+    profiler = CellProfiler.fit(ds, n_bins=16, n_components=3)
+    whole = ChromData("chr1", positions, labels.astype(np.int8))
+    blocks = block_of(whole, [Region("chr1", 0, 120), Region("chr1", 180, 300)])
+    assert [b.name for b in blocks] == ["chr1:0-120", "chr1:180-300"]
+    assert all(b.chrom == "chr1" for b in blocks)
+    kept = np.ones(300, dtype=bool)
+    kept[120:180] = False
+    from_blocks = profiler.transform(DenseCalls(blocks, 10))
+    assert np.allclose(from_blocks, profiler.transform(ds, rows={"chr1": kept}))
+    assert not np.allclose(from_blocks, from_blocks.mean(0, keepdims=True))
+
+
 def test_ablation_switches_remove_their_input() -> None:
     """No positions: the output ignores the sites' coordinates. No cell identity: no cell
     parameters, and swapping two cells' data swaps their outputs whatever their ids."""

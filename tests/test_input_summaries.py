@@ -66,7 +66,21 @@ def test_site_mean_feature_is_the_other_cells_mean_with_prior() -> None:
     seg = (2 + 0.5) / 4
     p = (2 + seg) / (3 + 1)
     assert feats[3, 0].item() == pytest.approx(math.log(p / (1 - p)), rel=1e-5)
-    assert feats[3, 1].item() == pytest.approx(math.log1p(3))
+    assert feats[3, 1].item() == pytest.approx(1.0)  # all 3 other cells observed
+    assert feats[0, 1].item() == pytest.approx(2 / 3)  # cell 0: 2 of its 3 others observed
+
+
+def test_coverage_features_do_not_depend_on_the_number_of_cells() -> None:
+    """Counts across cells are fractions: a batch of 128 cells and an imputation group of
+    thousands give a token the same coverage features when the coverage is the same."""
+    g = torch.Generator().manual_seed(3)
+    few = torch.randint(0, 3, (1, 40, 64), generator=g)
+    many = few.repeat(1, 1, 32)  # 2,048 cells, the same coverage at every site
+    a = input_summaries(few, 3)
+    b = input_summaries(many, 3)[:, :, :64]
+    for k in (1, 3):  # equal up to the token's own leave-out (1 of 63 vs 1 of 2,047 cells)
+        assert torch.allclose(a[..., k], b[..., k], atol=0.02), k
+    assert (a[..., 1] > 0.2).all() and (a[..., 1] < 0.9).all()
 
 
 def _config(**extra) -> ModelConfig:

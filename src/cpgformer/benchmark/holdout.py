@@ -43,13 +43,20 @@ class ChromData:
 
     ``states`` int8 [L, C] (-1 missing / 0 / 1); ``positions`` int64 [L] sorted 0-based + C positions;
     ``sequence`` int8 nucleotide codes of the whole chromosome (index = 0-based bp) or ``None`` when no
-    FASTA was given.
+    FASTA was given; ``chrom`` the chromosome of the rows.
     """
 
     name: str
     positions: np.ndarray
     states: np.ndarray
     sequence: np.ndarray | None = None
+    chrom: str = ""
+    """The chromosome the rows come from (a block of rows is named ``chrom:start-stop``);
+    empty = ``name``."""
+
+    def __post_init__(self) -> None:
+        if not self.chrom:
+            self.chrom = self.name
 
     @property
     def n_sites(self) -> int:

@@ -210,6 +210,7 @@ def block_of(data: ChromData, blocks: Sequence[Region]) -> list[ChromData]:
             data.positions[b.start : b.stop],
             np.ascontiguousarray(data.states[b.start : b.stop]),
             data.sequence,
+            data.chrom,
         )
         for b in blocks
     ]

@@ -155,10 +155,20 @@ class CellProfiler:
 class DenseCalls:
     """Dense per-chromosome calls as a minimal store for :meth:`CellProfiler.transform`:
     ``chroms`` is a sequence of objects with ``name``, ``positions`` [L] and ``states`` int8 [L, C]
-    (-1 missing), e.g. the benchmark's ``ChromData``."""
+    (-1 missing), e.g. the benchmark's ``ChromData``; row blocks of one chromosome (objects that
+    also carry ``chrom``, the chromosome they come from) are joined into that chromosome, so the
+    profiler's bins (in chromosome coordinates) find their calls."""
 
     def __init__(self, chroms: Sequence[Any], n_cells: int) -> None:
-        self._chroms = {c.name: c for c in chroms}
+        parts: dict[str, list[Any]] = {}
+        for c in chroms:
+            parts.setdefault(str(getattr(c, "chrom", "") or c.name), []).append(c)
+        self._chroms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, blocks in parts.items():
+            positions = np.concatenate([np.asarray(b.positions) for b in blocks])
+            states = np.concatenate([np.asarray(b.states) for b in blocks], axis=0)
+            order = np.argsort(positions, kind="stable")
+            self._chroms[name] = (positions[order], states[order])
         self.n_cells = int(n_cells)
 
     @property
@@ -166,10 +176,10 @@ class DenseCalls:
         return list(self._chroms)
 
     def positions(self, chrom: str) -> np.ndarray:
-        return np.asarray(self._chroms[chrom].positions)
+        return self._chroms[chrom][0]
 
     def calls(self, chrom: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        states = np.asarray(self._chroms[chrom].states)
+        states = self._chroms[chrom][1]
         site, cell = np.nonzero(states >= 0)
         return site, cell, states[site, cell]
 

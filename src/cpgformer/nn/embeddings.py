@@ -66,11 +66,15 @@ def input_summaries(states: Tensor, half_window: int, data_mode: str = "binary")
 
     Each summary of token (site i, cell c) leaves that token's own input out, so it carries nothing
     about the token itself (masked or not); labels are never an input. Means are shrunk towards a
-    prior with :data:`SUMMARY_PRIOR_WEIGHT` pseudo-calls and given as logits; counts as ``log1p``:
+    prior with :data:`SUMMARY_PRIOR_WEIGHT` pseudo-calls and given as logits. Counts across cells are
+    fractions of the tokens they could have covered, so a feature means the same with 128 cells in a
+    training batch and 5,000 in an imputation group:
 
-    0. mean of the other cells' observed inputs at site i (prior: the segment's mean), 1. their count;
-    2. the same over sites ``i ± half_window`` (all cells but this token), 3. its count;
-    4. this cell's mean over sites ``i ± half_window`` (prior: the cell's segment mean), 5. its count;
+    0. mean of the other cells' observed inputs at site i (prior: the segment's mean), 1. the fraction
+    of the other cells observed there;
+    2. the same over sites ``i ± half_window`` (all cells but this token), 3. the fraction observed;
+    4. this cell's mean over sites ``i ± half_window`` (prior: the cell's segment mean), 5. ``log1p``
+    of its number of calls there;
     6. this cell's mean over the segment (prior: the segment's mean).
 
     The per-site mean is the ``site-mean`` baseline computed from the cells in the batch; the
@@ -101,12 +105,15 @@ def input_summaries(states: Tensor, half_window: int, data_mode: str = "binary")
     local_sum = _window_sum(value, half_window, 1) - value
     local_n = _window_sum(observed, half_window, 1) - observed
     local_mean = (local_sum + a * cell_mean) / (local_n + a)
+    n_cells = x.shape[2]
+    ones = torch.ones(1, x.shape[1], 1, dtype=x.dtype, device=x.device)
+    win_tokens = _window_sum(ones, half_window, 1) * n_cells - 1.0  # every token but this one
     return torch.stack(
         [
             _logit(site_mean),
-            torch.log1p(site_n.clamp_min(0)),
+            (site_n / max(1, n_cells - 1)).clamp_min(0),
             _logit(win_mean),
-            torch.log1p(win_n.clamp_min(0)),
+            (win_n / win_tokens.clamp_min(1.0)).clamp_min(0).expand_as(win_n),
             _logit(local_mean),
             torch.log1p(local_n.clamp_min(0)),
             _logit(cell_mean),
@@ -152,12 +159,13 @@ def input_summaries_reference(
                 cell = [val(b, j, d) for j, d in others if d == c]
                 cell_mean = shrunk(cell, seg)
                 local = [val(b, j, d) for j, d in others if d == c and abs(j - i) <= half_window]
+                win_tokens = sum(1 for j in range(length) if abs(j - i) <= half_window) * cells - 1
                 out[b, i, c] = torch.tensor(
                     [
                         logit(shrunk(site, seg)),
-                        math.log1p(len(site)),
+                        len(site) / max(1, cells - 1),
                         logit(shrunk(win, seg)),
-                        math.log1p(len(win)),
+                        len(win) / max(1, win_tokens),
                         logit(shrunk(local, cell_mean)),
                         math.log1p(len(local)),
                         logit(cell_mean),
