@@ -153,7 +153,11 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike[str], hparams: Mapping[str, Any] | None = None) -> Model:
         """Read a checkpoint: ``cpgformer train``'s Lightning ``.ckpt``, our plain model file, or an
-        original CpG Transformer state dict (``hparams`` complete what its keys do not tell)."""
+        original CpG Transformer state dict (``hparams`` complete what its keys do not tell);
+        ``"pretrained"`` is the model shipped in the package (:mod:`cpgformer.pretrained`)."""
+        from cpgformer import pretrained
+
+        path = pretrained.resolve(path)
         network, meta = read_checkpoint(path, hparams)
         return cls(network, checkpoint_id=file_digest(path), path=str(path), **meta)
 

@@ -22,14 +22,39 @@ HELP = "impute (and denoise) every site x cell of a dataset store with a trained
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="dataset store written by cpgformer prepare")
-    parser.add_argument("checkpoint", help="checkpoint written by cpgformer train (or calibrate)")
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint written by cpgformer train (or calibrate); 'pretrained' = the model "
+        "shipped with cpgformer",
+    )
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use the pretrained model shipped with cpgformer (no training; any store, any cells)",
+    )
     parser.add_argument("-o", "--output", required=True, help="imputed store directory to write")
     add_options(parser, ImputeOptions, skip=IMPUTE_ONLY_OPTIONS)
     add_options(parser, ImputeLaunch)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)  # deprecated
 
 
+def _checkpoint(args: argparse.Namespace) -> str:
+    """The checkpoint argument, or the shipped model's name with ``--pretrained``."""
+    from cpgformer import pretrained
+    from cpgformer.errors import UsageError
+
+    if args.pretrained and args.checkpoint is not None:
+        raise UsageError("give a checkpoint or --pretrained, not both")
+    if args.pretrained:
+        return pretrained.NAME
+    if args.checkpoint is None:
+        raise UsageError("give a checkpoint (or --pretrained for the model shipped with cpgformer)")
+    return args.checkpoint
+
+
 def run(args: argparse.Namespace) -> int:
+    args.checkpoint = _checkpoint(args)
     launch = from_args(ImputeLaunch, args)
     if launch.threads:
         torch.set_num_threads(launch.threads)

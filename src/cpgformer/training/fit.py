@@ -277,6 +277,9 @@ def _initialise_from(
     init_hparams: Mapping[str, Any] | None,
 ) -> None:
     """Take the architecture and weights of ``init_from`` into ``start`` (cells: ``ds``'s)."""
+    from cpgformer import pretrained
+
+    init_from = pretrained.resolve(init_from)
     start.source_state, source_config, kind = load_source(init_from, init_hparams)
     start.source_profiles = source_profiles(init_from, kind)
     given = dict(init_hparams or {})
