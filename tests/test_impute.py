@@ -464,6 +464,16 @@ def test_dna_model_and_all_cpg_sites_equal_one_pass(tmp_path: Path) -> None:
         assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-5  # uint8 quantisation
     with pytest.raises(UsageError, match="--fasta"):
         impute(tmp_path / "store", source_for(model), tmp_path / "nofasta")
+    # the DNA network in bf16: close to fp32, not the same numbers, recorded in the plan
+    opts.sites, opts.dtype = "store", "float16"
+    fp32 = impute(tmp_path / "store", source_for(model), tmp_path / "fp32", opts)
+    opts.dna_precision = "bf16"
+    bf16 = impute(tmp_path / "store", source_for(model), tmp_path / "bf16", opts)
+    a, b = (x.values("chrQ", 0, n) for x in (fp32, bf16))
+    assert 0 < np.abs(a - b).max() < 0.02
+    assert model.dna_encoder.bf16
+    model.set_dna_precision("fp32")
+    assert bf16.manifest["dna_precision"] == "bf16" and "dna_precision" not in fp32.manifest
 
 
 # ---------------------------------------------------------------------------------------------

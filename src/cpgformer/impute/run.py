@@ -84,6 +84,12 @@ class ImputeOptions:
         shown="the checkpoint's",
         metavar="TEMPERATURE",
     )
+    dna_precision: str = option(
+        "fp32",
+        "precision of the DNA network (models with DNA): bf16 is faster on CPUs with bf16 units "
+        "(AVX512-BF16, AMX) and changes probabilities by about 1e-3",
+        choices=("fp32", "bf16"),
+    )
     ignore_fingerprint: bool = option(False, IGNORE_FINGERPRINT_HELP)
     overwrite: bool = option(False, "replace an existing output")
 
@@ -220,6 +226,8 @@ def _impute(
         ranks.wait_ready()  # the main rank checks everything first; a failure there ends us quietly
     ds = as_dataset(store)
     source = as_model(model)
+    if source.network is not None:
+        source.network.set_dna_precision(opts.dna_precision)
     predictor = source.predictor(device)
     out = Path(out)
     _check_options(opts)
@@ -326,6 +334,12 @@ def _plan(
         "checkpoint_id": source.checkpoint_id,
         "temperature": temperature,
         "data_mode": predictor.data_mode,
+        # only when it changes the output (plans of earlier fp32 runs stay valid for resuming)
+        **(
+            {"dna_precision": "bf16"}
+            if predictor.dna_window and opts.dna_precision == "bf16"
+            else {}
+        ),
         "keep_observed": bool(opts.keep_observed),
         "dtype": opts.dtype,
         "sites": opts.sites,

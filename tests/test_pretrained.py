@@ -1,0 +1,88 @@
+"""The pretrained model shipped in the package: any store, no training; fine-tuning from it."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _reliability_helpers import cli  # noqa: E402
+from _training_helpers import make_store  # noqa: E402
+
+from cpgformer import pretrained  # noqa: E402
+from cpgformer.io.store import open_dataset  # noqa: E402
+from cpgformer.model import Model  # noqa: E402
+
+
+def test_shipped_model_is_small_inductive_and_matches_its_card() -> None:
+    path = pretrained.path()
+    assert path.stat().st_size <= 20 * 1024 * 1024
+    card = pretrained.card()
+    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert card["size_bytes"] == path.stat().st_size
+    assert {d["name"] for d in card["training_data"]} == set(card["stages"])
+    assert card["zero_shot"], "the card reports held-out scores"
+    model = Model.load("pretrained")
+    config = model.network.config
+    assert model.inductive and not config.cell_identity and not config.has_dna
+    assert config.input_summaries and config.summary_offset and config.mode == "induced"
+    assert model.cells is None and model.store_fingerprint is None
+    # no training split travels with it (a benchmark chooses its own hold-out)
+    assert not any(k.endswith(("_regions", "_resolved")) for k in model.data or {})
+
+
+def test_a_file_named_pretrained_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert pretrained.resolve("pretrained") == str(pretrained.path())
+    (tmp_path / "pretrained").write_bytes(b"")
+    assert pretrained.resolve("pretrained") == "pretrained"
+
+
+def test_impute_with_the_pretrained_model_on_any_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    store = make_store(tmp_path / "s", {"chr1": 300, "chr2": 120}, 37, fill=0.3, seed=3)
+    code, err = cli(capsys, "impute", store, "--pretrained", "-o", tmp_path / "a", "-q")
+    assert code == 0, err
+    code, err = cli(capsys, "impute", store, "pretrained", "-o", tmp_path / "b", "-q")
+    assert code == 0, err
+    from cpgformer.impute import open_imputed
+
+    a, b = open_imputed(tmp_path / "a"), open_imputed(tmp_path / "b")
+    assert a.n_cells == 37 and a.chromosomes == ["chr1", "chr2"]
+    for chrom in a.chromosomes:
+        n = open_dataset(store).n_sites(chrom)
+        pa, pb = a.values(chrom, 0, n), b.values(chrom, 0, n)
+        assert pa.shape == (n, 37)
+        assert np.array_equal(pa, pb) and np.isfinite(pa).all()
+        assert 0 <= pa.min() and pa.max() <= 1 and pa.std() > 0.01
+    code, err = cli(capsys, "impute", store, "pretrained", "--pretrained", "-o", tmp_path / "c")
+    assert code == 2 and "not both" in err
+    code, err = cli(capsys, "impute", store, "-o", tmp_path / "c")
+    assert code == 2 and "--pretrained" in err
+
+
+def test_fine_tune_from_the_pretrained_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    store = make_store(tmp_path / "s", {"chr1": 200, "chr5": 80, "chr10": 80}, 12, seed=4)
+    run = tmp_path / "run"
+    code, err = cli(
+        capsys, "train", store, "-o", run, "--init-from", "pretrained", "--max-steps", "2", "-q"
+    )
+    assert code == 0, err
+    rows = (run / "init_key_map.tsv").read_text().splitlines()[1:]
+    source = Model.load("pretrained").network.state_dict()
+    assert len(rows) == len(source) and all(r.endswith("\tloaded") for r in rows)
+    tuned = Model.load(run / "checkpoints" / "last.ckpt")
+    assert tuned.network.config.to_dict() == {
+        **Model.load("pretrained").network.config.to_dict(),
+        "n_cells": 12,
+    }
+    changed = [k for k, v in tuned.network.state_dict().items() if not torch.equal(v, source[k])]
+    assert changed, "fine-tuning moved the weights"
