@@ -142,15 +142,14 @@ def run_one(args: argparse.Namespace) -> dict:
     n = ds.n_sites(chrom)
     t0 = time.perf_counter()
     c0 = time.process_time()
-    if args.impl == "cpgformer":
+    if args.impl in ("cpgformer", "cpgformer-bf16"):
         out = Path(tempfile.mkdtemp(dir=work)) / "imputed"
         source = Model(model, checkpoint_id="bench")
-        impute(
-            ds,
-            source,
-            out,
-            ImputeOptions(fasta=args.fasta, batch_size=args.batch_size, tile_sites=1024),
+        precision = "bf16" if args.impl == "cpgformer-bf16" else "fp32"
+        opts = ImputeOptions(
+            fasta=args.fasta, batch_size=args.batch_size, tile_sites=1024, dna_precision=precision
         )
+        impute(ds, source, out, opts)
         seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - c0
         from cpgformer.impute import open_imputed
@@ -209,7 +208,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--dna", type=int, nargs="+", default=[0, 1], help="0 without, 1 with DNA")
-    ap.add_argument("--impls", nargs="+", default=["cpgformer", "original"])
+    ap.add_argument(
+        "--impls",
+        nargs="+",
+        default=["cpgformer", "original"],
+        help="cpgformer, original, cpgformer-bf16 (impute --dna-precision bf16)",
+    )
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--out", help="markdown file for the table (default: stdout only)")
     ap.add_argument("--scbs", help="folder of the scbs cells' coverage files: real calls")
@@ -244,7 +248,8 @@ def main() -> None:
     diffs = {}
     for cells in {r["cells"] for r in results}:
         for dna in args.dna:
-            files = [work / f"probs-{impl}-{cells}-{int(bool(dna))}.npy" for impl in args.impls]
+            pair = [i for i in args.impls if i in ("cpgformer", "original")]
+            files = [work / f"probs-{impl}-{cells}-{int(bool(dna))}.npy" for impl in pair]
             if len(files) == 2 and all(f.exists() for f in files):
                 a, b = (np.load(f) for f in files)
                 diffs[(cells, bool(dna))] = float(np.abs(a - b).max())
@@ -264,8 +269,9 @@ def main() -> None:
         + "; published architecture (random weights), tiles of 1024 sites",
         "",
         "| C | DNA | cpgformer pred/s | original pred/s | speed-up | cpgformer peak RSS MiB | "
-        "original peak RSS MiB | max abs. difference of probabilities |",
-        "|---|---|---|---|---|---|---|---|",
+        "original peak RSS MiB | max abs. difference of probabilities | bf16 DNA pred/s | "
+        "bf16 DNA speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["impl"], r["cells"], r["dna"]): r for r in results}
     for cells in sorted({r["cells"] for r in results}):
@@ -273,16 +279,18 @@ def main() -> None:
             diff = diffs.get((cells, bool(dna)))
             ours = by.get(("cpgformer", cells, bool(dna)))
             orig = by.get(("original", cells, bool(dna)))
-            speed = (
-                f"{ours['predictions_per_s'] / orig['predictions_per_s']:.1f}x"
-                if ours and orig
-                else "-"
-            )
+            half = by.get(("cpgformer-bf16", cells, bool(dna)))
+
+            def ratio(a: dict | None, b: dict | None = orig) -> str:
+                return f"{a['predictions_per_s'] / b['predictions_per_s']:.1f}x" if a and b else "-"
+
+            speed = ratio(ours)
             lines.append(
                 f"| {cells} | {'yes' if dna else 'no'} | {_fmt(ours, 'predictions_per_s', ',.0f')} "
                 f"| {_fmt(orig, 'predictions_per_s', ',.0f')} | {speed} "
                 f"| {_fmt(ours, 'peak_rss_mib', '.0f')} | {_fmt(orig, 'peak_rss_mib', '.0f')} "
-                f"| {'-' if diff is None else format(diff, '.1e')} |"
+                f"| {'-' if diff is None else format(diff, '.1e')} "
+                f"| {_fmt(half, 'predictions_per_s', ',.0f')} | {ratio(half)} |"
             )
     text = "\n".join(lines) + "\n"
     if args.out:

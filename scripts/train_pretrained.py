@@ -176,9 +176,11 @@ def evaluate(work: Path, weights: Path, evals: list[str], threads: int) -> dict:
         paired = out / "paired_bootstrap.tsv"
         if paired.is_file():
             with open(paired) as fh:
-                entry["cpgformer_minus"] = [
-                    r for r in csv.DictReader(fh, delimiter="\t") if r.get("metric") == "auroc"
-                ]
+                entry["cpgformer_minus"] = {
+                    r["model"]: [float(r["difference"]), float(r["ci_low"]), float(r["ci_high"])]
+                    for r in csv.DictReader(fh, delimiter="\t")
+                    if r.get("metric") == "auroc" and r.get("scope") == "all"
+                }
         scores[name] = entry
     return scores
 
@@ -193,12 +195,22 @@ def main() -> None:
     args = parser.parse_args()
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
     stores = {spec["name"]: simulate(work, spec, args.threads) for spec in DATASETS}
-    t1 = time.monotonic()
     best = train_stages(work, stores, args.steps, args.threads)
-    t2 = time.monotonic()
     weights = export(best, work / "pretrained")
+    stages = []
+    for k, name in enumerate(STAGES):
+        summary = json.loads((work / "stages" / f"{k:02d}-{name}" / "summary.json").read_text())
+        last = summary.get("metrics") or {}
+        stages.append(
+            {
+                "data": name,
+                "steps": summary["global_step"],
+                "seconds": round(float(summary["seconds"]), 1),
+                "val_auroc": last.get("val_auroc"),
+                "val_site_mean_auroc": last.get("val_baseline_auroc"),
+            }
+        )
     import torch
 
     import cpgformer
@@ -209,10 +221,9 @@ def main() -> None:
         "recipe": f"scripts/train_pretrained.py --steps {args.steps} --threads {args.threads}",
         "architecture": ARCHITECTURE,
         "training_data": DATASETS,
-        "stages": STAGES,
+        "stages": stages,
         "steps_per_stage": args.steps,
-        "simulate_seconds": round(t1 - t0, 1),
-        "train_seconds": round(t2 - t1, 1),
+        "train_seconds": round(sum(st["seconds"] for st in stages), 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
         "sha256": sha256(weights),

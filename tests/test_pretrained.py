@@ -25,7 +25,8 @@ def test_shipped_model_is_small_inductive_and_matches_its_card() -> None:
     card = pretrained.card()
     assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert card["size_bytes"] == path.stat().st_size
-    assert {d["name"] for d in card["training_data"]} == set(card["stages"])
+    assert {d["name"] for d in card["training_data"]} == {st["data"] for st in card["stages"]}
+    assert card["train_seconds"] > 0 and all(st["steps"] > 0 for st in card["stages"])
     assert card["zero_shot"], "the card reports held-out scores"
     model = Model.load("pretrained")
     config = model.network.config
