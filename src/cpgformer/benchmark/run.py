@@ -131,7 +131,9 @@ def resolve_benchmark_split(
     """
 
     names = list(ds.chromosomes)
-    if ckpt_data and not ("split_resolved" in ckpt_data or "test_chromosomes_resolved" in ckpt_data):
+    if ckpt_data and not (
+        "split_resolved" in ckpt_data or "test_chromosomes_resolved" in ckpt_data
+    ):
         log.info("the checkpoint records no training split (e.g. the pretrained model)")
         ckpt_data = {}
     if not test_chroms and ckpt_data:
