@@ -87,3 +87,27 @@ def test_fine_tune_from_the_pretrained_model(
     }
     changed = [k for k, v in tuned.network.state_dict().items() if not torch.equal(v, source[k])]
     assert changed, "fine-tuning moved the weights"
+
+
+def test_zero_shot_beats_the_per_site_mean_on_new_simulated_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    """Data the model was not trained on (another seed, size and cell count than its training
+    sets): scored with the benchmark's default region hold-out, no training at all."""
+    code, err = cli(
+        capsys, "simulate", "--genome-length", "1000000", "--cells", "30", "--cell-types", "3",
+        "--seed", "77", "-o", tmp_path / "sim", "--store", tmp_path / "store", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = cli(
+        capsys, "benchmark", tmp_path / "store", "--checkpoint", "pretrained", "--models",
+        "cpgformer,site-mean", "-o", tmp_path / "bench", "--no-figures", "--bootstrap", "200", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    import pandas as pd
+
+    metrics = pd.read_csv(tmp_path / "bench" / "metrics.tsv", sep="\t").set_index("model")
+    assert metrics.loc["cpgformer", "n"] >= 500
+    paired = pd.read_csv(tmp_path / "bench" / "paired_bootstrap.tsv", sep="\t")
+    row = paired[(paired["scope"] == "all") & (paired["metric"] == "auroc")].iloc[0]
+    assert row["model"] == "site-mean" and row["difference"] > 0.03 and row["ci_low"] > 0
