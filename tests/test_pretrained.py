@@ -37,6 +37,11 @@ def test_shipped_model_is_small_inductive_and_matches_its_card() -> None:
     assert not any(k.endswith(("_regions", "_resolved")) for k in model.data or {})
 
 
+def test_check_verifies_the_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = cli(capsys, "check", "pretrained")
+    assert code == 0, err
+
+
 def test_a_file_named_pretrained_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert pretrained.resolve("pretrained") == str(pretrained.path())

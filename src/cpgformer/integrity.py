@@ -349,8 +349,11 @@ def check_checkpoint(path: str | os.PathLike[str]) -> tuple[dict, list[str]]:
 
 
 def check_path(path: str | os.PathLike[str]) -> tuple[dict, list[str]]:
-    """Check a store, an imputed store or a checkpoint (recognised by what is at ``path``)."""
-    p = Path(path)
+    """Check a store, an imputed store or a checkpoint (recognised by what is at ``path``;
+    ``pretrained`` is the model shipped with cpgformer)."""
+    from cpgformer import pretrained
+
+    p = Path(pretrained.resolve(path))
     if p.is_dir():
         fmt = None
         try:
