@@ -299,7 +299,7 @@ def detect(path: str | os.PathLike[str]) -> Detected:
         strands = {r[2] for r in rows if len(r) > 2}
         if ncols in (7, 8, 9) and strands <= {"+", "-"} and ints(1) is not None:
             contexts = {r[3] for r in rows if len(r) > 3}
-            if ncols == 7 and {r[5] for r in rows} <= {"CG", "CHG", "CHH"}:
+            if ncols == 7 and {r[5] if len(r) > 5 else "" for r in rows} <= {"CG", "CHG", "CHH"}:
                 fmt, why = "bismark-cpg-report", "7 columns with strand and CG/CHG/CHH context"
             elif all(re.fullmatch(r"[ACGTNHDacgtn]{2,}", c) for c in contexts):
                 fmt, why = "allc", f"{ncols} columns with strand and sequence context"
