@@ -116,3 +116,39 @@ def test_zero_shot_beats_the_per_site_mean_on_new_simulated_cells(
     paired = pd.read_csv(tmp_path / "bench" / "paired_bootstrap.tsv", sep="\t")
     row = paired[(paired["scope"] == "all") & (paired["metric"] == "auroc")].iloc[0]
     assert row["model"] == "site-mean" and row["difference"] > 0.03 and row["ci_low"] > 0
+
+
+@pytest.mark.slow
+def test_the_training_recipe_is_reproducible(tmp_path: Path) -> None:
+    """``scripts/train_pretrained.py`` on a tiny version of its recipe, twice: the same weights."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_pretrained.py"
+    runner = tmp_path / "run_recipe.py"
+    runner.write_text(
+        "import sys\n"
+        f"spec = __import__('importlib.util').util.spec_from_file_location('r', {str(script)!r})\n"
+        "r = __import__('importlib.util').util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(r)\n"
+        "r.DATASETS = [dict(d, genome_length=100000, cells=min(d['cells'], 12))\n"
+        "              for d in r.DATASETS if d['name'] in ('scbs40', 'sparse800')]\n"
+        "r.STAGES = ['scbs40', 'sparse800']\n"
+        "sys.argv = ['r', sys.argv[1], '--steps', '3']\n"
+        "r.main()\n"
+    )
+    assert importlib.util.find_spec("cpgformer") is not None
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CPGFORMER_NO_PROGRESS": "1"}
+    cards = []
+    for name in ("a", "b"):
+        done = subprocess.run(
+            [sys.executable, str(runner), str(tmp_path / name)],
+            capture_output=True, text=True, env=env, timeout=400,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        cards.append(json.loads((tmp_path / name / "pretrained" / "card.json").read_text()))
+    assert cards[0]["sha256"] == cards[1]["sha256"]
+    assert [st["steps"] for st in cards[0]["stages"]] == [3, 3]
+    assert cards[0]["architecture"][0] == "--no-cell-identity"
