@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import platform
@@ -134,14 +133,6 @@ def train_stages(work: Path, stores: dict[str, Path], steps: int, threads: int) 
     return previous
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export(best: Path, out: Path) -> Path:
     """The shipped file: weights and config, data settings without any training split."""
     from cpgformer.model import Model
@@ -198,6 +189,8 @@ def main() -> None:
     stores = {spec["name"]: simulate(work, spec, args.threads) for spec in DATASETS}
     best = train_stages(work, stores, args.steps, args.threads)
     weights = export(best, work / "pretrained")
+    from cpgformer.integrity import sha256_file
+
     stages = []
     for k, name in enumerate(STAGES):
         summary = json.loads((work / "stages" / f"{k:02d}-{name}" / "summary.json").read_text())
@@ -226,7 +219,7 @@ def main() -> None:
         "train_seconds": round(sum(st["seconds"] for st in stages), 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
-        "sha256": sha256(weights),
+        "sha256": sha256_file(weights),
         "size_bytes": weights.stat().st_size,
     }
     if args.evaluate:
