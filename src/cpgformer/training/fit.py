@@ -173,6 +173,9 @@ def _fit(
 ) -> FitResult:
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    # small stores have fewer batches per epoch than the logging interval: metrics are still
+    # logged every epoch and in the progress lines, the warning tells the user nothing
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     started = time.monotonic()
     run = Path(run_dir)
     training = training or TrainConfig()
