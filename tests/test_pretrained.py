@@ -71,6 +71,9 @@ def test_impute_with_the_pretrained_model_on_any_cells(
     assert code == 2 and "not both" in err
     code, err = cli(capsys, "impute", store, "-o", tmp_path / "c")
     assert code == 2 and "--pretrained" in err
+    # it has no per-cell vector to map: `cells` says so instead of drawing one cluster
+    code, err = cli(capsys, "cells", "pretrained", store, "-o", tmp_path / "map")
+    assert code == 2 and "no per-cell vector" in err
 
 
 def test_fine_tune_from_the_pretrained_model(

@@ -77,6 +77,14 @@ def cell_representations(
     ``model``: a checkpoint path or a :class:`~cpgformer.model.Model`; store and model must go
     together (:meth:`~cpgformer.model.Model.check`): profile models embed any cell from its calls."""
     model = as_model(model)
+    network = model.require_network("cell vectors")
+    if not network.config.cell_identity:
+        raise UsageError(
+            f"{model.name}: the model has no per-cell vector (no cell table, no cell encoder: e.g. "
+            "the pretrained model): map cells with a model trained with a cell table or "
+            "--cell-encoder profile, or cluster the region means of an imputation "
+            "(cpgformer export IMPUTED --to regions)"
+        )
     ids = model.check(dataset, ignore_fingerprint)
     with torch.inference_mode():
         vectors = model.require_network("cell vectors").cell_vectors(
