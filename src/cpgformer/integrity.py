@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cpgformer import pretrained
 from cpgformer.errors import InputError
 
 STORE_ARRAYS = {
@@ -351,8 +352,6 @@ def check_checkpoint(path: str | os.PathLike[str]) -> tuple[dict, list[str]]:
 def check_path(path: str | os.PathLike[str]) -> tuple[dict, list[str]]:
     """Check a store, an imputed store or a checkpoint (recognised by what is at ``path``;
     ``pretrained`` is the model shipped with cpgformer)."""
-    from cpgformer import pretrained
-
     p = Path(pretrained.resolve(path))
     if p.is_dir():
         fmt = None

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cpgformer import pretrained
 from cpgformer.checkpoint import read_checkpoint, save_checkpoint
 from cpgformer.data.profiles import CellProfiler
 from cpgformer.errors import CheckpointError, UsageError
@@ -155,8 +156,6 @@ class Model:
         """Read a checkpoint: ``cpgformer train``'s Lightning ``.ckpt``, our plain model file, or an
         original CpG Transformer state dict (``hparams`` complete what its keys do not tell);
         ``"pretrained"`` is the model shipped in the package (:mod:`cpgformer.pretrained`)."""
-        from cpgformer import pretrained
-
         path = pretrained.resolve(path)
         network, meta = read_checkpoint(path, hparams)
         return cls(network, checkpoint_id=file_digest(path), path=str(path), **meta)

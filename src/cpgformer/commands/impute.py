@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from cpgformer import pretrained
+from cpgformer.errors import UsageError
 from cpgformer.impute import ImputeOptions, impute
 from cpgformer.impute.distributed import impute_distributed
 from cpgformer.impute.regions import impute_regions, region_output
@@ -41,9 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _checkpoint(args: argparse.Namespace) -> str:
     """The checkpoint argument, or the shipped model's name with ``--pretrained``."""
-    from cpgformer import pretrained
-    from cpgformer.errors import UsageError
-
     if args.pretrained and args.checkpoint is not None:
         raise UsageError("give a checkpoint or --pretrained, not both")
     if args.pretrained:

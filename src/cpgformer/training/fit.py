@@ -36,6 +36,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from cpgformer import pretrained
 from cpgformer.data.datamodule import DataConfig, SegmentDataModule
 from cpgformer.data.profiles import CellProfiler, fit_for_training
 from cpgformer.errors import UsageError
@@ -280,8 +281,6 @@ def _initialise_from(
     init_hparams: Mapping[str, Any] | None,
 ) -> None:
     """Take the architecture and weights of ``init_from`` into ``start`` (cells: ``ds``'s)."""
-    from cpgformer import pretrained
-
     init_from = pretrained.resolve(init_from)
     start.source_state, source_config, kind = load_source(init_from, init_hparams)
     start.source_profiles = source_profiles(init_from, kind)
