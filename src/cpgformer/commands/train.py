@@ -95,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--init-from",
-        help="initialise from a checkpoint (ours, or an original CpG Transformer .pt): cell "
-        "embeddings re-initialised, everything else loaded with strict checks",
+        help="initialise from a checkpoint (ours, or an original CpG Transformer .pt; "
+        "'pretrained' = the model shipped with cpgformer): cell embeddings re-initialised, "
+        "everything else loaded with strict checks",
     )
     add_config_arguments(parser)
 
