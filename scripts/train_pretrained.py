@@ -116,10 +116,15 @@ def simulate(work: Path, spec: dict, threads: int) -> Path:
     return store
 
 
+def stage_dir(work: Path, k: int, name: str) -> Path:
+    """The run directory of stage ``k`` (its log is this path + ``.log``)."""
+    return work / "stages" / f"{k:02d}-{name}"
+
+
 def train_stages(work: Path, stores: dict[str, Path], steps: int, threads: int) -> Path:
     previous: Path | None = None
     for k, name in enumerate(STAGES):
-        run = work / "stages" / f"{k:02d}-{name}"
+        run = stage_dir(work, k, name)
         best = run / "checkpoints" / "best.ckpt"
         if not best.is_file():
             if run.exists():
@@ -127,7 +132,7 @@ def train_stages(work: Path, stores: dict[str, Path], steps: int, threads: int) 
             args = ["train", str(stores[name]), "-o", str(run), "--max-steps", str(steps),
                     "--seed", str(1000 + k)]  # fmt: skip
             args += ARCHITECTURE if previous is None else ["--init-from", str(previous)]
-            cpgformer(*args, log=work / "stages" / f"{k:02d}-{name}.log", threads=threads)
+            cpgformer(*args, log=run.with_name(run.name + ".log"), threads=threads)
         previous = best
     assert previous is not None
     return previous
@@ -159,9 +164,7 @@ def evaluate(work: Path, weights: Path, evals: list[str], threads: int) -> dict:
                       log=work / "eval" / f"{name}.log", threads=threads)  # fmt: skip
         with open(out / "metrics.tsv") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
-        overall = {r["model"]: r for r in rows if r.get("scope", "all") in ("all", "overall")}
-        if not overall:
-            overall = {r["model"]: r for r in rows}
+        overall = {r["model"]: r for r in rows}  # one row per model
         entry: dict = {"auroc": {m: float(r["auroc"]) for m, r in overall.items()},
                        "n_scored": int(float(next(iter(overall.values()))["n"]))}  # fmt: skip
         paired = out / "paired_bootstrap.tsv"
@@ -193,7 +196,7 @@ def main() -> None:
 
     stages = []
     for k, name in enumerate(STAGES):
-        summary = json.loads((work / "stages" / f"{k:02d}-{name}" / "summary.json").read_text())
+        summary = json.loads((stage_dir(work, k, name) / "summary.json").read_text())
         last = summary.get("metrics") or {}
         stages.append(
             {

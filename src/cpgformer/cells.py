@@ -87,9 +87,7 @@ def cell_representations(
         )
     ids = model.check(dataset, ignore_fingerprint)
     with torch.inference_mode():
-        vectors = model.require_network("cell vectors").cell_vectors(
-            torch.as_tensor(ids).unsqueeze(0)
-        )[0]
+        vectors = network.cell_vectors(torch.as_tensor(ids).unsqueeze(0))[0]
     return vectors.float().numpy()
 
 

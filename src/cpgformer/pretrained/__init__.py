@@ -42,14 +42,12 @@ def path() -> Path:
     return file
 
 
-def is_name(value: str | os.PathLike[str] | None) -> bool:
-    """True when ``value`` names the shipped model (and no file of that name is in the way)."""
-    return value is not None and os.fspath(value) == NAME and not os.path.exists(NAME)
-
-
 def resolve(value: str | os.PathLike[str]) -> str | os.PathLike[str]:
-    """``value``, or the shipped model's file when ``value`` is :data:`NAME`."""
-    return str(path()) if is_name(value) else value
+    """``value``, or the shipped model's file when ``value`` is :data:`NAME` (and no file of that
+    name is in the way)."""
+    if os.fspath(value) == NAME and not os.path.exists(NAME):
+        return str(path())
+    return value
 
 
 def card() -> dict[str, Any]:
