@@ -406,6 +406,31 @@ def test_kernel_cell_core_float32_gradcheck_and_threads() -> None:
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_kernel_cell_core_float32_head_size_8_matches_float64_math(dropout: float) -> None:
+    """The published head size (8) runs unrolled register-blocked loops in float32: equal to the
+    plain float64 math within float32 rounding, across query blocks (130 cells: three blocks)."""
+    g = torch.Generator().manual_seed(8)
+    qkv = torch.randn(1, 3, 130, 3, 8, 8, generator=g, dtype=torch.float64)
+    single = qkv.float().requires_grad_(True)
+    torch.manual_seed(3)
+    out = cell_attention(single, dropout)
+    keep, scale = None, 1.0
+    if dropout:
+        torch.manual_seed(3)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        threshold, scale = dropout_threshold(dropout)
+        draws = kernels.cell_draws(seed, 3, 8, 130)
+        keep = keep_from_draws(draws, threshold, torch.float64).view(1, 3, 8, 130, 130)
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    (got,) = torch.autograd.grad((out.double() * weights).sum(), single)
+    qkv.requires_grad_(True)
+    plain = _cell_plain(qkv, keep, scale)
+    (want,) = torch.autograd.grad((plain * weights).sum(), qkv)
+    assert (out.double() - plain).abs().max().item() < 2e-5
+    assert (got.double() - want).abs().max().item() < 2e-4
+
+
 def test_kernel_cell_core_keeps_nothing_of_size_cells_squared() -> None:
     """Only ``qkv`` is kept for backward, whatever C (probabilities are recomputed, dropout
     draws rehashed)."""
