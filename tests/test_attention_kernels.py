@@ -55,11 +55,20 @@ def _built(request) -> None:
     pytest.fail(f"the fused kernels failed to build although a toolchain exists: {reason}")
 
 
-def _inputs(batch: int, cells: int, length: int, half: int, dtype=torch.float64, seed: int = 0):
+def _inputs(
+    batch: int,
+    cells: int,
+    length: int,
+    half: int,
+    dtype=torch.float64,
+    seed: int = 0,
+    heads: int = 2,
+    dim: int = 3,
+):
     """qkv ``[B, L, C, 3, H, d]``, rel ``[B, L, W, H, d]``, u, v; and the band-mask layout of
     ``test_cores._site_plain`` (rel ``[B, H, L, d, W]``, mask ``[L, 1, W]``)."""
     g = torch.Generator().manual_seed(seed)
-    heads, dim, width = 2, 3, 2 * half + 1
+    width = 2 * half + 1
     qkv = torch.randn(batch, length, cells, 3, heads, dim, generator=g, dtype=dtype)
     rel = torch.randn(batch, length, width, heads, dim, generator=g, dtype=dtype)
     u, v = (torch.randn(heads, dim, generator=g, dtype=dtype) for _ in range(2))
@@ -132,6 +141,35 @@ def test_kernel_site_core_float32_matches_float64_math() -> None:
     assert (out.double() - plain).abs().max().item() <= 1e-5
     for a, b in zip(got, want):
         assert (a.double() - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_kernel_site_core_head_size_8_equals_plain_math(
+    monkeypatch, dtype: torch.dtype, dropout: float
+) -> None:
+    """The published head size (8, the unrolled loops), several tiles of sites and cells and the
+    published window (21): the plain float64 math, exactly in float64, to float32 rounding."""
+    recorder = _Draws()
+    monkeypatch.setattr(kernels, "random_draws", recorder)
+    torch.manual_seed(0)
+    inputs, mask = _inputs(1, 11, 150, 10, heads=8, dim=8)
+    used = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
+    out = site_attention(*used, dropout)
+    weights = torch.randn(
+        out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    got = _grads(out.double(), used, weights)
+    keep, scale = None, 1.0
+    if dropout:
+        threshold, scale = dropout_threshold(dropout)
+        keep = keep_from_draws(recorder.draws[0], threshold, torch.float64).permute(0, 3, 2, 1, 4)
+    plain = _plain(*inputs, mask, keep, scale)
+    want = _grads(plain, inputs, weights)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert (out.double() - plain).abs().max().item() <= tol
+    for a, b in zip(got, want):
+        assert (a.double() - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
 
 
 def test_kernel_site_core_gradcheck() -> None:

@@ -36,10 +36,24 @@ namespace {
 
 // A tile: TILE query sites x CELL_BLOCK cells, whose keys and values (TILE + P - 1 sites per row)
 // are copied site-minor together; the tile is then walked one cell at a time along its sites, so
-// that the cell's window rows slide by one site per step and stay in the L1 cache (measured best
-// of 1-16 cells x 32-256 sites on the project's 2-core CPU, within noise of its neighbours).
-constexpr int64_t CELL_BLOCK = 2;
-constexpr int64_t TILE = 128;
+// that the cell's window rows slide by one site per step and stay in the L1 cache. 8 x 64 with the
+// head-size-8 loops unrolled: of 4 x 128, 8 x 64 and 16 x 32, the fastest at 20 and 122 cells
+// (the gather's cache misses fall with more cells per tile).
+constexpr int64_t CELL_BLOCK = 8;
+constexpr int64_t TILE = 64;
+
+// 32-byte vectors (GCC/Clang vector extensions: 8 floats or 4 doubles on any target).
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t lanes = 32 / sizeof(T);
+  static type load(const T* p) {
+    type x;
+    __builtin_memcpy(&x, p, sizeof(x));
+    return x;
+  }
+  static void store(T* p, type x) { __builtin_memcpy(p, &x, sizeof(x)); }
+};
 
 struct Shape {
   int64_t L, C, H, D, W, P;
@@ -89,10 +103,11 @@ void scatter_tile(const T* tile, const Shape& s, int64_t c, int64_t n, int part,
     }
 }
 
-template <typename T, int PC>
+template <typename T, int PC, int DK>
 void site_forward(const T* qkv, const T* relt, const T* ub, const T* vb, const int8_t* draws,
                   int threshold, T scale, T* z, T* probs, const Shape& s, int64_t s0, int64_t s1) {
-  const int64_t P = PC ? PC : s.P, L = s.L, C = s.C, H = s.H, D = s.D, W = s.W, w = s.w();
+  const int64_t P = PC ? PC : s.P, L = s.L, C = s.C, H = s.H, D = DK ? DK : s.D, W = s.W,
+                w = s.w();
   const int64_t HD = s.HD(), token = s.token(), site = s.site(), R = TILE + P - 1;
   const int cut = threshold - 128;
   std::vector<T> kt_(CELL_BLOCK * HD * R), sc_(H * P), pw_(H * P), acc_(HD);
@@ -144,28 +159,49 @@ void site_forward(const T* qkv, const T* relt, const T* ub, const T* vb, const i
             if (dr)  // branch-free: drops are random, a branch would be mispredicted
               for (int64_t o = 0; o < W; ++o) ph[o] *= T(dr[h * W + o] >= cut) * scale;
           }
-          for (int64_t e = 0; e < HD; ++e) acc[e] = 0;
-          for (int64_t o = lo; o < hi; ++o) {
-            const T* __restrict val = qkv + (i + o - w) * site + (cb + cc) * token + 2 * HD;
-            for (int64_t h = 0; h < H; ++h) {
-              const T a = pw[h * P + o];
-#pragma GCC ivdep
-              for (int64_t d = 0; d < D; ++d) acc[h * D + d] += a * val[h * D + d];
-            }
-          }
           T* __restrict zt = z + t * HD;
-          for (int64_t e = 0; e < HD; ++e) zt[e] = acc[e];
+          const T* values = qkv + (i - w) * site + (cb + cc) * token + 2 * HD;
+          if constexpr (DK > 0 && DK % Vec<T>::lanes == 0) {
+            // per head: D / lanes vector accumulators in registers, two chains (even, odd slot)
+            using V = Vec<T>;
+            constexpr int64_t ND = DK / V::lanes;
+            for (int64_t h = 0; h < H; ++h) {
+              typename V::type a0[ND] = {}, a1[ND] = {};
+              const T* __restrict ph = pw + h * P;
+              const T* hv = values + h * DK;
+              int64_t o = lo;
+              for (; o + 1 < hi; o += 2)
+                for (int64_t u = 0; u < ND; ++u) {
+                  a0[u] += ph[o] * V::load(hv + o * site + u * V::lanes);
+                  a1[u] += ph[o + 1] * V::load(hv + (o + 1) * site + u * V::lanes);
+                }
+              if (o < hi)
+                for (int64_t u = 0; u < ND; ++u) a0[u] += ph[o] * V::load(hv + o * site + u * V::lanes);
+              for (int64_t u = 0; u < ND; ++u) V::store(zt + h * DK + u * V::lanes, a0[u] + a1[u]);
+            }
+          } else {
+            for (int64_t e = 0; e < HD; ++e) acc[e] = 0;
+            for (int64_t o = lo; o < hi; ++o) {
+              const T* __restrict val = values + o * site;
+              for (int64_t h = 0; h < H; ++h) {
+                const T a = pw[h * P + o];
+#pragma GCC ivdep
+                for (int64_t d = 0; d < D; ++d) acc[h * D + d] += a * val[h * D + d];
+              }
+            }
+            for (int64_t e = 0; e < HD; ++e) zt[e] = acc[e];
+          }
         }
       }
     }
   }
 }
 
-template <typename T, int PC>
+template <typename T, int PC, int DK>
 void site_backward(const T* qkv, const T* relt, const T* ub, const T* vb, const T* probs,
                    const int8_t* draws, int threshold, T scale, const T* dz, T* dqkv, T* drelt,
                    T* du, T* dv, T* halo, const Shape& s, int64_t s0, int64_t s1) {
-  const int64_t P = PC ? PC : s.P, C = s.C, H = s.H, D = s.D, W = s.W;
+  const int64_t P = PC ? PC : s.P, C = s.C, H = s.H, D = DK ? DK : s.D, W = s.W;
   const int64_t HD = s.HD(), token = s.token(), site = s.site(), R = TILE + P - 1;
   const int cut = threshold - 128;
   const int64_t block = CELL_BLOCK * HD * R;
@@ -263,30 +299,30 @@ void site_backward(const T* qkv, const T* relt, const T* ub, const T* vb, const 
   }
 }
 
-template <typename T>
+template <typename T, int DK>
 void forward_dispatch(const T* qkv, const T* relt, const T* ub, const T* vb, const int8_t* draws,
                       int threshold, T scale, T* z, T* probs, const Shape& s, int64_t s0,
                       int64_t s1) {
   switch (s.P) {
-    case 8: return site_forward<T, 8>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
-    case 16: return site_forward<T, 16>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
-    case 24: return site_forward<T, 24>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
-    case 32: return site_forward<T, 32>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
-    default: return site_forward<T, 0>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
+    case 8: return site_forward<T, 8, DK>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
+    case 16: return site_forward<T, 16, DK>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
+    case 24: return site_forward<T, 24, DK>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
+    case 32: return site_forward<T, 32, DK>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
+    default: return site_forward<T, 0, DK>(qkv, relt, ub, vb, draws, threshold, scale, z, probs, s, s0, s1);
   }
 }
 
-template <typename T>
+template <typename T, int DK>
 void backward_dispatch(const T* qkv, const T* relt, const T* ub, const T* vb, const T* probs,
                        const int8_t* draws, int threshold, T scale, const T* dz, T* dqkv,
                        T* drelt, T* du, T* dv, T* halo, const Shape& s, int64_t s0,
                        int64_t s1) {
   switch (s.P) {
-    case 8: return site_backward<T, 8>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
-    case 16: return site_backward<T, 16>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
-    case 24: return site_backward<T, 24>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
-    case 32: return site_backward<T, 32>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
-    default: return site_backward<T, 0>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
+    case 8: return site_backward<T, 8, DK>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
+    case 16: return site_backward<T, 16, DK>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
+    case 24: return site_backward<T, 24, DK>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
+    case 32: return site_backward<T, 32, DK>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
+    default: return site_backward<T, 0, DK>(qkv, relt, ub, vb, probs, draws, threshold, scale, dz, dqkv, drelt, du, dv, halo, s, s0, s1);
   }
 }
 
@@ -313,10 +349,11 @@ void forward_all(const T* qkv, const T* relt, const T* ub, const T* vb, const in
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t k = 0; k < B * parts; ++k) {
     const Item it = item(k, parts, s.L);
-    forward_dispatch<T>(qkv + it.b * per_qkv, relt + it.b * per_rel, ub, vb,
-                        draws ? draws + it.b * per_slot : nullptr, threshold, scale,
-                        z + it.b * per_z, probs ? probs + it.b * per_slot : nullptr, s, it.s0,
-                        it.s1);
+    // the published head size (8) with its loops unrolled; any other through the general loops
+    (s.D == 8 ? forward_dispatch<T, 8> : forward_dispatch<T, 0>)(
+        qkv + it.b * per_qkv, relt + it.b * per_rel, ub, vb,
+        draws ? draws + it.b * per_slot : nullptr, threshold, scale, z + it.b * per_z,
+        probs ? probs + it.b * per_slot : nullptr, s, it.s0, it.s1);
   }
 }
 
@@ -331,7 +368,7 @@ void backward_all(const T* qkv, const T* relt, const T* ub, const T* vb, const T
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t k = 0; k < n; ++k) {
     const Item it = item(k, parts, s.L);
-    backward_dispatch<T>(qkv + it.b * per_qkv, relt + it.b * per_rel, ub, vb,
+    (s.D == 8 ? backward_dispatch<T, 8> : backward_dispatch<T, 0>)(qkv + it.b * per_qkv, relt + it.b * per_rel, ub, vb,
                          probs + it.b * per_slot, draws ? draws + it.b * per_slot : nullptr,
                          threshold, scale, dz + it.b * per_z, dqkv + it.b * per_qkv,
                          drelt + it.b * per_rel, bias.data() + 2 * k * HD,
