@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cpgformer.codes import CODE_N
 from cpgformer.data.batch import SegmentItem, collate, dna_sequence
 from cpgformer.io.fasta import Reference
 from cpgformer.nn import CpGTransformer, ModelConfig
 from cpgformer.nn import dna as dna_mod
+from cpgformer.nn.dna import sliding_max
 
 
 def _encoder(layers: int, window: int = 101, dropout: float = 0.0, seed: int = 0):
@@ -258,3 +260,12 @@ def test_training_batches_feed_the_model_as_windows_would(tmp_path):
             batch.states, batch.positions, batch.cell_ids, dna=torch.from_numpy(np.stack(windows))
         )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("pool", "dilation"), [(1, 1), (2, 1), (2, 4), (4, 1), (4, 8), (3, 2)])
+def test_sliding_max_equals_max_pool(dtype: torch.dtype, pool: int, dilation: int) -> None:
+    h = torch.relu(torch.randn(1, 6, 300, generator=torch.Generator().manual_seed(pool))).to(dtype)
+    with torch.no_grad():
+        got = sliding_max(h, pool, dilation)
+    assert torch.equal(got, F.max_pool1d(h, pool, stride=1, dilation=dilation))

@@ -39,6 +39,24 @@ MAX_SHARED_BASES = 1 << 16
 WINDOW_CHUNK = 512
 
 
+def sliding_max(h: Tensor, pool: int, dilation: int) -> Tensor:
+    """``F.max_pool1d(h, pool, stride=1, dilation=dilation)``. In bfloat16 without gradients it is
+    computed as maxima of shifted views (doubling the span: 2 passes for a pool of 4) — the same
+    values, several times faster than PyTorch's CPU max-pooling in bfloat16."""
+    if (
+        h.dtype != torch.bfloat16
+        or pool & (pool - 1)
+        or (torch.is_grad_enabled() and h.requires_grad)
+    ):
+        return F.max_pool1d(h, pool, stride=1, dilation=dilation)
+    span = 1
+    while span < pool:
+        shift = span * dilation
+        h = torch.maximum(h[..., :-shift], h[..., shift:])
+        span *= 2
+    return h
+
+
 class DNAEncoder(nn.Module):
     """``[N, dna_window]`` nucleotide codes -> ``[N, dna_embed]``."""
 
@@ -98,7 +116,7 @@ class DNAEncoder(nn.Module):
         dilation = 1
         for conv, pool in zip(self.convs, self.pools):
             h = torch.relu(F.conv1d(h, conv.weight, conv.bias, dilation=dilation))
-            h = F.max_pool1d(h, pool, stride=1, dilation=dilation)
+            h = sliding_max(h, pool, dilation)
             dilation *= pool
         return h[0].t()
 

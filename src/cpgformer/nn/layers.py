@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from cpgformer.nn.attention import Attention
 from cpgformer.nn.config import ModelConfig
 from cpgformer.nn.induced import InducedCellAttention
+from cpgformer.nn.linear import linear
 from cpgformer.nn.posenc import RelativePositions
 
 
@@ -53,13 +54,21 @@ class TransformerLayer(nn.Module):
                 x = norm(attention(x, impl) + x)
             else:
                 x = norm(attention(x, rel, self.half_window, impl) + x)
-        return self.ff_norm(self._feed_forward(x) + x)
+        return self.ff_norm(self._feed_forward(x, impl) + x)
 
-    def _feed_forward(self, x: Tensor) -> Tensor:
+    def _feed_forward(self, x: Tensor, impl: str = "fast") -> Tensor:
         """``self.ff`` on the tokens as one 2-D matrix, the ReLU in place: the first Linear's output
         is then no view (an in-place op on a view costs autograd full-size copies) and its backward
-        needs only its input, so the ReLU may overwrite it — saving a pass and a 4·D-wide tensor."""
+        needs only its input, so the ReLU may overwrite it — saving a pass and a 4·D-wide tensor.
+        The fast path runs the Linear layers through :func:`cpgformer.nn.linear.linear` (bias and
+        ReLU fused where it can) unless hooks watch them."""
         first, activation, second = self.ff
-        hidden = first(x.reshape(-1, x.shape[-1]))
-        hidden = torch.relu_(hidden) if isinstance(activation, nn.ReLU) else activation(hidden)
+        flat = x.reshape(-1, x.shape[-1])
+        relu = isinstance(activation, nn.ReLU)
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (first, second))
+        if impl == "fast" and relu and not hooked:
+            hidden = linear(flat, first.weight, first.bias, relu=True)
+            return linear(hidden, second.weight, second.bias).view(x.shape)
+        hidden = first(flat)
+        hidden = torch.relu_(hidden) if relu else activation(hidden)
         return second(hidden).view(x.shape)

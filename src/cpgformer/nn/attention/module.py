@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cpgformer.nn.attention import backends
@@ -16,6 +15,7 @@ from cpgformer.nn.attention.reference import (
     site_attention_reference,
     site_cell_attention_reference,
 )
+from cpgformer.nn.linear import linear
 from cpgformer.nn.posenc import RelativePositions
 
 KINDS = ("sites", "cells", "sites_cells")
@@ -64,7 +64,7 @@ class Attention(nn.Module):
         fast = impl == "fast"
         scale = self.head_dim**-0.5
         if fast:  # fold the query scaling into the projection (saves a pass over q)
-            qkv = F.linear(x, *self.scaled_qkv())
+            qkv = linear(x, *self.scaled_qkv())
         else:
             qkv = self.qkv(x)
         qkv = qkv.view(batch, length, cells, 3, self.heads, self.head_dim)
@@ -96,4 +96,5 @@ class Attention(nn.Module):
                 )
                 args = (self.content_bias, self.position_bias, half_window)
                 z = fn(q, k, v, rel_proj, *args, self.dropout, self.training)
-        return self.out(z.reshape(batch, length, cells, self.heads * self.head_dim))
+        z = z.reshape(batch, length, cells, self.heads * self.head_dim)
+        return linear(z, self.out.weight, self.out.bias) if fast else self.out(z)
