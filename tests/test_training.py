@@ -426,3 +426,42 @@ def test_resample_cells_and_dna_windows(tmp_path: Path) -> None:
             DataConfig(segment_length=16, val_chromosomes=("5",), test_chromosomes=()),
             dna_window=11,
         )
+
+
+def test_dna_precision_bf16_trains_the_dna_network_in_bf16(tmp_path: Path) -> None:
+    """``--dna-precision bf16``: the DNA network runs in bfloat16 during training (its outputs
+    differ from fp32 by rounding only), its weights stay fp32 and are updated; a bad value is a
+    usage error."""
+    fasta = _write_fasta(tmp_path / "ref.fa", {"1": 4000, "5": 4000})
+    store = make_store(tmp_path / "s", {"1": 24, "5": 8}, 4, seed=5, fasta=str(fasta))
+    seen: list[torch.dtype] = []
+
+    class Watch:
+        def __new__(cls):  # noqa: ANN204
+            from lightning.pytorch.callbacks import Callback
+
+            class _Watch(Callback):
+                def on_fit_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+                    proj = pl_module.model.dna_encoder.proj  # the DNA network's last layer
+                    proj.register_forward_hook(lambda m, a, o: seen.append(o.dtype))
+                    self.before = pl_module.model.dna_encoder.fc.weight.detach().clone()
+
+            return _Watch()
+
+    watch = Watch()
+    config = tiny_config(4, dna_window=101, n_conv_layers=2)
+    result = fit(
+        store,
+        tmp_path / "run",
+        config,
+        DataConfig(segment_length=8, val_chromosomes=("5",), test_chromosomes=()),
+        quiet(max_epochs=1, limit_train_batches=2, dna_precision="bf16"),
+        callbacks=[watch],
+        progress_bar=False,
+    )
+    model = load_checkpoint(result.last_checkpoint).model
+    assert seen and set(seen) == {torch.bfloat16}
+    assert model.dna_encoder.fc.weight.dtype == torch.float32
+    assert not torch.equal(model.dna_encoder.fc.weight, watch.before)
+    with pytest.raises(UsageError, match="dna-precision"):
+        TrainConfig(dna_precision="fp16")

@@ -125,6 +125,11 @@ class TrainConfig:
     strategy: str = _f("auto", "auto, ddp, ddp_spawn, fsdp, ...")
     num_nodes: int = _f(1, "nodes for multi-node training")
     precision: str = _f("32-true", "32-true, bf16-mixed, 16-mixed, ...")
+    dna_precision: str = _f(
+        "fp32",
+        "precision of the DNA network's convolutions and Linear layers (models with DNA): fp32 or "
+        "bf16 (faster on CPUs with bf16 units, AVX512-BF16 or AMX; the rest stays in --precision)",
+    )
     tensorboard: bool = _f(True, "also write TensorBoard logs (if tensorboard is installed)")
     seed: int = _f(0, "random seed (weights, shuffling, masks, splits)")
     memory_budget_gb: float | None = _f(
@@ -150,6 +155,8 @@ class TrainConfig:
                     f"{', '.join(given)}: only with --schedule adaptive (the published schedule "
                     "counts epochs)"
                 )
+        if self.dna_precision not in ("fp32", "bf16"):
+            raise UsageError(f"--dna-precision must be fp32 or bf16, got {self.dna_precision!r}")
         if self.time_budget is not None:
             parse_duration(self.time_budget)
         for name in ("warmup_steps", "val_interval_steps", "patience_steps"):

@@ -308,7 +308,7 @@ def _initialise_from(
 def _task(
     config: ModelConfig, training: TrainConfig, sched: SchedulePlan, dm: SegmentDataModule
 ) -> CpGTask:
-    return CpGTask(
+    task = CpGTask(
         config,
         lr=training.lr,
         warmup_steps=sched.warmup,
@@ -320,6 +320,8 @@ def _task(
         store_fingerprint=dm.fingerprint,
         data_params=dm.params(),
     )
+    task.model.set_dna_precision(training.dna_precision)
+    return task
 
 
 def _transfer(task: CpGTask, source_state: dict | None) -> list[tuple[str, str, str]]:
