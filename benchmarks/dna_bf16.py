@@ -6,6 +6,12 @@ published initialisation (random), or a trained checkpoint with ``--checkpoint``
 embeddings' relative error and the predicted probabilities' absolute differences (max, mean,
 99.9th percentile) and how often the predicted class (p > 0.5) flips.
 
+With ``--store STORE --checkpoint CKPT --out DIR`` it scores the trained model instead on the
+store's held-out calls (``cpgformer benchmark`` with its defaults: the checkpoint's test
+chromosomes or blocks, 20 % of the observed test calls hidden) twice — the DNA network in fp32 and
+in bf16 — and reports both AUROCs with the paired bootstrap interval of their difference and the
+largest change of a predicted probability.
+
 Example: ``python benchmarks/dna_bf16.py --cells 20 --sites 1024 --segments 8``.
 """
 
@@ -28,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, default=1024)
     parser.add_argument("--segments", type=int, default=8)
     parser.add_argument("--checkpoint", help="a trained cpgformer checkpoint (with DNA)")
+    parser.add_argument("--store", help="score the checkpoint on this store's held-out calls")
+    parser.add_argument("--out", help="benchmark output folder (with --store)")
     args = parser.parse_args(argv)
+    if args.store:
+        if not (args.checkpoint and args.out):
+            parser.error("--store needs --checkpoint and --out")
+        return held_out(args.store, args.checkpoint, args.out)
     from cpgformer.nn import CpGTransformer, ModelConfig
 
     torch.manual_seed(0)
@@ -62,6 +74,31 @@ def main(argv: list[str] | None = None) -> int:
         f"DNA embedding relative error (L2): mean {np.mean(emb_err):.2e}, max {max(emb_err):.2e}\n"
         f"|p_bf16 - p_fp32|: max {d.max():.2e}, mean {d.mean():.2e}, "
         f"99.9th pct {np.percentile(d, 99.9):.2e}; class flips {np.mean(flips):.2e}"
+    )
+    return 0
+
+
+def held_out(store: str, checkpoint: str, out: str) -> int:
+    """The benchmark's hidden calls scored with the DNA network in fp32 and in bf16."""
+    import pandas as pd
+
+    from cpgformer.benchmark.cpgformer_model import CpgformerModel
+    from cpgformer.benchmark.run import run_benchmark
+
+    models = []
+    for precision in ("fp32", "bf16"):
+        model = CpgformerModel.from_checkpoint(checkpoint)
+        model.name = "cpgformer" if precision == "fp32" else "cpgformer-bf16"  # fp32: reference
+        model.model.network.set_dna_precision(precision)
+        models.append(model)
+    run_benchmark(store, models=[*models, "site-mean"], checkpoint=checkpoint, out_dir=out)
+    frame = pd.read_csv(Path(out) / "predictions.tsv.gz", sep="\t")
+    change = (frame["cpgformer-bf16"] - frame["cpgformer"]).abs()
+    boot = pd.read_csv(Path(out) / "paired_bootstrap.tsv", sep="\t")
+    print(boot.to_string(index=False))
+    print(
+        f"{len(frame):,} hidden calls; |p_bf16 - p_fp32|: max {change.max():.2e}, mean "
+        f"{change.mean():.2e}; class flips {((frame['cpgformer-bf16'] > 0.5) != (frame['cpgformer'] > 0.5)).mean():.2e}"
     )
     return 0
 

@@ -210,6 +210,12 @@ def test_bf16_close_to_fp32():
     assert half.dtype == torch.float32
     scale = full.abs().max()
     assert 0 < (half - full).abs().max() < 0.05 * scale
+    # windows input (the benchmark's path) runs in bf16 too, as the sequence input does
+    windows = sequence.unfold(0, 201, 1)[starts[0]]
+    with torch.no_grad():
+        by_windows = model.embed_dna(windows)
+    torch.testing.assert_close(by_windows, half[0].detach(), rtol=0.02, atol=0.02 * scale.item())
+    assert not torch.equal(by_windows, full[0].detach())
     with pytest.raises(ValueError, match="precision"):
         model.set_dna_precision("fp16")
 

@@ -99,7 +99,14 @@ class DNAEncoder(nn.Module):
 
     def embed_chunked(self, windows: Tensor, chunk_size: int = WINDOW_CHUNK) -> Tensor:
         """Encode many windows in chunks; same result as ``forward``. Memory is bounded by the chunk
-        (with gradients, each chunk's activations are recomputed in backward instead of kept)."""
+        (with gradients, each chunk's activations are recomputed in backward instead of kept).
+        With ``bf16`` set, in bfloat16 as :meth:`encode`."""
+        if self.bf16:
+            with torch.autocast(windows.device.type, dtype=torch.bfloat16):
+                return self._embed_chunked(windows, chunk_size).float()
+        return self._embed_chunked(windows, chunk_size)
+
+    def _embed_chunked(self, windows: Tensor, chunk_size: int) -> Tensor:
         if windows.shape[0] <= chunk_size:
             return self(windows)
         return torch.cat([self._fc_in(part) for part in windows.split(chunk_size)], dim=0)

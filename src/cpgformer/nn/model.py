@@ -102,9 +102,9 @@ class CpGTransformer(nn.Module):
         return self.dna_encoder.embed_chunked(windows, chunk_size)
 
     def set_dna_precision(self, precision: str) -> None:
-        """``"bf16"``: the DNA CNN's convolutions and Linear layers in bfloat16 when fed sequences
-        (faster where the hardware computes bf16 natively, e.g. x86 CPUs with AVX512-BF16 or AMX;
-        slightly different numbers); ``"fp32"``: full precision (default)."""
+        """``"bf16"``: the DNA CNN's convolutions and Linear layers in bfloat16, whether fed
+        sequences or windows (faster where the hardware computes bf16 natively, e.g. x86 CPUs with
+        AVX512-BF16 or AMX; slightly different numbers); ``"fp32"``: full precision (default)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"DNA precision must be fp32 or bf16, got {precision!r}")
         if self.dna_encoder is not None:
