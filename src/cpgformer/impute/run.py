@@ -87,7 +87,7 @@ class ImputeOptions:
     dna_precision: str = option(
         "fp32",
         "precision of the DNA network (models with DNA): bf16 is faster on CPUs with bf16 units "
-        "(AVX512-BF16, AMX) and changes probabilities by about 1e-3",
+        "(AVX512-BF16, AMX) and changes probabilities by up to a few 1e-4",
         choices=("fp32", "bf16"),
     )
     ignore_fingerprint: bool = option(False, IGNORE_FINGERPRINT_HELP)
