@@ -122,7 +122,8 @@ class DNAEncoder(nn.Module):
         h = self.nucleotide_embed(codes.long()).t().unsqueeze(0)  # [1, 4, S]
         dilation = 1
         for conv, pool in zip(self.convs, self.pools):
-            h = torch.relu(F.conv1d(h, conv.weight, conv.bias, dilation=dilation))
+            # ReLU in place: a fresh output, not saved by the convolution's backward
+            h = torch.relu_(F.conv1d(h, conv.weight, conv.bias, dilation=dilation))
             h = sliding_max(h, pool, dilation)
             dilation *= pool
         return h[0].t()
@@ -142,7 +143,7 @@ class DNAEncoder(nn.Module):
     def _fc_windows(self, windows: Tensor) -> Tensor:
         h = self.nucleotide_embed(windows.long()).transpose(1, 2)
         for conv, pool in zip(self.convs, self.pools):
-            h = F.max_pool1d(torch.relu(conv(h)), pool)
+            h = F.max_pool1d(torch.relu_(conv(h)), pool)
         return self.fc(h.flatten(1))
 
     def _fc_in(self, windows: Tensor) -> Tensor:
