@@ -81,3 +81,22 @@ def test_hooked_feed_forward_keeps_its_modules() -> None:
     finally:
         handle.remove()
     assert seen == [torch.Size([36, 256])]
+
+
+@needs_onednn
+def test_an_operator_that_cannot_run_falls_back_for_good(monkeypatch) -> None:
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no kernel for this CPU")
+
+    monkeypatch.setattr(fused, "ONEDNN", True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken, raising=False)
+    x, weight, bias = torch.randn(5, 4), torch.randn(3, 4), torch.randn(3)
+    with torch.inference_mode():
+        first = fused.linear(x, weight, bias, relu=True)
+        second = fused.linear(x, weight, bias)
+    torch.testing.assert_close(first, torch.relu(F.linear(x, weight, bias)))
+    torch.testing.assert_close(second, F.linear(x, weight, bias))
+    assert calls == [1] and fused.ONEDNN is False

@@ -39,12 +39,16 @@ def _fused(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:
     """``F.linear(x, weight, bias)`` (then ReLU when ``relu``) over the last dimension of ``x``."""
+    global ONEDNN
     if _fused(x, weight, bias):
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(
-            flat, weight, bias, "relu" if relu else "none", [None], ""
-        )
-        return out.view(*x.shape[:-1], weight.shape[0])
+        try:
+            out = torch.ops.mkldnn._linear_pointwise(
+                flat, weight, bias, "relu" if relu else "none", [None], ""
+            )
+            return out.view(*x.shape[:-1], weight.shape[0])
+        except RuntimeError:  # a build or CPU where the operator exists but cannot run
+            ONEDNN = False
     out = F.linear(x, weight, bias)
     return torch.relu_(out) if relu else out
 
