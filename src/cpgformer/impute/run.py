@@ -32,6 +32,7 @@ from cpgformer.integrity import file_digests
 from cpgformer.io.store import as_dataset, fasta_for
 from cpgformer.io.store import reference as find_reference
 from cpgformer.model import IGNORE_FINGERPRINT_HELP, Model, Predictor, as_model
+from cpgformer.nn.config import DNA_PRECISIONS
 from cpgformer.options import option
 from cpgformer.utils.atomic import PARTIAL_PREFIX, atomic_file, replace_dir
 from cpgformer.utils.locks import output_lock
@@ -88,7 +89,7 @@ class ImputeOptions:
         "fp32",
         "precision of the DNA network (models with DNA): bf16 is faster on CPUs with bf16 units "
         "(AVX512-BF16, AMX) and changes probabilities by up to a few 1e-4",
-        choices=("fp32", "bf16"),
+        choices=DNA_PRECISIONS,
     )
     ignore_fingerprint: bool = option(False, IGNORE_FINGERPRINT_HELP)
     overwrite: bool = option(False, "replace an existing output")

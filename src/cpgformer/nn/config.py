@@ -29,6 +29,8 @@ see :mod:`cpgformer.nn.induced`; not part of the published model).
 DATA_MODES = ("binary", "continuous")
 ACTIVATIONS = ("relu", "gelu")
 ATTENTION_IMPLS = ("fast", "reference")
+DNA_PRECISIONS = ("fp32", "bf16")
+"""Precisions of the DNA network (``CpGTransformer.set_dna_precision``)."""
 CELL_ENCODERS = ("table", "profile")
 """``table``: one learned vector per training cell (the published model); ``profile``: a small network
 over each cell's profile features (:mod:`cpgformer.data.profiles`), so any cell can be embedded."""

@@ -18,6 +18,7 @@ Two ways to run it, with the same arithmetic per site:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -101,15 +102,19 @@ class DNAEncoder(nn.Module):
         """Encode many windows in chunks; same result as ``forward``. Memory is bounded by the chunk
         (with gradients, each chunk's activations are recomputed in backward instead of kept).
         With ``bf16`` set, in bfloat16 as :meth:`encode`."""
-        if self.bf16:
-            with torch.autocast(windows.device.type, dtype=torch.bfloat16):
-                return self._embed_chunked(windows, chunk_size).float()
-        return self._embed_chunked(windows, chunk_size)
+        with self._precision(windows.device):
+            if windows.shape[0] <= chunk_size:
+                out = self(windows)
+            else:
+                out = torch.cat([self._fc_in(part) for part in windows.split(chunk_size)], dim=0)
+        return out.float() if self.bf16 else out
 
-    def _embed_chunked(self, windows: Tensor, chunk_size: int) -> Tensor:
-        if windows.shape[0] <= chunk_size:
-            return self(windows)
-        return torch.cat([self._fc_in(part) for part in windows.split(chunk_size)], dim=0)
+    def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast to bfloat16 when ``bf16`` is set (outputs then go back to float32), else
+        nothing."""
+        if self.bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # ----------------------------------------------------------------------------------------------
     # shared convolutions
@@ -198,10 +203,9 @@ class DNAEncoder(nn.Module):
         recomputed in backward when there are several calls (bounded memory for long segments).
         With ``bf16`` set, the convolutions and Linear layers run in bfloat16 (autocast).
         """
-        if self.bf16:
-            with torch.autocast(sequence.device.type, dtype=torch.bfloat16):
-                return self._encode(sequence, starts, max_bases).float()
-        return self._encode(sequence, starts, max_bases)
+        with self._precision(sequence.device):
+            out = self._encode(sequence, starts, max_bases)
+        return out.float() if self.bf16 else out
 
     def _encode(self, sequence: Tensor, starts: Tensor, max_bases: int) -> Tensor:
         width = self.dna_window

@@ -27,13 +27,15 @@ ONEDNN = _has_onednn()
 
 
 def _fused(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    )
     return (
         ONEDNN
+        and not grads
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not (bias is not None and torch.is_grad_enabled() and bias.requires_grad)
     )
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpgformer.nn.config import ATTENTION_IMPLS, ModelConfig
+from cpgformer.nn.config import ATTENTION_IMPLS, DNA_PRECISIONS, ModelConfig
 from cpgformer.nn.dna import WINDOW_CHUNK, DNAEncoder
 from cpgformer.nn.embeddings import (
     SUMMARY_FEATURES,
@@ -105,7 +105,7 @@ class CpGTransformer(nn.Module):
         """``"bf16"``: the DNA CNN's convolutions and Linear layers in bfloat16, whether fed
         sequences or windows (faster where the hardware computes bf16 natively, e.g. x86 CPUs with
         AVX512-BF16 or AMX; slightly different numbers); ``"fp32"``: full precision (default)."""
-        if precision not in ("fp32", "bf16"):
+        if precision not in DNA_PRECISIONS:
             raise ValueError(f"DNA precision must be fp32 or bf16, got {precision!r}")
         if self.dna_encoder is not None:
             self.dna_encoder.bf16 = precision == "bf16"

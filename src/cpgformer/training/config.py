@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cpgformer.errors import UsageError
+from cpgformer.nn.config import DNA_PRECISIONS
 
 SCHEDULES = ("adaptive", "published")
 PUBLISHED_WARMUP_STEPS = 1000
@@ -155,7 +156,7 @@ class TrainConfig:
                     f"{', '.join(given)}: only with --schedule adaptive (the published schedule "
                     "counts epochs)"
                 )
-        if self.dna_precision not in ("fp32", "bf16"):
+        if self.dna_precision not in DNA_PRECISIONS:
             raise UsageError(f"--dna-precision must be fp32 or bf16, got {self.dna_precision!r}")
         if self.time_budget is not None:
             parse_duration(self.time_budget)

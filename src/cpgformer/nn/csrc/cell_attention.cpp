@@ -42,19 +42,10 @@ inline void row_draws(uint64_t seed, uint64_t row, int64_t C, int8_t* out) {
 
 constexpr int64_t QBLOCK = 64;
 
-// 32-byte vectors (GCC/Clang vector extensions: 8 floats or 4 doubles on any target); a block of
-// 16 query columns is NV of them.
+using cpgformer_kernels::Vec;
+// A block of 16 query columns is NV vectors.
 template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int64_t lanes = 32 / sizeof(T), NV = 16 / lanes;
-  static type load(const T* p) {
-    type x;
-    __builtin_memcpy(&x, p, sizeof(x));
-    return x;
-  }
-  static void store(T* p, type x) { __builtin_memcpy(p, &x, sizeof(x)); }
-};
+constexpr int64_t NV = 16 / Vec<T>::lanes;
 
 struct Cells {
   int64_t N, C, H, D;
@@ -104,16 +95,16 @@ void rows_by_cols(const T* __restrict rows, const T* __restrict colsT, int64_t C
   if constexpr (DK > 0) {  // the D column vectors of 16 columns stay in registers over all rows
     using V = Vec<T>;
     for (int64_t jb = 0; jb < QP; jb += 16) {
-      typename V::type col[DK][V::NV];
+      typename V::type col[DK][NV<T>];
       for (int64_t d = 0; d < DK; ++d)
-        for (int64_t u = 0; u < V::NV; ++u) col[d][u] = V::load(colsT + d * QP + jb + u * V::lanes);
+        for (int64_t u = 0; u < NV<T>; ++u) col[d][u] = V::load(colsT + d * QP + jb + u * V::lanes);
       for (int64_t x = 0; x < C; ++x) {
-        typename V::type acc[V::NV] = {};
+        typename V::type acc[NV<T>] = {};
         for (int64_t d = 0; d < DK; ++d) {
           const T a = rows[x * DK + d];
-          for (int64_t u = 0; u < V::NV; ++u) acc[u] += a * col[d][u];
+          for (int64_t u = 0; u < NV<T>; ++u) acc[u] += a * col[d][u];
         }
-        for (int64_t u = 0; u < V::NV; ++u) V::store(out + x * QP + jb + u * V::lanes, acc[u]);
+        for (int64_t u = 0; u < NV<T>; ++u) V::store(out + x * QP + jb + u * V::lanes, acc[u]);
       }
     }
   } else {
@@ -138,17 +129,17 @@ void vals_by_a(const T* __restrict a, const T* __restrict vals, int64_t C, int64
   if constexpr (DK > 0) {  // D accumulators of 16 columns in registers over all keys
     using V = Vec<T>;
     for (int64_t jb = 0; jb < QP; jb += 16) {
-      typename V::type acc[DK][V::NV] = {};
+      typename V::type acc[DK][NV<T>] = {};
       for (int64_t x = 0; x < C; ++x) {
-        typename V::type av[V::NV];
-        for (int64_t u = 0; u < V::NV; ++u) av[u] = V::load(a + x * QP + jb + u * V::lanes);
+        typename V::type av[NV<T>];
+        for (int64_t u = 0; u < NV<T>; ++u) av[u] = V::load(a + x * QP + jb + u * V::lanes);
         for (int64_t d = 0; d < DK; ++d) {
           const T b = vals[x * DK + d];
-          for (int64_t u = 0; u < V::NV; ++u) acc[d][u] += b * av[u];
+          for (int64_t u = 0; u < NV<T>; ++u) acc[d][u] += b * av[u];
         }
       }
       for (int64_t d = 0; d < DK; ++d)
-        for (int64_t u = 0; u < V::NV; ++u) V::store(outT + d * QP + jb + u * V::lanes, acc[d][u]);
+        for (int64_t u = 0; u < NV<T>; ++u) V::store(outT + d * QP + jb + u * V::lanes, acc[d][u]);
     }
   } else {
     std::fill(outT, outT + D * QP, T(0));
@@ -299,11 +290,10 @@ void cell_backward(const T* qkv, uint64_t seed, int threshold, double scale, con
           softmax_columns(C, QP, p, w.m.data(), w.sum.data());
           T* __restrict dp = w.pk.data();  // dp, then ds
           const T* __restrict keep = w.keep.data();
-          if (threshold)
-            block_keep(seed, s, n, h, c0, nq, QP, threshold, T(scale), w.draws.data(),
-                       w.keep.data());
           // dv[x] += sum_j p[x][j] keep[x][j] dz[j]
           if (threshold) {
+            block_keep(seed, s, n, h, c0, nq, QP, threshold, T(scale), w.draws.data(),
+                       w.keep.data());
             for (int64_t i = 0; i < C * QP; ++i) dp[i] = p[i] * keep[i];
             a_by_rows<T, DK>(dp, grows, HD, nq, C, D, QP, dv.data());
           } else {

@@ -1,4 +1,5 @@
-// Entry points of the fused CPU attention kernels (site_attention.cpp, cell_attention.cpp).
+// Entry points of the fused CPU attention kernels (site_attention.cpp, cell_attention.cpp), and the
+// vector type both use.
 //
 // Declared once here and included by the kernel sources and by ops.cpp (which registers them as
 // PyTorch operators), so a signature mismatch is a compile error. The kernels themselves use no
@@ -42,3 +43,20 @@ void cell_backward_f64(const double* qkv, uint64_t seed, int threshold, double s
 void cell_draws(uint64_t seed, int64_t rows, int64_t C, int8_t* out);
 
 }  // extern "C"
+
+namespace cpgformer_kernels {
+
+// 32-byte vectors (GCC/Clang vector extensions: 8 floats or 4 doubles on any target).
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t lanes = 32 / sizeof(T);
+  static type load(const T* p) {
+    type x;
+    __builtin_memcpy(&x, p, sizeof(x));
+    return x;
+  }
+  static void store(T* p, type x) { __builtin_memcpy(p, &x, sizeof(x)); }
+};
+
+}  // namespace cpgformer_kernels

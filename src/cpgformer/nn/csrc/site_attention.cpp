@@ -34,6 +34,8 @@
 
 namespace {
 
+using cpgformer_kernels::Vec;
+
 // A tile: TILE query sites x CELL_BLOCK cells, whose keys and values (TILE + P - 1 sites per row)
 // are copied site-minor together; the tile is then walked one cell at a time along its sites, so
 // that the cell's window rows slide by one site per step and stay in the L1 cache. 8 x 64 with the
@@ -41,19 +43,6 @@ namespace {
 // (the gather's cache misses fall with more cells per tile).
 constexpr int64_t CELL_BLOCK = 8;
 constexpr int64_t TILE = 64;
-
-// 32-byte vectors (GCC/Clang vector extensions: 8 floats or 4 doubles on any target).
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int64_t lanes = 32 / sizeof(T);
-  static type load(const T* p) {
-    type x;
-    __builtin_memcpy(&x, p, sizeof(x));
-    return x;
-  }
-  static void store(T* p, type x) { __builtin_memcpy(p, &x, sizeof(x)); }
-};
 
 struct Shape {
   int64_t L, C, H, D, W, P;
