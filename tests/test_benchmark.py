@@ -232,7 +232,8 @@ def test_poisoned_hidden_calls_change_no_prediction(tmp_path):
     }
     store = write_dense_store(tmp_path / "clean", chroms, cells)
     models = _all_models(cells)
-    common = dict(test_chromosomes=["3"], hide_fraction=0.3, seed=5, figures=False)
+    # one round: a later round's input shows the earlier rounds' hidden calls (tested below)
+    common = dict(test_chromosomes=["3"], hide_fraction=0.3, seed=5, figures=False, rounds=1)
     clean = run_benchmark(store, models=models, out_dir=tmp_path / "o1", **common)
     pred = clean.predictions
     assert len(pred) > 50
@@ -266,6 +267,84 @@ def test_poisoned_hidden_calls_change_no_prediction(tmp_path):
     # and the scores really moved (labels flipped): AUROC of a useful model mirrors
     assert clean.metrics.set_index("model").loc["nearest-neighbour", "auroc"] > 0.6
     assert dirty.metrics.set_index("model").loc["nearest-neighbour", "auroc"] < 0.4
+
+
+def test_holdout_rounds_partition_the_observed_calls():
+    chrom = chrom_data("t", 3000, 8, seed=4)
+    one = ho.holdout_entries(chrom, 0.3, np.random.default_rng(0), run_gap=150)
+    rounds = ho.holdout_rounds(chrom, 0.3, np.random.default_rng(0), 4, run_gap=150)
+    assert ho.max_rounds(0.3) == 4 and ho.max_rounds(0.2) == 5 and ho.max_rounds(1.0) == 1
+    # round 0 is the one-round hold-out
+    assert np.array_equal(rounds[0].rows, one.rows) and np.array_equal(rounds[0].cols, one.cols)
+    # every observed call in exactly one round, whole read-sized runs per round
+    keys = np.concatenate([r.rows * 8 + r.cols for r in rounds])
+    rows, cols = np.nonzero(chrom.states != -1)
+    assert np.array_equal(np.sort(keys), np.sort(rows * 8 + cols))
+    for r in rounds:
+        assert 0.2 * keys.size < len(r) < 0.4 * keys.size or r is rounds[-1]
+    run_id = {}
+    obs_rows, obs_cols = ho._observed_entries(chrom.states, None)
+    for k, run in enumerate(ho.read_runs(obs_rows, obs_cols, chrom.positions, 150)):
+        run_id[(int(obs_rows[k]), int(obs_cols[k]))] = int(run)
+    owner = {}
+    for i, r in enumerate(rounds):
+        for row, col in zip(r.rows.tolist(), r.cols.tolist()):
+            assert owner.setdefault(run_id[(row, col)], i) == i
+    # fewer rounds: a prefix of the same partition
+    two = ho.holdout_rounds(chrom, 0.3, np.random.default_rng(0), 2, run_gap=150)
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(two, rounds))
+    with pytest.raises(ValueError, match="rounds"):
+        ho.holdout_rounds(chrom, 0.3, np.random.default_rng(0), 5)
+
+
+def test_benchmark_rounds_score_every_call_once_from_its_own_masked_input(tmp_path):
+    cells = [f"cell{i}" for i in range(4)]
+    chroms = {"1": synthetic_states(300, 4, 0), "3": synthetic_states(250, 4, 2)}
+    store = write_dense_store(tmp_path / "s", chroms, cells)
+    rec = Recorder(SiteMean())
+    res = run_benchmark(
+        store, models=[rec, "cell-mean"], out_dir=tmp_path / "o", test_chromosomes=["3"],
+        hide_fraction=0.25, figures=False, bootstrap=0,
+    )  # fmt: skip
+    full = chroms["3"][1]
+    # auto: this small test set gets all 4 rounds, every observed call scored once
+    assert res.settings["rounds"] == 4 and len(rec.calls) == 4
+    assert len(res.predictions) == int((full != -1).sum())
+    assert not res.predictions.duplicated(["pos", "cell"]).any()
+    assert sorted(res.predictions["round"].unique()) == [0, 1, 2, 3]
+    for r, (_, states, rows, cols) in enumerate(rec.calls):
+        expected = full.copy()
+        expected[rows, cols] = -1  # exactly this round's calls hidden, all others visible
+        assert np.array_equal(states, expected)
+        part = res.predictions[res.predictions["round"] == r]
+        assert len(part) == len(rows)
+    assert "4 disjoint rounds" in (res.out_dir / "report.md").read_text()
+    # explicit one round, and the bounds
+    again = run_benchmark(
+        store, models=["site-mean"], out_dir=tmp_path / "o1", test_chromosomes=["3"],
+        hide_fraction=0.25, rounds=1, figures=False, bootstrap=0,
+    )  # fmt: skip
+    assert "round" not in again.predictions and again.settings["rounds"] == 1
+    first = res.predictions[res.predictions["round"] == 0].reset_index(drop=True)
+    assert first["pos"].equals(again.predictions["pos"])
+    with pytest.raises(UsageError, match="--rounds must be in 0..4"):
+        run_benchmark(store, models=["site-mean"], out_dir=tmp_path / "o2", rounds=5,
+                      hide_fraction=0.25, test_chromosomes=["3"])  # fmt: skip
+    with pytest.raises(UsageError, match="holdout protocol only"):
+        run_benchmark(store, models=["site-mean"], out_dir=tmp_path / "o3", rounds=2,
+                      protocol="exhaustive", test_chromosomes=["3"])  # fmt: skip
+
+
+def test_benchmark_auto_rounds_one_round_for_large_test_sets(tmp_path, monkeypatch):
+    import cpgformer.benchmark.run as run_mod
+
+    cells = [f"cell{i}" for i in range(4)]
+    chroms = {"1": synthetic_states(300, 4, 0), "3": synthetic_states(250, 4, 2)}
+    store = write_dense_store(tmp_path / "s", chroms, cells)
+    monkeypatch.setattr(run_mod, "AUTO_ROUNDS_BELOW", 10)
+    res = run_benchmark(store, models=["site-mean"], out_dir=tmp_path / "o",
+                        test_chromosomes=["3"], figures=False, bootstrap=0)  # fmt: skip
+    assert res.settings["rounds"] == 1 and "round" not in res.predictions
 
 
 # ------------------------------------------------------------------ metrics vs plain references

@@ -147,6 +147,44 @@ def holdout_entries(
     return _sorted_entries(chrom.name, rows[keep], cols[keep], chrom.states)
 
 
+def holdout_rounds(
+    chrom: ChromData,
+    fraction: float,
+    rng: np.random.Generator,
+    rounds: int = 1,
+    run_gap: int = DEFAULT_RUN_GAP,
+    cell_mask: np.ndarray | None = None,
+) -> list[HiddenEntries]:
+    """``rounds`` disjoint hold-outs of read-sized runs, each hiding a ``fraction`` of them.
+
+    Each run draws one uniform number ``u``; round ``r`` hides the runs with ``r * fraction <= u <
+    (r + 1) * fraction`` (the last possible round also takes ``u`` up to 1). Round 0 is exactly
+    :func:`holdout_entries` with the same generator state; with ``ceil(1 / fraction)`` rounds every
+    observed call is hidden (and scored) exactly once.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"hide fraction must be in (0, 1], got {fraction}")
+    most = max_rounds(fraction)
+    if not 1 <= rounds <= most:
+        raise ValueError(f"rounds must be in 1..{most} for hide fraction {fraction}, got {rounds}")
+    rows, cols = _observed_entries(chrom.states, cell_mask)
+    run = read_runs(rows, cols, chrom.positions, run_gap)
+    n_runs = int(run[-1]) + 1 if run.size else 0
+    u = rng.random(n_runs)[run] if run.size else np.zeros(0)
+    out = []
+    for r in range(rounds):
+        keep = u >= r * fraction
+        if r < most - 1:
+            keep &= u < (r + 1) * fraction
+        out.append(_sorted_entries(chrom.name, rows[keep], cols[keep], chrom.states))
+    return out
+
+
+def max_rounds(fraction: float) -> int:
+    """Disjoint hold-out rounds a hide fraction allows (the last may hide less)."""
+    return max(1, int(np.ceil(1.0 / fraction - 1e-9)))
+
+
 def sample_entries(
     chrom: ChromData,
     fraction: float,

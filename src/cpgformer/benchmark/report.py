@@ -278,6 +278,11 @@ def _report_md(
         + (
             f", hidden fraction {s.get('hide_fraction')} in read-sized runs "
             f"(observed sites of a cell <= {s.get('run_gap_bp')} bp apart hidden together)"
+            + (
+                f", {s['rounds']} disjoint rounds, each predicted from its own masked input"
+                if (s.get("rounds") or 1) > 1
+                else ""
+            )
             if s.get("protocol") == "holdout"
             else f", each scored entry hidden alone (fraction scored {s.get('hide_fraction')})"
         ),

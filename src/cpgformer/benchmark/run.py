@@ -42,6 +42,7 @@ from cpgformer.benchmark.metrics import (
     tss_distance,
 )
 from cpgformer.benchmark.report import write_report
+from cpgformer.codes import MISSING
 from cpgformer.data.config import DataConfig
 from cpgformer.data.segments import Region, regions_from_record, resolve_split
 from cpgformer.errors import UsageError
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("holdout", "exhaustive")
 DEFAULT_HIDE_FRACTION = {"holdout": 0.2, "exhaustive": 1.0}
+AUTO_ROUNDS_BELOW = 5000
+"""``--rounds 0`` (auto): score every observed test call once when one round would score fewer."""
 
 
 @dataclass
@@ -301,6 +304,14 @@ class BenchmarkOptions:
             "fraction of observed test calls scored, each hidden alone (default 1)"
         ),
     )
+    rounds: int = field(
+        default=0,
+        metadata=_meta(
+            "holdout: disjoint hiding rounds, each predicted from its own masked input (at most "
+            "1 / hide fraction; that many scores every observed test call once); 0 = that many when "
+            f"one round would score fewer than {AUTO_ROUNDS_BELOW:,} calls, else 1"
+        ),
+    )
     seed: int = field(default=0, metadata=_meta("seed of the hidden-entry choice"))
     run_gap: int = field(
         default=ho.DEFAULT_RUN_GAP,
@@ -341,6 +352,15 @@ class BenchmarkOptions:
             raise UsageError(f"--hide-fraction must be in (0, 1], got {self.hide_fraction}")
         if self.bootstrap < 0:
             raise UsageError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+        if self.protocol == "holdout":
+            most = ho.max_rounds(self.hide_fraction)
+            if not 0 <= self.rounds <= most:
+                raise UsageError(
+                    f"--rounds must be in 0..{most} with --hide-fraction {self.hide_fraction}, "
+                    f"got {self.rounds}"
+                )
+        elif self.rounds > 1:
+            raise UsageError("--rounds applies to the holdout protocol only")
 
 
 def run_benchmark(
@@ -373,10 +393,11 @@ def run_benchmark(
         tss = match_tss_chromosomes(read_tss_bed(opts.tss_bed), list(ds.chromosomes), opts.tss_bed)
     timings = {n: {"fit_s": 0.0, "predict_s": 0.0} for n in model_names}
     _fit_models(objs, _training_data(ds, split, reference), cells, timings)
+    parts = [(chrom, data) for chrom, datas in _test_parts(ds, split, reference) for data in datas]
+    rounds = resolve_rounds(opts, [data for _, data in parts], cell_mask)
     frames = [
-        _score_part(chrom, data, objs, opts, cells, cell_mask, tss, timings)
-        for chrom, parts in _test_parts(ds, split, reference)
-        for data in parts
+        _score_part(chrom, data, objs, opts, rounds, cells, cell_mask, tss, timings)
+        for chrom, data in parts
     ]
     predictions = pd.concat(frames, ignore_index=True)
     if predictions.shape[0] == 0:
@@ -387,6 +408,7 @@ def run_benchmark(
         "checkpoint": None if opts.checkpoint is None else str(opts.checkpoint),
         "protocol": opts.protocol,
         "hide_fraction": opts.hide_fraction,
+        "rounds": rounds,
         "run_gap_bp": opts.run_gap if opts.protocol == "holdout" else None,
         "seed": opts.seed,
         "split": split.mode,
@@ -476,25 +498,74 @@ def _fit_models(
         timings[m.name]["fit_s"] = time.perf_counter() - t0
 
 
+def resolve_rounds(
+    opts: BenchmarkOptions, parts: Sequence[ChromData], cell_mask: np.ndarray
+) -> int:
+    """The hiding rounds of a run: ``opts.rounds``, or for 0 (auto) all ``1 / hide fraction`` of
+    them when one round would hide fewer than :data:`AUTO_ROUNDS_BELOW` calls (expected), else 1.
+    Always 1 for the exhaustive protocol."""
+    assert opts.hide_fraction is not None
+    if opts.protocol != "holdout":
+        return 1
+    if opts.rounds:
+        return opts.rounds
+    observed = sum(int((np.asarray(d.states)[:, cell_mask] != MISSING).sum()) for d in parts)
+    if observed * opts.hide_fraction >= AUTO_ROUNDS_BELOW:
+        return 1
+    rounds = ho.max_rounds(opts.hide_fraction)
+    if rounds > 1:
+        log.info(
+            "about %d calls would be scored in one round: %d disjoint rounds score every observed "
+            "test call once (--rounds 1 for one)",
+            round(observed * opts.hide_fraction),
+            rounds,
+        )
+    return rounds
+
+
 def _score_part(
     chrom: str,
     data: ChromData,
     objs: Sequence[Any],
     opts: BenchmarkOptions,
+    rounds: int,
     cells: list[str],
     cell_mask: np.ndarray,
     tss: Any,
     timings: dict,
 ) -> pd.DataFrame:
-    """Hide the entries of one test chromosome or block, and every model's predictions of them."""
+    """Hide the entries of one test chromosome or block (in ``rounds`` disjoint rounds, each with
+    its own masked input), and every model's predictions of them."""
     rng = _chrom_rng(opts.seed, data.name)
     assert opts.hide_fraction is not None
-    if opts.protocol == "holdout":
-        hidden = ho.holdout_entries(data, opts.hide_fraction, rng, opts.run_gap, cell_mask)
-        masked = ho.mask_entries(data, hidden.rows, hidden.cols)
-    else:
+    if opts.protocol != "holdout":
         hidden = ho.sample_entries(data, opts.hide_fraction, rng, cell_mask)
-        masked = None
+        return _score_round(chrom, data, hidden, None, objs, opts, cells, tss, timings)
+    frames = []
+    for r, hidden in enumerate(
+        ho.holdout_rounds(data, opts.hide_fraction, rng, rounds, opts.run_gap, cell_mask)
+    ):
+        masked = ho.mask_entries(data, hidden.rows, hidden.cols)
+        frame = _score_round(chrom, data, hidden, masked, objs, opts, cells, tss, timings)
+        if rounds > 1:
+            frame.insert(4, "round", r)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _score_round(
+    chrom: str,
+    data: ChromData,
+    hidden: ho.HiddenEntries,
+    masked: ChromData | None,
+    objs: Sequence[Any],
+    opts: BenchmarkOptions,
+    cells: list[str],
+    tss: Any,
+    timings: dict,
+) -> pd.DataFrame:
+    """Every model's predictions of ``hidden``: from ``masked`` (holdout) or each alone
+    (exhaustive)."""
     log.info("%s: %d entries scored (%s protocol)", data.name, len(hidden), opts.protocol)
     frame = pd.DataFrame(
         {
