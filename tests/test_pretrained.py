@@ -97,6 +97,47 @@ def test_fine_tune_from_the_pretrained_model(
     assert changed, "fine-tuning moved the weights"
 
 
+def test_a_new_run_without_a_fasta_starts_from_the_pretrained_model_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    import json
+
+    store = make_store(tmp_path / "s", {"chr1": 200, "chr5": 80, "chr10": 80}, 12, seed=4)
+
+    def started_from(name: str, *flags: str) -> str | None:
+        run = tmp_path / name
+        code, err = cli(capsys, "train", store, "-o", run, "--max-steps", "1", "-q", *flags)
+        assert code == 0, err
+        record = json.loads((run / "config.json").read_text())
+        return record["init_from"]
+
+    assert started_from("default") == "pretrained"
+    tuned = Model.load(tmp_path / "default" / "checkpoints" / "last.ckpt").network.config
+    assert tuned.to_dict() == {**Model.load("pretrained").network.config.to_dict(), "n_cells": 12}
+    # from scratch: asked for, architecture given, or the published schedule
+    assert started_from("none", "--init-from", "none") is None
+    assert started_from("arch", "--hidden", "8", "--n-layers", "1", "--n-heads", "2") is None
+    assert started_from("published", "--schedule", "published", "--hidden", "8") is None
+    # a runtime-only model parameter keeps the default
+    assert started_from("impl", "--attention-impl", "reference") == "pretrained"
+
+
+def test_resolve_init_from_rules() -> None:
+    from cpgformer.training.config import TrainConfig
+    from cpgformer.training.configs import resolve_init_from
+
+    adaptive, published = TrainConfig(), TrainConfig(schedule="published")
+    assert resolve_init_from("auto", {}, adaptive, has_fasta=False)[0] == "pretrained"
+    assert resolve_init_from(None, {}, adaptive, has_fasta=False)[0] == "pretrained"
+    assert resolve_init_from("auto", {}, adaptive, has_fasta=True)[0] is None
+    assert resolve_init_from("auto", {}, published, has_fasta=False)[0] is None
+    assert resolve_init_from("auto", {"hidden": 8}, adaptive, has_fasta=False)[0] is None
+    assert resolve_init_from("auto", {}, adaptive, has_fasta=False, resume=True)[0] is None
+    assert resolve_init_from("none", {}, adaptive, has_fasta=False)[0] is None
+    # an explicit checkpoint is used as given, even with a FASTA
+    assert resolve_init_from("run/x.ckpt", {}, adaptive, has_fasta=True)[0] == "run/x.ckpt"
+
+
 def test_zero_shot_beats_the_per_site_mean_on_new_simulated_cells(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:

@@ -81,7 +81,8 @@ def cell_representations(
     if not network.config.cell_identity:
         raise UsageError(
             f"{model.name}: the model has no per-cell vector (no cell table, no cell encoder: e.g. "
-            "the pretrained model): map cells with a model trained with a cell table or "
+            "the pretrained model or one fine-tuned from it, the default start of `train` without "
+            "a FASTA): map cells with a model trained with `--init-from none` (cell table) or "
             "--cell-encoder profile, or cluster the region means of an imputation "
             "(cpgformer export IMPUTED --to regions)"
         )

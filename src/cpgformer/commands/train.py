@@ -95,9 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--init-from",
+        default=configs.AUTO_INIT,
         help="initialise from a checkpoint (ours, or an original CpG Transformer .pt; "
-        "'pretrained' = the model shipped with cpgformer): cell embeddings re-initialised, "
-        "everything else loaded with strict checks",
+        "'pretrained' = the model shipped with cpgformer; 'none' = from scratch): cell embeddings "
+        "re-initialised, everything else loaded with strict checks. Default auto: the pretrained "
+        "model for a store without a FASTA when no model parameters and not --schedule published "
+        "are given, else from scratch",
     )
     add_config_arguments(parser)
 
@@ -132,19 +135,26 @@ def run(args: argparse.Namespace) -> int:
 
     ds = open_dataset(args.store)
     model, data, training, given_model = build_configs(args, ds.n_cells, bool(ds.fasta_path))
+    init_from, why = configs.resolve_init_from(
+        args.init_from, given_model, training, bool(ds.fasta_path), args.resume
+    )
+    if why:
+        log.info("%s", why)
     result = fit(
         args.store,
         args.output,
-        None if args.resume or args.init_from else model,
+        None if args.resume or init_from else model,
         data,
         training,
         resume=args.resume,
-        init_from=args.init_from,
-        init_hparams=given_model if args.init_from else None,
+        init_from=init_from,
+        init_hparams=given_model if init_from else None,
         progress_bar=progress.enabled(),
     )
     m = result.metrics
     lines = [f"run directory: {Path(result.run_dir)}", f"split: {result.split}"]
+    if init_from:
+        lines.append(f"initialised from: {init_from}")
     sched = result.schedule
     if sched.get("schedule") == "adaptive":
         lines.append(

@@ -96,3 +96,49 @@ def build_configs(
     except TypeError as exc:
         raise UsageError(str(exc)) from None
     return model, data, training, given_model
+
+
+AUTO_INIT = "auto"
+"""``--init-from auto`` (the default): the pretrained model where it applies, else from scratch."""
+NO_INIT = "none"
+"""``--init-from none``: train from scratch."""
+RUNTIME_MODEL_PARAMETERS = frozenset({"attention_impl"})
+"""Model parameters that do not change the architecture (fine-tuning keeps them)."""
+
+
+def resolve_init_from(
+    value: str | None,
+    given_model: Mapping[str, Any],
+    training: TrainConfig,
+    has_fasta: bool,
+    resume: bool = False,
+) -> tuple[str | None, str]:
+    """(checkpoint a new run starts from, or None for from scratch; why, for the log).
+
+    An explicit ``value`` is used as given (``none`` = from scratch). ``auto`` (or None): the
+    shipped pretrained model for a new run on a store without a FASTA, with the adaptive schedule
+    and no architecture parameters given; otherwise from scratch -- a store with a FASTA gets the
+    DNA network (which the pretrained model does not have), ``--schedule published`` the published
+    model, and given model parameters their architecture.
+    """
+    from cpgformer import pretrained
+
+    if value not in (None, AUTO_INIT):
+        return (None, "") if value == NO_INIT else (value, "")
+    if resume:
+        return None, ""
+    if has_fasta:
+        return None, "the store has a FASTA: training from scratch with the DNA network"
+    if training.schedule == "published":
+        return None, "--schedule published: the published model from scratch"
+    architecture = sorted(set(given_model) - RUNTIME_MODEL_PARAMETERS)
+    if architecture:
+        return None, f"model parameters given ({', '.join(architecture)}): training from scratch"
+    try:
+        pretrained.path()
+    except UsageError as exc:
+        return None, f"{exc}; training from scratch"
+    return pretrained.NAME, (
+        "starting from the pretrained model (the default for a store without a FASTA; "
+        "--init-from none trains from scratch)"
+    )
