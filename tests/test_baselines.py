@@ -203,6 +203,56 @@ def test_camelia_features_by_hand():
     assert f[0, 1:].tolist() == pytest.approx([lg1 * 0, lg0 * 0.5, lg1 * 0.5, lg0 * 0])
 
 
+def _local_similarity_reference(states, target, rows, n, threshold):
+    """CaMelia's local feature, one other cell at a time (plain loop)."""
+    q = rows.shape[0]
+    num, cnt = np.zeros(q), np.zeros(q)
+    seen_t = states[:, target] != M
+    for k in range(states.shape[1]):
+        if k == target:
+            continue
+        yk = states[rows, k]
+        at = yk != M
+        if not at.any():
+            continue
+        both = np.flatnonzero(seen_t & (states[:, k] != M))
+        agree = states[both, target] == states[both, k]
+        cum = np.concatenate([[0], np.cumsum(agree)])
+        r = rows[at]
+        left = np.searchsorted(both, r, side="left")
+        right = np.searchsorted(both, r, side="right")
+        up = cum[left] - cum[np.maximum(left - n, 0)]
+        dn = cum[np.minimum(right + n, both.size)] - cum[right]
+        ps = (up + dn) / (2.0 * n)
+        good = ps > threshold
+        idx = np.flatnonzero(at)[good]
+        num[idx] += ps[good] * np.log2(yk[at][good] + 1.01)
+        cnt[idx] += 1
+    return np.where(cnt > 0, num / np.maximum(cnt, 1), np.nan)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 22])
+def test_camelia_local_feature_matches_the_plain_loop(chunk):
+    from cpgformer.benchmark.camelia import local_similarity
+
+    rng = np.random.default_rng(5)
+    for fill, n_cells, n, threshold in [(0.6, 9, 3, 0.5), (0.3, 30, 2, 0.6), (0.9, 4, 1, 0.0)]:
+        # cells agree with a shared pattern 90 % of the time, so similar partners exist
+        truth = rng.random((150, 1)) < 0.5
+        calls = truth ^ (rng.random((150, n_cells)) < 0.1)
+        states = np.where(rng.random((150, n_cells)) < fill, calls, M).astype(np.int8)
+        checked = 0
+        for target in range(n_cells):
+            # the target's own rows (training) and any rows (prediction), unsorted with repeats
+            own = np.flatnonzero(states[:, target] != M)
+            for rows in (own, rng.integers(0, 150, 40)):
+                got = local_similarity(states, target, rows, n, threshold, chunk_entries=chunk)
+                want = _local_similarity_reference(states, target, rows, n, threshold)
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+                checked += int(np.isfinite(want).sum())
+        assert checked > 20  # the feature is defined often enough to test something
+
+
 def test_camelia_end_padding_mirrors_both_ends():
     pos = np.array([0, 100, 200, 300], dtype=np.int64)
     st = np.array([[1], [0], [1], [0]], dtype=np.int8)

@@ -335,6 +335,34 @@ def test_benchmark_rounds_score_every_call_once_from_its_own_masked_input(tmp_pa
                       protocol="exhaustive", test_chromosomes=["3"])  # fmt: skip
 
 
+def test_camelia_fits_only_the_scored_cells_with_the_same_predictions(tmp_path):
+    cells = [f"cell{i}" for i in range(6)]
+    chroms = {"1": synthetic_states(300, 6, 0), "3": synthetic_states(200, 6, 2)}
+    store = write_dense_store(tmp_path / "s", chroms, cells)
+    part_model = CaMelia(TINY_CAMELIA)
+    res = run_benchmark(
+        store, models=[part_model], out_dir=tmp_path / "b", exclude_cells=["cell1", "cell4"],
+        test_chromosomes=["3"], figures=False, bootstrap=0,
+    )  # fmt: skip
+    assert set(part_model.models) | set(part_model.constant) == {0, 2, 3, 5}
+    assert set(res.predictions["cell"]) <= {"cell0", "cell2", "cell3", "cell5"}
+    # the scored cells' classifiers are the ones a fit of every cell makes
+    train, test = ho.ChromData("1", *chroms["1"]), ho.ChromData("3", *chroms["3"])
+    full_model = CaMelia(TINY_CAMELIA)
+    full_model.fit([train], cells)
+    assert len(full_model.models) + len(full_model.constant) == 6
+    part_model.fit([train], cells)  # fit_cells stays as the benchmark set it
+    rows, cols = np.nonzero(test.states != -1)
+    scored = np.isin(cols, [0, 2, 3, 5])
+    assert scored.sum() > 20
+    np.testing.assert_array_equal(
+        part_model.predict(test, rows[scored], cols[scored]),
+        full_model.predict(test, rows[scored], cols[scored]),
+    )
+    with pytest.raises(RuntimeError, match="not fitted"):
+        part_model.predict(test, rows[cols == 1][:1], cols[cols == 1][:1])
+
+
 def test_benchmark_auto_rounds_one_round_for_large_test_sets(tmp_path, monkeypatch):
     import cpgformer.benchmark.run as run_mod
 

@@ -99,31 +99,7 @@ def camelia_features(
     y_all = np.concatenate([y_up[:, ::-1], y_dn], axis=1)
     d_max = np.maximum(d_all.max(axis=1, keepdims=True), 1.0)
     neigh = _log_state(y_all) * (1.0 - d_all / d_max)
-    # local similarity feature
-    num = np.zeros(q)
-    cnt = np.zeros(q)
-    seen_t = states[:, target] != MISSING
-    for k in range(states.shape[1]):
-        if k == target:
-            continue
-        yk = states[rows, k]
-        at = yk != MISSING
-        if not at.any():
-            continue
-        both = np.flatnonzero(seen_t & (states[:, k] != MISSING))
-        agree = states[both, target] == states[both, k]
-        cum = np.concatenate([[0], np.cumsum(agree)])
-        r = rows[at]
-        left = np.searchsorted(both, r, side="left")
-        right = np.searchsorted(both, r, side="right")
-        up_agree = cum[left] - cum[np.maximum(left - n, 0)]
-        dn_agree = cum[np.minimum(right + n, both.size)] - cum[right]
-        ps = (up_agree + dn_agree) / (2.0 * n)
-        good = ps > similarity_threshold
-        idx = np.flatnonzero(at)[good]
-        num[idx] += ps[good] * _log_state(yk[at][good])
-        cnt[idx] += 1
-    local = np.where(cnt > 0, num / np.maximum(cnt, 1), np.nan)
+    local = local_similarity(states, target, rows, n, similarity_threshold)
     features = np.concatenate([local[:, None], neigh], axis=1)
     dna = None
     if with_dna:
@@ -134,6 +110,66 @@ def camelia_features(
         dna = np.full(idx.shape, CODE_N, dtype=np.int64)
         dna[ok] = chrom.sequence[idx[ok]]
     return features, dna
+
+
+LOCAL_CHUNK_ENTRIES = 1 << 22
+"""Entries of the per-cell-chunk matrices of :func:`local_similarity` (bounds its memory)."""
+
+
+def local_similarity(
+    states: np.ndarray,
+    target: int,
+    rows: np.ndarray,
+    n: int,
+    threshold: float,
+    chunk_entries: int = LOCAL_CHUNK_ENTRIES,
+) -> np.ndarray:
+    """CaMelia's local feature of cell ``target`` at ``rows`` (float64 [Q], NaN where no cell
+    qualifies): see :func:`camelia_features`.
+
+    All other cells at once: over the target's observed sites, cumulative counts of the sites
+    observed in both cells and of agreements, and the agreements indexed by rank among the shared
+    sites; a query's ``n`` nearest shared sites on each side are then two rank ranges. Cells are
+    processed in chunks of at most ``chunk_entries`` matrix entries.
+    """
+    states = np.asarray(states)
+    rows = np.asarray(rows, dtype=np.int64)
+    q, n_cells = rows.shape[0], states.shape[1]
+    obs_t = np.flatnonzero(states[:, target] != MISSING)
+    m = obs_t.size
+    left = np.searchsorted(obs_t, rows, side="left")
+    right = np.searchsorted(obs_t, rows, side="right")
+    y_t = states[obs_t, target]
+    num = np.zeros(q)
+    cnt = np.zeros(q, dtype=np.int64)
+    others = np.delete(np.arange(n_cells), target)
+    step = max(1, chunk_entries // max(m + 1, q, 1))
+    for a in range(0, others.size, step):
+        ks = others[a : a + step]
+        at_t = states[np.ix_(obs_t, ks)]  # [m, K] the other cells at the target's sites
+        both = at_t != MISSING
+        agree = both & (at_t == y_t[:, None])
+        cum_both = np.zeros((m + 1, ks.size), dtype=np.int64)
+        np.cumsum(both, axis=0, out=cum_both[1:])
+        cum_agree = np.zeros((m + 1, ks.size), dtype=np.int64)
+        np.cumsum(agree, axis=0, out=cum_agree[1:])
+        # by_rank[j, k]: agreements among cell k's first j shared sites
+        by_rank = np.zeros((m + 1, ks.size), dtype=np.int64)
+        cell, site = np.nonzero(both.T)  # shared sites, by cell then site
+        rank = np.arange(cell.size) - np.searchsorted(cell, cell, side="left")
+        by_rank[rank + 1, cell] = cum_agree[site + 1, cell]
+        total = cum_both[m]  # [K] shared sites per cell
+        before = cum_both[left]  # [Q, K] shared sites strictly before the query
+        after = cum_both[right]  # shared sites up to and including the query row
+        col = np.arange(ks.size)[None, :]
+        up = by_rank[before, col] - by_rank[np.maximum(before - n, 0), col]
+        dn = by_rank[np.minimum(after + n, total[None, :]), col] - by_rank[after, col]
+        ps = (up + dn) / (2.0 * n)
+        yk = states[np.ix_(rows, ks)]
+        good = (yk != MISSING) & (ps > threshold)
+        num += np.where(good, ps * _log_state(np.where(good, yk, 0)), 0.0).sum(axis=1)
+        cnt += good.sum(axis=1)
+    return np.where(cnt > 0, num / np.maximum(cnt, 1), np.nan)
 
 
 class CaMelia(Baseline):
@@ -148,6 +184,9 @@ class CaMelia(Baseline):
         self.models: dict[int, Any] = {}
         self.constant: dict[int, float] = {}
         self.use_dna = False
+        self.fit_cells: np.ndarray | None = None
+        """bool [C]: fit only these cells' classifiers (the benchmark sets the scored cells; the
+        others are never queried). None = every cell."""
 
     def _frame(self, features: np.ndarray, dna: np.ndarray | None) -> Any:
         cols = {"local": features[:, 0]}
@@ -178,10 +217,10 @@ class CaMelia(Baseline):
         super().fit(train, cells)
         cfg = self.config
         self.use_dna = bool(train) and all(ch.sequence is not None for ch in train)
-        rng = np.random.default_rng(cfg.seed)
         self.models.clear()
         self.constant.clear()
-        for t in progress(range(len(cells)), desc="camelia cells", unit="cell"):
+        todo = range(len(cells)) if self.fit_cells is None else np.flatnonzero(self.fit_cells)
+        for t in map(int, progress(todo, desc="camelia cells", unit="cell")):
             rows = [np.flatnonzero(np.asarray(ch.states)[:, t] != MISSING) for ch in train]
             labels = np.concatenate(
                 [np.asarray(ch.states)[r, t] for ch, r in zip(train, rows)]
@@ -193,7 +232,8 @@ class CaMelia(Baseline):
             keep = np.ones(labels.size, dtype=bool)
             if cfg.drop_nan_local:
                 keep &= ~np.isnan(frame["local"].to_numpy())
-            order = rng.permutation(np.flatnonzero(keep))
+            # one generator per cell: a cell's classifier does not depend on which others are fitted
+            order = np.random.default_rng([cfg.seed, t]).permutation(np.flatnonzero(keep))
             if cfg.max_train_rows is not None and order.size > cfg.max_train_rows:
                 order = order[: cfg.max_train_rows]
             y = labels[order]
@@ -225,7 +265,9 @@ class CaMelia(Baseline):
         for t in np.unique(cols):
             sel = np.flatnonzero(cols == t)
             if int(t) not in self.models:
-                out[sel] = self.constant.get(int(t), self.cell_mean[t])
+                if int(t) not in self.constant:
+                    raise RuntimeError(f"camelia: cell {int(t)} was not fitted (fit_cells)")
+                out[sel] = self.constant[int(t)]
                 continue
             frame = self._cell_features([chrom], int(t), [rows[sel]])
             cat = [c for c in frame.columns if c.startswith("dna")]

@@ -392,7 +392,7 @@ def run_benchmark(
     if opts.tss_bed is not None:
         tss = match_tss_chromosomes(read_tss_bed(opts.tss_bed), list(ds.chromosomes), opts.tss_bed)
     timings = {n: {"fit_s": 0.0, "predict_s": 0.0} for n in model_names}
-    _fit_models(objs, _training_data(ds, split, reference), cells, timings)
+    _fit_models(objs, _training_data(ds, split, reference), cells, cell_mask, timings)
     parts = [(chrom, data) for chrom, datas in _test_parts(ds, split, reference) for data in datas]
     rounds = resolve_rounds(opts, [data for _, data in parts], cell_mask)
     frames = [
@@ -489,9 +489,16 @@ def _training_data(ds: Any, split: BenchmarkSplit, reference: Any) -> list[Chrom
 
 
 def _fit_models(
-    objs: Sequence[Any], train: list[ChromData], cells: list[str], timings: dict
+    objs: Sequence[Any],
+    train: list[ChromData],
+    cells: list[str],
+    cell_mask: np.ndarray,
+    timings: dict,
 ) -> None:
+    """Fit every model; a model with per-cell parts (``fit_cells``) fits the scored cells only."""
     for m in objs:
+        if hasattr(m, "fit_cells") and not cell_mask.all():
+            m.fit_cells = cell_mask
         t0 = time.perf_counter()
         log.info("fitting %s on %d training chromosome(s) or block(s)", m.name, len(train))
         m.fit(train, cells)
