@@ -20,6 +20,7 @@ import pandas as pd
 from cpgformer.benchmark.metrics import paired_bootstrap
 
 KEYS = ["chrom", "pos", "cell"]
+NOT_MODELS = (*KEYS, "label", "cpg_density", "tss_distance", "round")
 
 
 def load(specs: list[str]) -> pd.DataFrame:
@@ -27,7 +28,7 @@ def load(specs: list[str]) -> pd.DataFrame:
     for spec in specs:
         path, _, prefix = spec.partition(":")
         frame = pd.read_csv(path, sep="\t", dtype={"chrom": str, "cell": str})
-        models = [c for c in frame.columns if c not in (*KEYS, "label", "cpg_density")]
+        models = [c for c in frame.columns if c not in NOT_MODELS]
         frame = frame.rename(columns={m: prefix + m for m in models})
         if merged is None:
             merged = frame

@@ -12,6 +12,7 @@ from cpgformer.nn.embeddings import (
     SUMMARY_FEATURES,
     input_summaries,
     input_summaries_reference,
+    rest_totals,
 )
 
 
@@ -81,6 +82,68 @@ def test_coverage_features_do_not_depend_on_the_number_of_cells() -> None:
     for k in (1, 3):  # equal up to the token's own leave-out (1 of 63 vs 1 of 2,047 cells)
         assert torch.allclose(a[..., k], b[..., k], atol=0.02), k
     assert (a[..., 1] > 0.2).all() and (a[..., 1] < 0.9).all()
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+@pytest.mark.parametrize("half", [0, 2, 30])
+def test_summaries_of_kept_cells_with_rest_totals_equal_the_whole_grids(continuous, half) -> None:
+    """Training on resampled cells: the kept cells' summaries, given the totals of the cells left
+    out, are exactly the summaries of the whole grid at those cells (and differ without them)."""
+    import numpy as np
+
+    mode = "continuous" if continuous else "binary"
+    grid = _grid(7 + half, shape=(3, 25, 40), observed=0.3, continuous=continuous)
+    whole = input_summaries(grid, half, mode)
+    stored = grid.double().numpy() - 1.0  # model input -> stored values (-1 missing)
+    rng = np.random.default_rng(half)
+    columns = [np.sort(rng.choice(40, size=9, replace=False)) for _ in range(3)]
+    kept = torch.stack([grid[b][:, torch.as_tensor(c)] for b, c in enumerate(columns)])
+    rest = torch.stack(
+        [torch.from_numpy(rest_totals(stored[b], c, mode)) for b, c in enumerate(columns)]
+    )
+    assert rest.shape == (3, 25, 3) and (rest[..., 2] == 31).all()
+    got = input_summaries(kept, half, mode, rest)
+    want = torch.stack([whole[b][:, torch.as_tensor(c)] for b, c in enumerate(columns)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    alone = input_summaries(kept, half, mode)
+    assert not torch.allclose(alone[..., 0], want[..., 0], atol=1e-3)
+    # nothing left out: zero totals change nothing
+    none = torch.from_numpy(rest_totals(stored[0], np.arange(40), mode)).unsqueeze(0)
+    torch.testing.assert_close(input_summaries(grid[:1], half, mode, none), whole[:1])
+
+
+def test_training_batches_of_resampled_cells_carry_the_rest_totals(tmp_path) -> None:
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _training_helpers import make_store
+
+    from cpgformer.data.config import DataConfig
+    from cpgformer.data.datamodule import SegmentDataModule
+    from cpgformer.io.store import open_dataset
+
+    store = make_store(tmp_path / "s", {"chr1": 120, "chr5": 40, "chr10": 40}, 30, seed=2)
+    dm = SegmentDataModule(
+        store, DataConfig(segment_length=32, batch_size=2, resample_cells=8), rank=0, world_size=1
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.states.shape[2] == 8 and batch.rest.shape == (2, 32, 3)
+    ds = open_dataset(store)
+    for b in range(2):
+        start = int(batch.starts[b])
+        full = ds.states("chr1", start, start + 32)
+        want = rest_totals(full, batch.cell_ids[b].numpy())
+        np.testing.assert_array_equal(batch.rest[b].numpy(), want)
+        assert want[:, 1].sum() > 0
+    # all cells in the batch: no totals
+    dm_all = SegmentDataModule(store, DataConfig(segment_length=32, batch_size=2), rank=0,
+                               world_size=1)  # fmt: skip
+    dm_all.setup("fit")
+    assert next(iter(dm_all.train_dataloader())).rest is None
 
 
 def _config(**extra) -> ModelConfig:

@@ -35,6 +35,7 @@ class SegmentItem:
     dna: np.ndarray | None = None  # [L, W] int8 windows
     dna_sequence: np.ndarray | None = None  # [S] int8 (see dna_sequence)
     dna_starts: np.ndarray | None = None  # [L] int64 window starts in dna_sequence
+    rest: np.ndarray | None = None  # [L, 3] float32 totals of the cells left out (rest_totals)
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Batch:
       of sequence they cover (:func:`dna_sequence`, N-padded to the longest of the batch) and each
       window's start in it; the model shares convolutions between overlapping windows. A batch
       carries one of the two forms, or neither when the model uses no DNA.
+    * ``rest`` [B, L, 3] float32 or ``None``: with resampled cells, the per-site totals of the
+      segment's cells not in the batch (:func:`cpgformer.nn.embeddings.rest_totals`), so the input
+      summaries cover every cell.
     * ``chrom_ids``, ``segment_ids``, ``starts`` [B] int64: chromosome index in the store, segment
       index within the chromosome, first row.
     """
@@ -67,6 +71,7 @@ class Batch:
     dna: torch.Tensor | None = None
     dna_sequence: torch.Tensor | None = None
     dna_starts: torch.Tensor | None = None
+    rest: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -130,6 +135,9 @@ def collate(items: Sequence[SegmentItem], data_mode: str = "binary") -> Batch:
         dna=dna,
         dna_sequence=dna_seq,
         dna_starts=dna_starts,
+        rest=None
+        if items[0].rest is None
+        else torch.from_numpy(np.stack([it.rest for it in items])),
     )
 
 

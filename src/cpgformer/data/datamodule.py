@@ -35,6 +35,7 @@ from cpgformer.data.masking import (
 )
 from cpgformer.data.segments import SPLITS, Segment, resolve_split
 from cpgformer.errors import UsageError
+from cpgformer.nn.embeddings import rest_totals
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,10 @@ class SegmentDataset(TorchDataset):
             values = ds.betas(seg.chrom, seg.start, seg.stop)
         columns = self.cell_columns(epoch, batch_number, seg)
         cell_ids = np.arange(ds.n_cells, dtype=np.int64)
+        rest = None
         if columns is not None:
+            # the input summaries of the kept cells still count every cell of the segment
+            rest = rest_totals(values, columns, self.data_mode)
             values = values[:, columns]
             cell_ids = cell_ids[columns]
         rng = segment_rng(self.seed, seg.chrom, seg.index, epoch if self.train else None)
@@ -248,6 +252,7 @@ class SegmentDataset(TorchDataset):
             start=seg.start,
             dna_sequence=dna_seq,
             dna_starts=dna_starts,
+            rest=rest,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,7 +62,33 @@ def _logit(p: Tensor) -> Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-def input_summaries(states: Tensor, half_window: int, data_mode: str = "binary") -> Tensor:
+REST_FEATURES = 3
+"""Width of the ``rest`` input of :func:`input_summaries` (sum, calls, cells)."""
+
+
+def rest_totals(values: Tensor | np.ndarray, columns: np.ndarray, data_mode: str = "binary"):
+    """What :func:`input_summaries` needs of the cells left out of a grid: ``values`` [L, C]
+    stored values of every cell (-1 missing; binary labels or betas), ``columns`` the cells kept.
+    Returns float32 [L, 3]: per site the sum of the other cells' values, their number of calls,
+    and their number of cells."""
+    values = np.asarray(values)
+    rest = np.ones(values.shape[1], dtype=bool)
+    rest[np.asarray(columns, dtype=np.int64)] = False
+    other = values[:, rest].astype(np.float32)
+    observed = other >= 0
+    v = np.where(observed, other, 0.0)
+    if data_mode == "binary":
+        v = np.clip(v, 0.0, 1.0)
+    out = np.empty((values.shape[0], REST_FEATURES), dtype=np.float32)
+    out[:, 0] = v.sum(1)
+    out[:, 1] = observed.sum(1)
+    out[:, 2] = float(rest.sum())
+    return out
+
+
+def input_summaries(
+    states: Tensor, half_window: int, data_mode: str = "binary", rest: Tensor | None = None
+) -> Tensor:
     """Cheap summaries of the model's INPUT grid, per token: ``states [B, L, C]`` -> ``[B, L, C, 7]``.
 
     Each summary of token (site i, cell c) leaves that token's own input out, so it carries nothing
@@ -79,6 +106,11 @@ def input_summaries(states: Tensor, half_window: int, data_mode: str = "binary")
 
     The per-site mean is the ``site-mean`` baseline computed from the cells in the batch; the
     windowed cell mean is a local version of ``cell-mean``.
+
+    ``rest`` [B, L, 3] (:func:`rest_totals`): the cells of the segment that are not in ``states``
+    (a training batch of resampled cells). The across-cell summaries (0-3, and the priors) then
+    count every cell of the segment, exactly as for the whole grid -- so training on 128 cells
+    gives the model the summaries it will see at inference over all of them.
     """
     x = states.to(torch.float32)
     observed = (x > 0).to(torch.float32)
@@ -86,17 +118,26 @@ def input_summaries(states: Tensor, half_window: int, data_mode: str = "binary")
     if data_mode == "binary":
         value = value.clamp(0.0, 1.0)
     a = SUMMARY_PRIOR_WEIGHT
+    # per site, every cell of the segment (the grid's and the rest's)
+    all_sum = value.sum(2, keepdim=True)
+    all_n = observed.sum(2, keepdim=True)
+    n_cells: Tensor | int = x.shape[2]
+    if rest is not None:
+        rest = rest.to(x.device, torch.float32)
+        all_sum = all_sum + rest[..., 0:1]
+        all_n = all_n + rest[..., 1:2]
+        n_cells = x.shape[2] + rest[:, :1, 2:3]  # [B, 1, 1]
     # segment totals (leave-one-out per token) -> the prior of everything else
-    seg_sum = value.sum((1, 2), keepdim=True) - value
-    seg_n = observed.sum((1, 2), keepdim=True) - observed
+    seg_sum = all_sum.sum(1, keepdim=True) - value
+    seg_n = all_n.sum(1, keepdim=True) - observed
     seg_mean = (seg_sum + 0.5 * a) / (seg_n + a)
     # per site, the other cells
-    site_sum = value.sum(2, keepdim=True) - value
-    site_n = observed.sum(2, keepdim=True) - observed
+    site_sum = all_sum - value
+    site_n = all_n - observed
     site_mean = (site_sum + a * seg_mean) / (site_n + a)
     # per site window, every token but this one
-    win_sum = _window_sum(value.sum(2, keepdim=True), half_window, 1) - value
-    win_n = _window_sum(observed.sum(2, keepdim=True), half_window, 1) - observed
+    win_sum = _window_sum(all_sum, half_window, 1) - value
+    win_n = _window_sum(all_n, half_window, 1) - observed
     win_mean = (win_sum + a * seg_mean) / (win_n + a)
     # this cell over the segment and over the window, leaving its own site out
     cell_sum = value.sum(1, keepdim=True) - value
@@ -105,13 +146,13 @@ def input_summaries(states: Tensor, half_window: int, data_mode: str = "binary")
     local_sum = _window_sum(value, half_window, 1) - value
     local_n = _window_sum(observed, half_window, 1) - observed
     local_mean = (local_sum + a * cell_mean) / (local_n + a)
-    n_cells = x.shape[2]
     ones = torch.ones(1, x.shape[1], 1, dtype=x.dtype, device=x.device)
     win_tokens = _window_sum(ones, half_window, 1) * n_cells - 1.0  # every token but this one
+    others = (n_cells - 1).clamp_min(1) if isinstance(n_cells, Tensor) else max(1, n_cells - 1)
     return torch.stack(
         [
             _logit(site_mean),
-            (site_n / max(1, n_cells - 1)).clamp_min(0),
+            (site_n / others).clamp_min(0),
             _logit(win_mean),
             (win_n / win_tokens.clamp_min(1.0)).clamp_min(0).expand_as(win_n),
             _logit(local_mean),

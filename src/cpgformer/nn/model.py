@@ -128,14 +128,16 @@ class CpGTransformer(nn.Module):
         cell_ids: Tensor,
         dna_embedding: Tensor | None,
         impl: str = "fast",
+        rest: Tensor | None = None,
     ) -> Tensor:
-        """Combined token embeddings ``[B, L, C, D]`` (after Linear + ReLU)."""
+        """Combined token embeddings ``[B, L, C, D]`` (after Linear + ReLU); ``rest``: see
+        :meth:`summaries`."""
         batch, length, cells = states.shape
         state = self.state_embed(states)  # [B, L, C, Es]
         cell = self.cell_vectors(cell_ids)  # [B, C, Ec]
         summary = None
         if self.config.input_summaries:
-            summary = self.summary_embed(self.summaries(states).to(self.combine.weight.dtype))
+            summary = self.summary_embed(self.summaries(states, rest).to(self.combine.weight.dtype))
         if impl == "reference":
             parts = [state, cell.unsqueeze(1).expand(batch, length, cells, cell.shape[-1])]
             if dna_embedding is not None:
@@ -153,18 +155,19 @@ class CpGTransformer(nn.Module):
             hidden = hidden + summary
         return torch.relu(hidden)
 
-    def summaries(self, states: Tensor) -> Tensor:
+    def summaries(self, states: Tensor, rest: Tensor | None = None) -> Tensor:
         """Input summaries ``[B, L, C, 7]`` of each token (:func:`input_summaries`; its own input
-        left out), computed from the input grid alone."""
+        left out), computed from the input grid and, in training on resampled cells, the totals
+        ``rest`` ``[B, L, 3]`` of the segment's other cells."""
         with torch.no_grad():
-            return input_summaries(states, self.config.half_window, self.config.data_mode)
+            return input_summaries(states, self.config.half_window, self.config.data_mode, rest)
 
-    def output_offset(self, states: Tensor) -> Tensor | None:
+    def output_offset(self, states: Tensor, rest: Tensor | None = None) -> Tensor | None:
         """What ``summary_offset`` adds to the head's output ``[B, L, C]`` (None when off): the
         per-site mean of the other cells' inputs, as a logit for binary data."""
         if not self.config.summary_offset:
             return None
-        site = self.summaries(states)[..., 0]
+        site = self.summaries(states, rest)[..., 0]
         if self.config.data_mode != "binary":
             site = torch.sigmoid(site)
         return self.offset_scale * site.to(self.offset_scale.dtype)
@@ -179,8 +182,11 @@ class CpGTransformer(nn.Module):
         attention_impl: str | None = None,
         dna_sequence: Tensor | None = None,
         dna_starts: Tensor | None = None,
+        rest: Tensor | None = None,
     ) -> Tensor:
         """See the class docstring; ``attention_impl`` overrides the config's "fast"/"reference".
+        ``rest`` ``[B, L, 3]``: the input summaries' totals of the segment's cells that are not in
+        ``states`` (training on resampled cells; :func:`cpgformer.nn.embeddings.rest_totals`).
 
         The DNA input is one of: ``dna`` ``[B, L, dna_window]`` windows; ``dna_sequence`` ``[B, S]``
         with ``dna_starts`` ``[B, L]`` (each site's window start in its segment's sequence: the
@@ -206,10 +212,10 @@ class CpGTransformer(nn.Module):
                     )
         else:
             dna_embedding = None  # a model without DNA branch ignores DNA inputs
-        x = self.embed_tokens(states, cell_ids, dna_embedding, impl)
+        x = self.embed_tokens(states, cell_ids, dna_embedding, impl, rest)
         x = self.transform(x, positions, impl)
         out = self.head(x).squeeze(-1)
-        offset = self.output_offset(states)
+        offset = self.output_offset(states, rest)
         return out if offset is None else out + offset.to(out.dtype)
 
     def transform(self, x: Tensor, positions: Tensor, attention_impl: str | None = None) -> Tensor:

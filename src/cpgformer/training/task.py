@@ -179,6 +179,7 @@ class CpGTask(pl.LightningModule):
             dna=batch.dna,
             dna_sequence=batch.dna_sequence,
             dna_starts=batch.dna_starts,
+            rest=batch.rest,
         )
 
     def _loss(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
