@@ -5,7 +5,8 @@ Files written into the output directory:
 ``metrics.tsv``          one row per model: ``model n auroc auprc accuracy f1 mcc brier ece``
 ``per_cell.tsv``         ``model cell n auroc ...`` (every scored cell)
 ``per_context.tsv``      ``model context bin n auroc ...`` (CpG density; TSS distance with a BED)
-``predictions.tsv.gz``   every scored entry: chrom, pos (0-based + C), cell, label, context values,
+``predictions.tsv.gz``   every scored entry: chrom, pos (0-based + C), cell, label, its hiding round
+                         (with several rounds), context values,
                          one probability column per model
 ``paired_bootstrap.tsv`` cpgformer minus each other model, AUROC and AUPRC: difference and paired
                          bootstrap 95 % interval over all scored entries and per cell (``scope``
