@@ -40,7 +40,7 @@ def load(specs: list[str]) -> pd.DataFrame:
 
 
 def table(frame: pd.DataFrame, reference: str, n_boot: int, seed: int) -> list[str]:
-    models = [c for c in frame.columns if c not in (*KEYS, "label", "cpg_density", "group")]
+    models = [c for c in frame.columns if c not in (*NOT_MODELS, "group")]
     others = {m: frame[m].to_numpy() for m in models if m != reference}
     boot = paired_bootstrap(
         frame["label"].to_numpy(), frame[reference].to_numpy(), others, n_boot=n_boot, seed=seed
