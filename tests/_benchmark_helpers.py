@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -86,3 +88,13 @@ def tiny_model(n_cells: int, seed: int = 0, dna_window: int = 0) -> CpGTransform
         attention_dropout=0.0,
     )
     return CpGTransformer(cfg).eval()
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """The script ``benchmarks/NAME.py`` loaded as a module (the folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

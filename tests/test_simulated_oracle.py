@@ -3,24 +3,18 @@ of each call's cell type (and with the cell's offset), whatever order the calls 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _benchmark_helpers import benchmark_script
 
 from cpgformer.data.simulate import load_truth, simulate, write_simulation
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "simulated_oracle.py"
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("simulated_oracle", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("simulated_oracle")
 
 
 def test_oracle_columns_are_the_true_type_probabilities(tmp_path: Path) -> None:

@@ -1,22 +1,15 @@
-"""``benchmarks/paired_auroc.py``: joins benchmark predictions and compares models on shared calls."""
+"""Benchmark scripts: ``paired_auroc.py`` joins predictions and compares models on shared calls;
+``logistic_factorisation.py`` is a benchmark model."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_auroc.py"
+from _benchmark_helpers import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("paired_auroc", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("paired_auroc")
 
 
 def test_joins_two_runs_and_never_scores_the_bookkeeping_columns(tmp_path, capsys):
@@ -42,3 +35,22 @@ def test_joins_two_runs_and_never_scores_the_bookkeeping_columns(tmp_path, capsy
     b_row = next(line for line in out.splitlines() if line.startswith("| b_cpgformer"))
     low = float(b_row.split("[")[1].split(",")[0])
     assert low > 0.2  # the informative model beats noise on the same (joined) calls
+
+
+def test_logistic_factorisation_reads_cell_groups_the_site_mean_cannot(tmp_path):
+    from _benchmark_helpers import synthetic_states, write_dense_store
+
+    from cpgformer.benchmark.run import run_benchmark
+
+    lf = benchmark_script("logistic_factorisation")
+    cells = [f"cell{i}" for i in range(12)]
+    chroms = {"1": synthetic_states(400, 12, 0, fill=0.5), "3": synthetic_states(300, 12, 2)}
+    store = write_dense_store(tmp_path / "s", chroms, cells)
+    models = [lf.LogisticFactorisation(rank=2, l2=1.0), "site-mean"]
+    res = run_benchmark(store, models=models, out_dir=tmp_path / "b", test_chromosomes=["3"],
+                        figures=False, bootstrap=0)  # fmt: skip
+    p = res.predictions["factorisation-r2"]
+    assert ((p > 0) & (p < 1)).all()
+    auroc = res.metrics.set_index("model")["auroc"]
+    # three cell groups with their own levels per 2-kb region: the rank-2 terms find them
+    assert auroc["factorisation-r2"] > auroc["site-mean"] + 0.05
