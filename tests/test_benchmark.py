@@ -271,10 +271,15 @@ def test_poisoned_hidden_calls_change_no_prediction(tmp_path):
 
 def test_holdout_rounds_partition_the_observed_calls():
     chrom = chrom_data("t", 3000, 8, seed=4)
-    one = ho.holdout_entries(chrom, 0.3, np.random.default_rng(0), run_gap=150)
     rounds = ho.holdout_rounds(chrom, 0.3, np.random.default_rng(0), 4, run_gap=150)
     assert ho.max_rounds(0.3) == 4 and ho.max_rounds(0.2) == 5 and ho.max_rounds(1.0) == 1
-    # round 0 is the one-round hold-out
+    # round 0 is the one-round hold-out: each run hidden when its uniform draw is below 0.3
+    obs_rows, obs_cols = ho._observed_entries(chrom.states, None)
+    runs = ho.read_runs(obs_rows, obs_cols, chrom.positions, 150)
+    chosen = (np.random.default_rng(0).random(int(runs[-1]) + 1) < 0.3)[runs]
+    want = set(zip(obs_rows[chosen].tolist(), obs_cols[chosen].tolist()))
+    assert set(zip(rounds[0].rows.tolist(), rounds[0].cols.tolist())) == want
+    one = ho.holdout_entries(chrom, 0.3, np.random.default_rng(0), run_gap=150)
     assert np.array_equal(rounds[0].rows, one.rows) and np.array_equal(rounds[0].cols, one.cols)
     # every observed call in exactly one round, whole read-sized runs per round
     keys = np.concatenate([r.rows * 8 + r.cols for r in rounds])
@@ -283,8 +288,7 @@ def test_holdout_rounds_partition_the_observed_calls():
     for r in rounds:
         assert 0.2 * keys.size < len(r) < 0.4 * keys.size or r is rounds[-1]
     run_id = {}
-    obs_rows, obs_cols = ho._observed_entries(chrom.states, None)
-    for k, run in enumerate(ho.read_runs(obs_rows, obs_cols, chrom.positions, 150)):
+    for k, run in enumerate(runs):
         run_id[(int(obs_rows[k]), int(obs_cols[k]))] = int(run)
     owner = {}
     for i, r in enumerate(rounds):

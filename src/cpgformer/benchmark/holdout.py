@@ -137,14 +137,7 @@ def holdout_entries(
     The expected hidden fraction of observed entries is ``fraction``; the choice depends only on the
     observed pattern, the positions and ``rng``.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"hide fraction must be in (0, 1], got {fraction}")
-    rows, cols = _observed_entries(chrom.states, cell_mask)
-    run = read_runs(rows, cols, chrom.positions, run_gap)
-    n_runs = int(run[-1]) + 1 if run.size else 0
-    chosen = rng.random(n_runs) < fraction
-    keep = chosen[run] if run.size else np.zeros(0, dtype=bool)
-    return _sorted_entries(chrom.name, rows[keep], cols[keep], chrom.states)
+    return holdout_rounds(chrom, fraction, rng, 1, run_gap, cell_mask)[0]
 
 
 def holdout_rounds(

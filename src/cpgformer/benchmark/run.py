@@ -497,8 +497,8 @@ def _fit_models(
 ) -> None:
     """Fit every model; a model with per-cell parts (``fit_cells``) fits the scored cells only."""
     for m in objs:
-        if hasattr(m, "fit_cells") and not cell_mask.all():
-            m.fit_cells = cell_mask
+        if hasattr(m, "fit_cells"):
+            m.fit_cells = None if cell_mask.all() else cell_mask
         t0 = time.perf_counter()
         log.info("fitting %s on %d training chromosome(s) or block(s)", m.name, len(train))
         m.fit(train, cells)
