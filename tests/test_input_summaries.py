@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from cpgformer.data.batch import rest_totals
 from cpgformer.nn import CpGTransformer, ModelConfig
 from cpgformer.nn.embeddings import (
     SUMMARY_FEATURES,
     input_summaries,
     input_summaries_reference,
-    rest_totals,
 )
 
 

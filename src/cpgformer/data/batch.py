@@ -18,6 +18,31 @@ from cpgformer.codes import CODE_N, to_model_input
 _FETCH_GAP = 1 << 14
 
 
+REST_FEATURES = 3
+"""Width of :func:`rest_totals` (sum, calls, cells): the ``rest`` input of
+:func:`cpgformer.nn.embeddings.input_summaries`."""
+
+
+def rest_totals(values: np.ndarray, columns: np.ndarray, data_mode: str = "binary") -> np.ndarray:
+    """What :func:`cpgformer.nn.embeddings.input_summaries` needs of the cells left out of a grid
+    (training on resampled cells): ``values`` [L, C] stored values of every cell (-1 missing;
+    binary labels or betas), ``columns`` the cells kept. Returns float32 [L, 3]: per site the sum
+    of the other cells' values, their number of calls, and their number of cells."""
+    values = np.asarray(values)
+    rest = np.ones(values.shape[1], dtype=bool)
+    rest[np.asarray(columns, dtype=np.int64)] = False
+    other = values[:, rest].astype(np.float32)
+    observed = other >= 0
+    v = np.where(observed, other, 0.0)
+    if data_mode == "binary":
+        v = np.clip(v, 0.0, 1.0)
+    out = np.empty((values.shape[0], REST_FEATURES), dtype=np.float32)
+    out[:, 0] = v.sum(1)
+    out[:, 1] = observed.sum(1)
+    out[:, 2] = float(rest.sum())
+    return out
+
+
 @dataclass
 class SegmentItem:
     """One perturbed segment as numpy arrays (what a dataset item is before collation)."""
@@ -54,7 +79,7 @@ class Batch:
       window's start in it; the model shares convolutions between overlapping windows. A batch
       carries one of the two forms, or neither when the model uses no DNA.
     * ``rest`` [B, L, 3] float32 or ``None``: with resampled cells, the per-site totals of the
-      segment's cells not in the batch (:func:`cpgformer.nn.embeddings.rest_totals`), so the input
+      segment's cells not in the batch (:func:`rest_totals`), so the input
       summaries cover every cell.
     * ``chrom_ids``, ``segment_ids``, ``starts`` [B] int64: chromosome index in the store, segment
       index within the chromosome, first row.

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from cpgformer.data.batch import Batch, SegmentItem, collate, dna_sequence
+from cpgformer.data.batch import Batch, SegmentItem, collate, dna_sequence, rest_totals
 from cpgformer.data.config import DataConfig
 from cpgformer.data.masking import (
     EmpiricalSampler,
@@ -35,7 +35,6 @@ from cpgformer.data.masking import (
 )
 from cpgformer.data.segments import SPLITS, Segment, resolve_split
 from cpgformer.errors import UsageError
-from cpgformer.nn.embeddings import rest_totals
 
 log = logging.getLogger(__name__)
 

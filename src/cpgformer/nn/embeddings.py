@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -62,30 +61,6 @@ def _logit(p: Tensor) -> Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-REST_FEATURES = 3
-"""Width of the ``rest`` input of :func:`input_summaries` (sum, calls, cells)."""
-
-
-def rest_totals(values: Tensor | np.ndarray, columns: np.ndarray, data_mode: str = "binary"):
-    """What :func:`input_summaries` needs of the cells left out of a grid: ``values`` [L, C]
-    stored values of every cell (-1 missing; binary labels or betas), ``columns`` the cells kept.
-    Returns float32 [L, 3]: per site the sum of the other cells' values, their number of calls,
-    and their number of cells."""
-    values = np.asarray(values)
-    rest = np.ones(values.shape[1], dtype=bool)
-    rest[np.asarray(columns, dtype=np.int64)] = False
-    other = values[:, rest].astype(np.float32)
-    observed = other >= 0
-    v = np.where(observed, other, 0.0)
-    if data_mode == "binary":
-        v = np.clip(v, 0.0, 1.0)
-    out = np.empty((values.shape[0], REST_FEATURES), dtype=np.float32)
-    out[:, 0] = v.sum(1)
-    out[:, 1] = observed.sum(1)
-    out[:, 2] = float(rest.sum())
-    return out
-
-
 def input_summaries(
     states: Tensor, half_window: int, data_mode: str = "binary", rest: Tensor | None = None
 ) -> Tensor:
@@ -107,10 +82,10 @@ def input_summaries(
     The per-site mean is the ``site-mean`` baseline computed from the cells in the batch; the
     windowed cell mean is a local version of ``cell-mean``.
 
-    ``rest`` [B, L, 3] (:func:`rest_totals`): the cells of the segment that are not in ``states``
-    (a training batch of resampled cells). The across-cell summaries (0-3, and the priors) then
-    count every cell of the segment, exactly as for the whole grid -- so training on 128 cells
-    gives the model the summaries it will see at inference over all of them.
+    ``rest`` [B, L, 3] (:func:`cpgformer.data.batch.rest_totals`): the cells of the segment that
+    are not in ``states`` (a training batch of resampled cells). The across-cell summaries (0-3,
+    and the priors) then count every cell of the segment, exactly as for the whole grid -- so
+    training on 128 cells gives the model the summaries it will see at inference over all of them.
     """
     x = states.to(torch.float32)
     observed = (x > 0).to(torch.float32)

@@ -186,7 +186,7 @@ class CpGTransformer(nn.Module):
     ) -> Tensor:
         """See the class docstring; ``attention_impl`` overrides the config's "fast"/"reference".
         ``rest`` ``[B, L, 3]``: the input summaries' totals of the segment's cells that are not in
-        ``states`` (training on resampled cells; :func:`cpgformer.nn.embeddings.rest_totals`).
+        ``states`` (training on resampled cells; :func:`cpgformer.data.batch.rest_totals`).
 
         The DNA input is one of: ``dna`` ``[B, L, dna_window]`` windows; ``dna_sequence`` ``[B, S]``
         with ``dna_starts`` ``[B, L]`` (each site's window start in its segment's sequence: the
