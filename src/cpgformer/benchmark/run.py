@@ -393,11 +393,11 @@ def run_benchmark(
         tss = match_tss_chromosomes(read_tss_bed(opts.tss_bed), list(ds.chromosomes), opts.tss_bed)
     timings = {n: {"fit_s": 0.0, "predict_s": 0.0} for n in model_names}
     _fit_models(objs, _training_data(ds, split, reference), cells, cell_mask, timings)
-    parts = [(chrom, data) for chrom, datas in _test_parts(ds, split, reference) for data in datas]
-    rounds = resolve_rounds(opts, [data for _, data in parts], cell_mask)
+    rounds = resolve_rounds(opts, _observed_test_calls(ds, split, cell_mask))
     frames = [
         _score_part(chrom, data, objs, opts, rounds, cells, cell_mask, tss, timings)
-        for chrom, data in parts
+        for chrom, parts in _test_parts(ds, split, reference)
+        for data in parts
     ]
     predictions = pd.concat(frames, ignore_index=True)
     if predictions.shape[0] == 0:
@@ -505,18 +505,31 @@ def _fit_models(
         timings[m.name]["fit_s"] = time.perf_counter() - t0
 
 
-def resolve_rounds(
-    opts: BenchmarkOptions, parts: Sequence[ChromData], cell_mask: np.ndarray
-) -> int:
+def _observed_test_calls(ds: Any, split: BenchmarkSplit, cell_mask: np.ndarray) -> int:
+    """Observed calls of the scored cells on the test chromosomes or blocks, counted in the
+    store's sparse arrays (nothing densified)."""
+    if split.regions is None:
+        spans = [(c, 0, ds.n_sites(c)) for c in split.test_chromosomes]
+    else:
+        spans = [(b.chrom, b.start, b.stop) for b in split.regions["test"]]
+    total = 0
+    for chrom, start, stop in spans:
+        indptr, cell, _, _, label = ds.csr(chrom)
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        seen = np.asarray(label[lo:hi]) != MISSING
+        total += int((seen & cell_mask[np.asarray(cell[lo:hi], dtype=np.int64)]).sum())
+    return total
+
+
+def resolve_rounds(opts: BenchmarkOptions, observed: int) -> int:
     """The hiding rounds of a run: ``opts.rounds``, or for 0 (auto) all ``1 / hide fraction`` of
-    them when one round would hide fewer than :data:`AUTO_ROUNDS_BELOW` calls (expected), else 1.
-    Always 1 for the exhaustive protocol."""
+    them when one round would hide fewer than :data:`AUTO_ROUNDS_BELOW` of the ``observed`` test
+    calls (expected), else 1. Always 1 for the exhaustive protocol."""
     assert opts.hide_fraction is not None
     if opts.protocol != "holdout":
         return 1
     if opts.rounds:
         return opts.rounds
-    observed = sum(int((np.asarray(d.states)[:, cell_mask] != MISSING).sum()) for d in parts)
     if observed * opts.hide_fraction >= AUTO_ROUNDS_BELOW:
         return 1
     rounds = ho.max_rounds(opts.hide_fraction)

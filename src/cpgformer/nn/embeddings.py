@@ -96,12 +96,12 @@ def input_summaries(
     # per site, every cell of the segment (the grid's and the rest's)
     all_sum = value.sum(2, keepdim=True)
     all_n = observed.sum(2, keepdim=True)
-    n_cells: Tensor | int = x.shape[2]
+    n_cells = torch.full((x.shape[0], 1, 1), float(x.shape[2]), device=x.device)
     if rest is not None:
         rest = rest.to(x.device, torch.float32)
         all_sum = all_sum + rest[..., 0:1]
         all_n = all_n + rest[..., 1:2]
-        n_cells = x.shape[2] + rest[:, :1, 2:3]  # [B, 1, 1]
+        n_cells = n_cells + rest[:, :1, 2:3]
     # segment totals (leave-one-out per token) -> the prior of everything else
     seg_sum = all_sum.sum(1, keepdim=True) - value
     seg_n = all_n.sum(1, keepdim=True) - observed
@@ -123,7 +123,7 @@ def input_summaries(
     local_mean = (local_sum + a * cell_mean) / (local_n + a)
     ones = torch.ones(1, x.shape[1], 1, dtype=x.dtype, device=x.device)
     win_tokens = _window_sum(ones, half_window, 1) * n_cells - 1.0  # every token but this one
-    others = (n_cells - 1).clamp_min(1) if isinstance(n_cells, Tensor) else max(1, n_cells - 1)
+    others = (n_cells - 1).clamp_min(1)
     return torch.stack(
         [
             _logit(site_mean),

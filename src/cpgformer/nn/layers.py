@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from cpgformer.nn.attention import Attention
 from cpgformer.nn.config import ModelConfig
 from cpgformer.nn.induced import InducedCellAttention
-from cpgformer.nn.linear import linear
+from cpgformer.nn.linear import module_linear
 from cpgformer.nn.posenc import RelativePositions
 
 
@@ -60,15 +60,14 @@ class TransformerLayer(nn.Module):
         """``self.ff`` on the tokens as one 2-D matrix, the ReLU in place: the first Linear's output
         is then no view (an in-place op on a view costs autograd full-size copies) and its backward
         needs only its input, so the ReLU may overwrite it — saving a pass and a 4·D-wide tensor.
-        The fast path runs the Linear layers through :func:`cpgformer.nn.linear.linear` (bias and
-        ReLU fused where it can) unless hooks watch them."""
+        The fast path runs the Linear layers through :func:`cpgformer.nn.linear.module_linear` (bias
+        and ReLU fused where it can, the modules themselves where hooks watch them)."""
         first, activation, second = self.ff
         flat = x.reshape(-1, x.shape[-1])
         relu = isinstance(activation, nn.ReLU)
-        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (first, second))
-        if impl == "fast" and relu and not hooked:
-            hidden = linear(flat, first.weight, first.bias, relu=True)
-            return linear(hidden, second.weight, second.bias).view(x.shape)
+        if impl == "fast" and relu:
+            hidden = module_linear(first, flat, relu=True)
+            return module_linear(second, hidden).view(x.shape)
         hidden = first(flat)
         hidden = torch.relu_(hidden) if relu else activation(hidden)
         return second(hidden).view(x.shape)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _has_onednn() -> bool:
@@ -53,6 +53,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
             ONEDNN = False
     out = F.linear(x, weight, bias)
     return torch.relu_(out) if relu else out
+
+
+def module_linear(module: nn.Linear, x: Tensor, relu: bool = False) -> Tensor:
+    """``module(x)`` (then ReLU in place when ``relu``): through :func:`linear` unless forward
+    hooks watch ``module`` (explain and other tools then see its output as usual)."""
+    if module._forward_hooks or module._forward_pre_hooks:
+        out = module(x)
+        return torch.relu_(out) if relu else out
+    return linear(x, module.weight, module.bias, relu)
 
 
 if ONEDNN:  # FLOP counts (torch.utils.flop_counter) see the fused operator as the Linear it is

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from cpgformer import pretrained
 from cpgformer.data.config import DataConfig
 from cpgformer.errors import InputError, UsageError
 from cpgformer.nn import ModelConfig
@@ -121,8 +122,6 @@ def resolve_init_from(
     DNA network (which the pretrained model does not have), ``--schedule published`` the published
     model, and given model parameters their architecture.
     """
-    from cpgformer import pretrained
-
     if value not in (None, AUTO_INIT):
         return (None, "") if value == NO_INIT else (value, "")
     if resume:

@@ -15,7 +15,7 @@ from cpgformer.nn.attention.reference import (
     site_attention_reference,
     site_cell_attention_reference,
 )
-from cpgformer.nn.linear import linear
+from cpgformer.nn.linear import linear, module_linear
 from cpgformer.nn.posenc import RelativePositions
 
 KINDS = ("sites", "cells", "sites_cells")
@@ -97,4 +97,4 @@ class Attention(nn.Module):
                 args = (self.content_bias, self.position_bias, half_window)
                 z = fn(q, k, v, rel_proj, *args, self.dropout, self.training)
         z = z.reshape(batch, length, cells, self.heads * self.head_dim)
-        return linear(z, self.out.weight, self.out.bias) if fast else self.out(z)
+        return module_linear(self.out, z) if fast else self.out(z)
