@@ -143,8 +143,8 @@ def export(best: Path, out: Path) -> Path:
     from cpgformer.model import Model
 
     model = Model.load(best)
-    keep = ("segment_length", "mask_rule", "mask_fraction", "random_fraction", "resample_cells",
-            "data_mode", "dna_window")  # fmt: skip
+    keep = ("segment_length", "mask_rule", "mask_fraction", "random_fraction", "mask_unit",
+            "mask_run_gap", "resample_cells", "data_mode", "dna_window")  # fmt: skip
     data = {k: v for k, v in (model.data or {}).items() if k in keep}
     out.mkdir(parents=True, exist_ok=True)
     target = out / "cpgformer-pretrained.pt"

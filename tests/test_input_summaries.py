@@ -222,6 +222,9 @@ def test_new_run_defaults_and_the_published_path() -> None:
     model, data, _, given = _build([], 27)
     assert model.input_summaries and model.summary_offset and model.mode == "axial"
     assert data.segment_length == 256 and data.resample_cells is None and given == {}
+    assert data.mask_unit == "run" and data.masking.unit == "run"
+    _, data, _, _ = _build(["--mask-unit", "call", "--mask-run-gap", "90"], 27)
+    assert (data.masking.unit, data.masking.run_gap) == ("call", 90)
     model, data, _, _ = _build([], 740)
     assert (model.mode, model.cell_encoder, data.resample_cells) == ("induced", "profile", 128)
     # flags override; the published schedule keeps the published model and data defaults
@@ -232,6 +235,7 @@ def test_new_run_defaults_and_the_published_path() -> None:
     assert (model.mode, model.cell_encoder, data.resample_cells) == ("axial", "profile", 9)
     model, data, _, _ = _build(["--schedule", "published"], 740)
     assert model == ModelConfig(n_cells=740, dna_window=0) and data == DataConfig()
+    assert data.mask_unit == "call"  # the published objective
 
 
 def test_explain_target_logit_includes_the_offset() -> None:

@@ -13,6 +13,7 @@ from cpgformer.data.masking import (
     MaskingConfig,
     perturb,
     perturbation_count,
+    read_runs,
     segment_rng,
 )
 from cpgformer.errors import UsageError
@@ -64,6 +65,95 @@ def test_perturb_observed_rule_and_continuous() -> None:
     n_unknown = int(np.floor(0.75 * n))
     assert (out[mask] == -1).sum() == n_unknown
     assert np.all(out[mask][out[mask] != -1] == 0.25)
+
+
+def _plain_runs(values: np.ndarray, positions: np.ndarray, gap: int) -> list[list[tuple]]:
+    """Read-sized runs by a plain loop: per cell, consecutive observed sites at most ``gap`` apart."""
+    runs: list[list[tuple]] = []
+    for c in range(values.shape[1]):
+        last = None
+        for r in range(values.shape[0]):
+            if values[r, c] == -1:
+                continue
+            if last is None or positions[r] - positions[last] > gap:
+                runs.append([])
+            runs[-1].append((r, c))
+            last = r
+    return runs
+
+
+def _sparse_reads(seed: int, n_sites: int = 300, n_cells: int = 12) -> tuple:
+    """Calls in read-like clumps: a few reads per cell, each covering the sites of ~120 bp."""
+    rng = np.random.default_rng(seed)
+    positions = np.cumsum(rng.integers(5, 60, n_sites)).astype(np.int64)
+    values = np.full((n_sites, n_cells), -1, dtype=np.int8)
+    for c in range(n_cells):
+        for start in rng.choice(positions[-1], size=8, replace=False):
+            rows = np.flatnonzero((positions >= start) & (positions < start + 120))
+            values[rows, c] = rng.integers(0, 2, rows.size)
+    return values, positions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("rule", ["observed", "original"])
+def test_run_unit_perturbs_whole_runs(seed: int, rule: str) -> None:
+    values, positions = _sparse_reads(seed)
+    sampler = EmpiricalSampler(np.array([0.0, 1.0], dtype=np.float32))
+    config = MaskingConfig(rule, 0.25, 0.2, unit="run", run_gap=150)
+    out, mask = perturb(values, config, sampler, segment_rng(seed, "1", 0, 0), positions)
+    runs = _plain_runs(values, positions, 150)
+    assert sum(len(r) > 1 for r in runs) > 10, "the data has multi-call runs"
+    n = perturbation_count(values.shape[0], int((values != -1).sum()), config)
+    # every run is perturbed whole or not at all
+    taken = [r for r in runs if mask[tuple(np.array(r).T)].all()]
+    for run in runs:
+        hit = mask[tuple(np.array(run).T)]
+        assert hit.all() or not hit.any()
+    # whole runs until the count is reached: without the largest of them it would not be
+    total = sum(len(r) for r in taken)
+    assert total == mask.sum() >= n
+    assert total - max(len(r) for r in taken) < n
+    # hidden share as for single calls; the rest re-drawn; nothing else touched
+    assert (out[mask] == -1).sum() == int(np.floor(total * 0.8 + 1e-9))
+    assert np.array_equal(out[~mask], values[~mask]) and np.all(values[mask] >= 0)
+    # a hidden call never keeps an unperturbed call of its cell within the run gap
+    for r, c in zip(*np.nonzero((out == -1) & mask), strict=True):
+        near = np.abs(positions - positions[r]) <= 150
+        assert not np.any((values[near, c] != -1) & ~mask[near, c])
+    # reproducible from the generator
+    again = perturb(values, config, sampler, segment_rng(seed, "1", 0, 0), positions)
+    assert np.array_equal(again[0], out) and np.array_equal(again[1], mask)
+
+
+def test_read_runs_match_the_plain_loop() -> None:
+    values, positions = _sparse_reads(5)
+    cols, rows = np.nonzero(values.T != -1)
+    run = read_runs(rows, cols, positions, 150)
+    plain = _plain_runs(values, positions, 150)
+    assert int(run[-1]) + 1 == len(plain)
+    got = [list(zip(rows[run == k].tolist(), cols[run == k].tolist())) for k in range(len(plain))]
+    assert got == plain
+
+
+def test_run_unit_checks() -> None:
+    values, positions = _sparse_reads(3)
+    sampler = EmpiricalSampler(np.array([1.0], dtype=np.float32))
+    config = MaskingConfig(unit="run")
+    with pytest.raises(ValueError, match="positions"):
+        perturb(values, config, sampler, np.random.default_rng(0))
+    with pytest.raises(UsageError, match="mask unit"):
+        MaskingConfig(unit="read")
+    with pytest.raises(UsageError, match="run gap"):
+        MaskingConfig(unit="run", run_gap=-1)
+    # gap 0 at distinct positions: every call is its own run, the count is met exactly
+    out, mask = perturb(
+        values, MaskingConfig(unit="run", run_gap=0), sampler, np.random.default_rng(0), positions
+    )
+    assert mask.sum() == perturbation_count(values.shape[0], int((values != -1).sum()), config)
+    # nothing observed: nothing perturbed
+    empty = np.full((10, 3), -1, dtype=np.int8)
+    out, mask = perturb(empty, config, sampler, np.random.default_rng(0), np.arange(10))
+    assert not mask.any() and np.array_equal(out, empty)
 
 
 def test_segment_rng_keys() -> None:
@@ -145,3 +235,26 @@ def test_validation_masks_identical_across_epochs_and_runs(tmp_path: Path) -> No
         check=True,
     ).stdout.strip()
     assert other == here
+
+
+def test_training_items_with_the_run_unit(tmp_path: Path) -> None:
+    from cpgformer.data.datamodule import DataConfig, SegmentDataModule
+
+    store = make_store(tmp_path / "s", {"1": 200, "2": 90}, 5, fill=0.7)
+    ds = open_dataset(store)
+    cfg = DataConfig(
+        segment_length=64, val_chromosomes=("chr2",), test_chromosomes=(), mask_unit="run"
+    )
+    train = SegmentDataModule(store, cfg, rank=0, world_size=1).dataset("train")
+    n_multi = 0
+    for i in range(len(train)):
+        item = train[(i, 0, i)]
+        seg = train.segments[i]
+        values = ds.states(seg.chrom, seg.start, seg.stop)
+        runs = _plain_runs(values, item.positions, cfg.mask_run_gap)
+        n_multi += sum(len(r) > 1 for r in runs)
+        for run in runs:
+            hit = item.loss_mask[tuple(np.array(run).T)]
+            assert hit.all() or not hit.any()
+        assert item.loss_mask.any()
+    assert n_multi > 0, "the store has runs of several calls"

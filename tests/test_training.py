@@ -372,7 +372,7 @@ def test_train_flags_config_file_and_precedence(tmp_path: Path) -> None:
     assert (training.lr, training.devices, training.strategy) == (0.01, "2", "ddp")
     model, data, training, _ = cmd.build_configs(parser.parse_args(["S", "-o", "R"]), 4, True)
     assert model.dna_window == 1001 and training == TrainConfig()
-    assert data == DataConfig(segment_length=256)  # a new run's default (new_run_defaults)
+    assert data == DataConfig(segment_length=256, mask_unit="run")  # new_run_defaults
     with pytest.raises(UsageError):
         cmd.build_configs(parser.parse_args(["S", "-o", "R", "--mode", "bogus"]), 4, False)
 

@@ -30,11 +30,9 @@ from typing import Protocol
 import numpy as np
 
 from cpgformer.codes import MISSING
+from cpgformer.data.masking import DEFAULT_RUN_GAP, read_runs
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RUN_GAP = 150
-"""bp: observed sites of one cell closer than this are hidden together (about one read)."""
 
 
 @dataclass
@@ -99,23 +97,6 @@ def _observed_entries(
         keep = cell_mask[cols]
         cols, rows = cols[keep], rows[keep]
     return rows.astype(np.int64), cols.astype(np.int64)
-
-
-def read_runs(
-    rows: np.ndarray, cols: np.ndarray, positions: np.ndarray, run_gap: int = DEFAULT_RUN_GAP
-) -> np.ndarray:
-    """Run id of each observed entry (entries sorted by (col, row)).
-
-    A new run starts at each cell's first entry and wherever the distance to the previous observed
-    site of the same cell exceeds ``run_gap`` bp.
-    """
-    n = rows.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    pos = positions[rows]
-    new = np.ones(n, dtype=bool)
-    new[1:] = (cols[1:] != cols[:-1]) | (pos[1:] - pos[:-1] > run_gap)
-    return np.cumsum(new) - 1
 
 
 def _sorted_entries(chrom: str, rows: np.ndarray, cols: np.ndarray, states: np.ndarray):

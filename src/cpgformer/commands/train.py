@@ -77,6 +77,10 @@ HELPS: dict[str, str] = {
     "mask_rule": "perturbed-entry count: original = min(floor(L*fraction), #observed); "
     "observed = fraction of observed entries",
     "mask_fraction": "fraction used by the mask rule",
+    "mask_unit": "what is perturbed together: call (single entries, the published objective) or "
+    "run (whole read-sized runs of one cell's calls, as the benchmark hides them and as gaps are "
+    "at imputation) (default: run for new runs, call with --schedule published)",
+    "mask_run_gap": "bp: a cell's observed sites closer than this form one run (--mask-unit run)",
     "random_fraction": "share of perturbed entries given a random label instead of unknown",
     "resample_cells": "train each batch on this many random cells (memory, time); validation "
     "segments use a fixed random subset of the same size (default: 128 for new runs on 256 cells "

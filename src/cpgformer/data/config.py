@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cpgformer.data.masking import DEFAULT_MASK_RULE, MaskingConfig
+from cpgformer.data.masking import (
+    DEFAULT_MASK_RULE,
+    DEFAULT_MASK_UNIT,
+    DEFAULT_RUN_GAP,
+    MaskingConfig,
+)
 from cpgformer.errors import UsageError
 
 DEFAULT_VAL_CHROMOSOMES = ("chr5",)
@@ -28,6 +33,8 @@ class DataConfig:
     mask_rule: str = DEFAULT_MASK_RULE
     mask_fraction: float = 0.25
     random_fraction: float = 0.2
+    mask_unit: str = DEFAULT_MASK_UNIT
+    mask_run_gap: int = DEFAULT_RUN_GAP
     resample_cells: int | None = None
     num_workers: int = 0
     seed: int = 0
@@ -55,11 +62,17 @@ class DataConfig:
             raise UsageError("--region-block-sites and --region-gap-sites must be >= 0")
         if self.num_workers < 0:
             raise UsageError("--num-workers must be >= 0")
-        MaskingConfig(self.mask_rule, self.mask_fraction, self.random_fraction)  # validates
+        _ = self.masking  # validates
 
     @property
     def masking(self) -> MaskingConfig:
-        return MaskingConfig(self.mask_rule, self.mask_fraction, self.random_fraction)
+        return MaskingConfig(
+            self.mask_rule,
+            self.mask_fraction,
+            self.random_fraction,
+            self.mask_unit,
+            self.mask_run_gap,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

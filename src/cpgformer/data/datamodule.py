@@ -233,8 +233,8 @@ class SegmentDataset(TorchDataset):
             cell_ids = cell_ids[columns]
         rng = segment_rng(self.seed, seg.chrom, seg.index, epoch if self.train else None)
         assert self.sampler is not None
-        perturbed, loss_mask = perturb(values, self.masking, self.sampler, rng)
         positions = np.asarray(ds.positions(seg.chrom)[seg.start : seg.stop], dtype=np.int64)
+        perturbed, loss_mask = perturb(values, self.masking, self.sampler, rng, positions)
         dna_seq = dna_starts = None
         if self.dna_window:  # the covered sequence: the model shares convolutions between windows
             dna_seq, dna_starts = dna_sequence(

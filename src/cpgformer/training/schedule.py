@@ -59,7 +59,7 @@ def new_run_defaults(n_cells: int, schedule: str = "adaptive") -> dict[str, dict
     if schedule == "published":
         return {"model": {}, "data": {}}
     model: dict[str, Any] = {"input_summaries": True, "summary_offset": True}
-    data: dict[str, Any] = {"segment_length": NEW_RUN_SEGMENT_LENGTH}
+    data: dict[str, Any] = {"segment_length": NEW_RUN_SEGMENT_LENGTH, "mask_unit": "run"}
     if n_cells >= MANY_CELLS:
         model.update(mode="induced", cell_encoder="profile")
         data["resample_cells"] = RESAMPLE_CELLS
