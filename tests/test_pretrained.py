@@ -120,6 +120,12 @@ def test_a_new_run_without_a_fasta_starts_from_the_pretrained_model_by_default(
     assert started_from("published", "--schedule", "published", "--hidden", "8") is None
     # a runtime-only model parameter keeps the default
     assert started_from("impl", "--attention-impl", "reference") == "pretrained"
+    # fine-tuning trains with the new-run masks; the published schedule with the published ones
+    units = {
+        name: json.loads((tmp_path / name / "config.json").read_text())["data"]["mask_unit"]
+        for name in ("default", "published")
+    }
+    assert units == {"default": "run", "published": "call"}
 
 
 def test_resolve_init_from_rules() -> None:

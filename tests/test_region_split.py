@@ -206,8 +206,10 @@ def test_train_and_benchmark_cli_defaults_on_a_one_chromosome_store(
     )
     out = capsys.readouterr().out
     assert code == 0 and "split: region hold-out" in out and "schedule: adaptive" in out
+    assert "training masks: read-sized runs (<= 150 bp), 25% of observed calls" in out
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["split_resolved"] == "regions"
+    assert config["data"]["mask_unit"] == "run"
     bench = tmp_path / "bench"
     code = main(
         ["benchmark", str(store), "--checkpoint", str(run / "checkpoints" / "best.ckpt")]

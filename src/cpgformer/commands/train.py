@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"run directory: {Path(result.run_dir)}", f"split: {result.split}"]
     if init_from:
         lines.append(f"initialised from: {init_from}")
+    if result.masking:
+        lines.append(f"training masks: {result.masking}")
     sched = result.schedule
     if sched.get("schedule") == "adaptive":
         lines.append(

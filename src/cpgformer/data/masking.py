@@ -100,6 +100,17 @@ class MaskingConfig:
         if not 0.0 <= self.random_fraction <= 1.0:
             raise UsageError(f"random fraction must be in [0, 1], got {self.random_fraction}")
 
+    def describe(self) -> str:
+        """One line for logs and the CLI, e.g. ``read-sized runs (<= 150 bp), 25 % of observed
+        calls, 80 % hidden``."""
+        unit = f"read-sized runs (<= {self.run_gap} bp)" if self.unit == "run" else "single calls"
+        count = (
+            f"{self.mask_fraction:.0%} of observed calls"
+            if self.rule == "observed"
+            else f"{self.mask_fraction:.0%} of the segment's sites (published count)"
+        )
+        return f"{unit}, {count}, {1 - self.random_fraction:.0%} hidden"
+
 
 class EmpiricalSampler:
     """Draws values from the empirical distribution of a sample of observed values.

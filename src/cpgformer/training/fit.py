@@ -90,6 +90,8 @@ class FitResult:
     """The resolved schedule (:class:`cpgformer.training.schedule.SchedulePlan` as a dict)."""
     interrupted: str = ""
     """"SIGTERM" or "SIGINT" when a signal stopped training (``last_checkpoint`` holds the state)."""
+    masking: str = ""
+    """The training perturbation (:meth:`cpgformer.data.masking.MaskingConfig.describe`)."""
 
 
 @dataclass
@@ -524,7 +526,7 @@ def _finish(
             )
     return FitResult(
         run, best, last_path, metrics, key_map, split=dm.plan.describe(),
-        schedule=sched.to_dict(), interrupted=interrupted,
+        schedule=sched.to_dict(), interrupted=interrupted, masking=dm.config.masking.describe(),
     )  # fmt: skip
 
 
