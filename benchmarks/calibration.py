@@ -8,6 +8,11 @@ after, for masked calls (what imputation of missing entries is) and for the obse
 with their own label in the input (the denoised outputs). Cells 10, 20 and 30 (deliberately degraded
 by the data's authors) are left out of the scores.
 
+Calls are hidden singly (``calibrate``'s default). ``--compare-units`` fits the temperature on
+validation calls hidden singly and in whole read-sized runs (``calibrate --mask-unit run``: as
+missing calls are at imputation, with no read of their cell nearby) and scores both temperatures on
+the test chromosome's calls hidden either way.
+
     .venv/bin/python benchmarks/calibration.py --work WORK --max-steps 300 --out calibration.md
 """
 
@@ -56,6 +61,37 @@ def scores(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]
     }
 
 
+def compare_units(ds, source, args, keep_cells: np.ndarray) -> list[str]:  # noqa: ANN001
+    """Temperatures fitted on validation calls hidden in read-sized runs and singly, each scored
+    on the test chromosome's calls hidden both ways (ECE, NLL)."""
+    temps, tests = {}, {}
+    for unit in ("run", "call"):
+        val = masked_holdout(ds, source, [args.val], fraction=args.mask_fraction, seed=1, unit=unit)
+        vm = keep_cells[val.masked_cells]
+        temps[unit] = fit_temperature(val.masked_logits[vm], val.masked_labels[vm])
+        test = masked_holdout(
+            ds, source, [args.test], fraction=args.mask_fraction, seed=2, unit=unit
+        )
+        tm = keep_cells[test.masked_cells]
+        tests[unit] = (test.masked_logits[tm], test.masked_labels[tm])
+    lines = [
+        f"Temperature fitted on validation calls hidden in read-sized runs: T = {temps['run']:.3f}; "
+        f"on single hidden calls: T = {temps['call']:.3f}.",
+        "",
+        "| test calls hidden as | n | AUROC | ECE, T = 1 | ECE, T (runs) | ECE, T (single calls) | "
+        "NLL, T = 1 | NLL, T (runs) | NLL, T (single calls) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for unit, label in (("run", "read-sized runs"), ("call", "single calls")):
+        logits, labels = tests[unit]
+        s1, sr, sc = (scores(logits, labels, t) for t in (1.0, temps["run"], temps["call"]))
+        lines.append(
+            f"| {label} | {labels.size} | {s1['auroc']:.4f} | {s1['ece']:.4f} | {sr['ece']:.4f} | "
+            f"{sc['ece']:.4f} | {s1['nll']:.4f} | {sr['nll']:.4f} | {sc['nll']:.4f} |"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/cpgformer-calibration", help="scratch directory")
@@ -69,6 +105,12 @@ def main() -> None:
     ap.add_argument("--val-batches", type=int, default=20, help="validation batches per check")
     ap.add_argument("--checkpoint", help="use this trained checkpoint instead of training")
     ap.add_argument("--mask-fraction", type=float, default=0.1)
+    ap.add_argument("--store", help="use this prepared store instead of preparing the data")
+    ap.add_argument(
+        "--compare-units",
+        action="store_true",
+        help="temperatures fitted on read-sized runs and on single calls, scored both ways",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="markdown file for the results (default: stdout)")
     args = ap.parse_args()
@@ -77,7 +119,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     from cpgformer.cli import main as cli
 
-    store = work / "store"
+    store = Path(args.store) if args.store else work / "store"
     if not store.exists():
         data = (
             Path(args.data)
@@ -150,9 +192,12 @@ def main() -> None:
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}",
         f"- command: `{' '.join(['.venv/bin/python', *sys.argv])}`",
         f"- data: {ds.n_cells} real cells, store {store} ({ds.manifest.get('n_sites')} sites); "
-        f"model: {'trained ' + str(args.max_steps) + ' steps' if not args.checkpoint else ckpt} "
-        f"(no DNA, hidden {args.hidden}, {args.layers} layers, segments of {args.segment_length}; "
-        f"{train_s:.0f} s); checkpoint {Path(ckpt).name}",
+        + (
+            f"model: trained {args.max_steps} steps (no DNA, hidden {args.hidden}, {args.layers} "
+            f"layers, segments of {args.segment_length}; {train_s:.0f} s)"
+            if not args.checkpoint
+            else f"model: the given checkpoint {Path(ckpt).name}"
+        ),
         f"- temperature fitted on {int(vm.sum())} masked calls of chromosome {args.val} "
         f"(fraction {args.mask_fraction}, seed 1): **T = {t:.3f}**",
         f"- scored on chromosome {args.test} (seed 2), cells 10/20/30 excluded; ECE with 15 bins",
@@ -166,6 +211,8 @@ def main() -> None:
             f"| {what} | {n} | {b['ece']:.4f} | {a['ece']:.4f} | {b['nll']:.4f} | {a['nll']:.4f} | "
             f"{b['auroc']:.4f} | {b['mean_p']:.4f} | {a['mean_p']:.4f} | {b['frac_meth']:.4f} |"
         )
+    if args.compare_units:
+        lines += ["", *compare_units(ds, source, args, keep_cells)]
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)

@@ -480,16 +480,20 @@ def test_dna_model_and_all_cpg_sites_equal_one_pass(tmp_path: Path) -> None:
 # calibration on masked calls
 
 
-def test_masked_holdout_hides_the_seeded_calls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", ["run", "call"])
+def test_masked_holdout_hides_the_seeded_calls(tmp_path: Path, unit: str) -> None:
     from cpgformer.impute import _mask_for, masked_holdout
+    from cpgformer.impute.calibration import call_runs
 
     store = make_store(tmp_path / "store", {"1": 150}, n_cells=4, fill=0.4)
     ds = open_dataset(store)
     model = tiny_model(4, seed=3)
-    held = masked_holdout(ds, source_for(model), ["1"], fraction=0.2, seed=5, tile_sites=32,
-                          chunk_sites=40)  # fmt: skip
+    held = masked_holdout(ds, source_for(model), ["1"], fraction=0.2, seed=5, unit=unit,
+                          tile_sites=32, chunk_sites=40)  # fmt: skip
     indptr, cell, _, _, label = (np.asarray(a) for a in ds.csr("1"))
-    hide = _mask_for("1", label, 0.2, 5)
+    pos = np.array(ds.positions("1"))
+    runs = call_runs(indptr, cell, label, pos) if unit == "run" else None
+    hide = _mask_for("1", label, 0.2, 5, runs)
     rows = np.repeat(np.arange(150), np.diff(indptr))
     states = ds.states("1", 0, 150)
     states[rows[hide], cell[hide]] = -1
@@ -506,6 +510,43 @@ def test_masked_holdout_hides_the_seeded_calls(tmp_path: Path) -> None:
     other = ~hide & (label >= 0)
     np.testing.assert_allclose(held.observed_logits, logits[rows[other], cell[other]], atol=1e-5)
     assert 0.1 < hide.sum() / (label >= 0).sum() < 0.3
+    if unit == "run":  # whole runs: no hidden call keeps a visible call of its cell within 150 bp
+        for r, c in zip(rows[hide], cell[hide], strict=True):
+            near = np.abs(pos - pos[r]) <= 150
+            assert not np.any(states[near, c] >= 0)
+        assert np.any(np.diff(pos) <= 150), "the store has calls close enough to share a run"
+
+
+def test_call_runs_match_a_plain_loop() -> None:
+    from cpgformer.impute.calibration import call_runs
+
+    rng = np.random.default_rng(2)
+    n_sites, n_cells = 60, 5
+    pos = np.cumsum(rng.integers(20, 200, n_sites))
+    dense = np.where(
+        rng.random((n_sites, n_cells)) < 0.5, rng.integers(0, 2, (n_sites, n_cells)), -9
+    )
+    dense[rng.random((n_sites, n_cells)) < 0.05] = -1  # stored but excluded (label -1)
+    rows, cols = np.nonzero(dense != -9)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_sites))])
+    label = dense[rows, cols]
+    runs = call_runs(indptr, cols, label, pos, 150)
+    assert np.all(runs[label < 0] == -1)
+    # plain loop: per cell, valid calls in site order, a new run after a gap > 150 bp
+    same = {}
+    for c in range(n_cells):
+        prev = None
+        for k in np.flatnonzero((cols == c) & (label >= 0)):
+            if prev is not None and pos[rows[k]] - pos[rows[prev]] <= 150:
+                same[k] = prev
+            prev = k
+    for k in np.flatnonzero(label >= 0):
+        members = [j for j in np.flatnonzero(runs == runs[k])]
+        assert all(cols[j] == cols[k] for j in members)
+        if k in same:
+            assert runs[same[k]] == runs[k]
+    n_plain = sum(1 for k in np.flatnonzero(label >= 0) if k not in same)
+    assert len(np.unique(runs[label >= 0])) == n_plain
 
 
 def test_calibrate_command_writes_temperature(tmp_path: Path) -> None:
@@ -524,6 +565,7 @@ def test_calibrate_command_writes_temperature(tmp_path: Path) -> None:
     loaded = load_checkpoint(out)
     report = loaded.data["calibration"]
     assert report["chromosomes"] == ["1"] and report["n"] > 100
+    assert report["mask_unit"] == "call"
     assert loaded.temperature == pytest.approx(report["temperature"])
     assert report["nll_after"] <= report["nll_before"] + 1e-9
     imp = impute(store, out, tmp_path / "imp", ImputeOptions(chroms=["2"]))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cpgformer.codes import MISSING
+from cpgformer.data.masking import DEFAULT_RUN_GAP, read_runs
 from cpgformer.errors import UsageError
 from cpgformer.impute.dna import chunk_embedding
 from cpgformer.impute.probabilities import to_probabilities
@@ -108,11 +109,45 @@ class HeldOut:
     observed_cells: np.ndarray | None = None
 
 
-def _mask_for(chrom: str, label: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Seeded choice of observed calls (label >= 0) to hide; independent of chunking."""
+MASK_UNITS = ("call", "run")
+
+
+def call_runs(
+    indptr: np.ndarray,
+    cell: np.ndarray,
+    label: np.ndarray,
+    positions: np.ndarray,
+    run_gap: int = DEFAULT_RUN_GAP,
+) -> np.ndarray:
+    """Read-sized run id of each stored call of one chromosome (CSR order; -1 where label < 0).
+
+    The calls of one cell are chained while consecutive observed sites are at most ``run_gap`` bp
+    apart (:func:`cpgformer.data.masking.read_runs`, the rule of training masks and the benchmark).
+    """
+    label = np.asarray(label)
+    rows = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))
+    valid = np.flatnonzero(label >= 0)
+    order = valid[np.argsort(np.asarray(cell)[valid], kind="stable")]  # by (cell, site)
+    out = np.full(label.shape[0], -1, dtype=np.int64)
+    out[order] = read_runs(rows[order], np.asarray(cell)[order], np.asarray(positions), run_gap)
+    return out
+
+
+def _mask_for(
+    chrom: str, label: np.ndarray, fraction: float, seed: int, runs: np.ndarray | None = None
+) -> np.ndarray:
+    """Seeded choice of observed calls (label >= 0) to hide; independent of chunking.
+
+    ``runs`` (:func:`call_runs`): hide whole read-sized runs, each with probability ``fraction``;
+    None: each call alone.
+    """
     key = int.from_bytes(hashlib.sha256(chrom.encode()).digest()[:8], "little")
     rng = np.random.default_rng([seed, key])
-    return (rng.random(label.shape[0]) < fraction) & (np.asarray(label) >= 0)
+    valid = np.asarray(label) >= 0
+    if runs is None:
+        return (rng.random(label.shape[0]) < fraction) & valid
+    u = rng.random(int(runs.max()) + 1 if runs.size else 0)
+    return valid & (u[np.maximum(runs, 0)] < fraction)
 
 
 def masked_holdout(
@@ -122,6 +157,7 @@ def masked_holdout(
     *,
     fraction: float = 0.1,
     seed: int = 0,
+    unit: str = "call",
     tile_sites: int = 1024,
     batch_size: int = 8,
     chunk_sites: int | None = None,
@@ -130,6 +166,9 @@ def masked_holdout(
     ignore_fingerprint: bool = False,
 ) -> HeldOut:
     """Hide a seeded ``fraction`` of the observed calls of ``chroms`` and predict every call.
+
+    ``unit``: ``call`` hides single calls; ``run`` whole read-sized runs (as at imputation, where a
+    missing call has no read of its cell nearby, and as the benchmark hides calls).
 
     Returns the logits of the hidden calls with their labels (for fitting / scoring a temperature),
     and of up to ``max_observed`` of the remaining observed calls (their denoised predictions).
@@ -141,6 +180,8 @@ def masked_holdout(
         raise UsageError("calibration by temperature scaling applies to binary models only")
     if not 0 < fraction < 1:
         raise UsageError(f"mask fraction must be in (0, 1), got {fraction}")
+    if unit not in MASK_UNITS:
+        raise UsageError(f"mask unit must be one of {', '.join(MASK_UNITS)}, got {unit!r}")
     cell_ids = source.check(ds, ignore_fingerprint)
     reference = None
     if predictor.dna_window:
@@ -153,7 +194,10 @@ def masked_holdout(
             raise UsageError(f"{ds.path}: chromosome {chrom!r} is not in the store")
         src = ChromSource(ds, chrom)
         indptr, cell, _, _, label = (np.asarray(a) for a in ds.csr(chrom))
-        hide = _mask_for(chrom, label, fraction, seed)
+        runs = None
+        if unit == "run":
+            runs = call_runs(indptr, cell, label, np.asarray(ds.positions(chrom)))
+        hide = _mask_for(chrom, label, fraction, seed, runs)
         windows_fn = windows_fn_for(reference, src, predictor.dna_window) if reference else None
         for a in range(0, src.n_sites, chunk):
             b = min(src.n_sites, a + chunk)
@@ -231,6 +275,13 @@ class CalibrateOptions:
         None, "chromosomes to mask", metavar="CHROMS", nargs="+", shown="the run's validation ones"
     )
     fraction: float = option(0.1, "share of observed calls hidden", flag="--mask-fraction")
+    unit: str = option(
+        "call",
+        "what is hidden together: call (single calls) or run (whole read-sized runs of a cell's "
+        "calls, as missing calls are at imputation)",
+        flag="--mask-unit",
+        choices=MASK_UNITS,
+    )
     seed: int = option(0, "seed of the masked calls")
     tile_sites: int = option(1024, "sites per tile")
     batch_size: int = option(8, "tiles per forward pass")
@@ -249,6 +300,7 @@ def calibrate(
     chroms: Sequence[str] | None = None,
     fraction: float = 0.1,
     seed: int = 0,
+    unit: str = "call",
     tile_sites: int = 1024,
     batch_size: int = 8,
     fasta: str | None = None,
@@ -280,12 +332,14 @@ def calibrate(
             chroms,
             fraction=fraction,
             seed=seed,
+            unit=unit,
             tile_sites=tile_sites,
             batch_size=batch_size,
             fasta=fasta,
             ignore_fingerprint=ignore_fingerprint,
         )
         report = _fit_report(held, chroms, fraction, seed, source.temperature)
+        report["mask_unit"] = unit
         source.save(
             out,
             data={**source.data, "calibration": report},
