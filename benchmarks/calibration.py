@@ -61,17 +61,23 @@ def scores(logits: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]
     }
 
 
-def compare_units(ds, source, args, keep_cells: np.ndarray) -> list[str]:  # noqa: ANN001
+def compare_units(ds, source, args, keep_cells: np.ndarray, single) -> list[str]:  # noqa: ANN001
     """Temperatures fitted on validation calls hidden in read-sized runs and singly, each scored
-    on the test chromosome's calls hidden both ways (ECE, NLL)."""
+    on the test chromosome's calls hidden both ways (ECE, NLL). ``single``: the (validation, test)
+    hold-outs of single calls, already predicted by :func:`main`."""
     temps, tests = {}, {}
     for unit in ("run", "call"):
-        val = masked_holdout(ds, source, [args.val], fraction=args.mask_fraction, seed=1, unit=unit)
+        if unit == "call":
+            val, test = single
+        else:
+            val = masked_holdout(
+                ds, source, [args.val], fraction=args.mask_fraction, seed=1, unit=unit
+            )
+            test = masked_holdout(
+                ds, source, [args.test], fraction=args.mask_fraction, seed=2, unit=unit
+            )
         vm = keep_cells[val.masked_cells]
         temps[unit] = fit_temperature(val.masked_logits[vm], val.masked_labels[vm])
-        test = masked_holdout(
-            ds, source, [args.test], fraction=args.mask_fraction, seed=2, unit=unit
-        )
         tm = keep_cells[test.masked_cells]
         tests[unit] = (test.masked_logits[tm], test.masked_labels[tm])
     lines = [
@@ -212,7 +218,7 @@ def main() -> None:
             f"{b['auroc']:.4f} | {b['mean_p']:.4f} | {a['mean_p']:.4f} | {b['frac_meth']:.4f} |"
         )
     if args.compare_units:
-        lines += ["", *compare_units(ds, source, args, keep_cells)]
+        lines += ["", *compare_units(ds, source, args, keep_cells, (val, test))]
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cpgformer.codes import MISSING
-from cpgformer.data.masking import DEFAULT_RUN_GAP, read_runs
+from cpgformer.data.masking import DEFAULT_RUN_GAP, MASK_UNITS, read_runs
 from cpgformer.errors import UsageError
 from cpgformer.impute.dna import chunk_embedding
 from cpgformer.impute.probabilities import to_probabilities
@@ -109,9 +109,6 @@ class HeldOut:
     observed_cells: np.ndarray | None = None
 
 
-MASK_UNITS = ("call", "run")
-
-
 def call_runs(
     indptr: np.ndarray,
     cell: np.ndarray,
@@ -146,8 +143,10 @@ def _mask_for(
     valid = np.asarray(label) >= 0
     if runs is None:
         return (rng.random(label.shape[0]) < fraction) & valid
-    u = rng.random(int(runs.max()) + 1 if runs.size else 0)
-    return valid & (u[np.maximum(runs, 0)] < fraction)
+    u = rng.random(int(runs.max(initial=-1)) + 1)  # one draw per run
+    hide = np.zeros(label.shape[0], dtype=bool)
+    hide[valid] = u[runs[valid]] < fraction
+    return hide
 
 
 def masked_holdout(
